@@ -1,0 +1,244 @@
+"""NIfTI and FSL gradient-table I/O, with validation that fails early and clearly.
+
+Every bad input raises `DataError`, a one-line `ValueError` whose message starts
+with the offending file. Volumes are float32 arrays indexed (X, Y, Z[, V]) in
+voxels; affines map voxel indices to world coordinates in mm (RAS+, nibabel's
+convention); b-values are in s/mm².
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import nibabel as nib
+import nibabel.affines
+import nibabel.processing
+import numpy as np
+
+B0_THRESHOLD = 50.0  # s/mm²: volumes at or below this b-value count as b0
+
+
+class DataError(ValueError):
+  """A missing, malformed or inconsistent input file; the message is one line naming it."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+  """A loaded NIfTI volume.
+
+  Attributes:
+    data: (X, Y, Z) or (X, Y, Z, V) float32, all finite.
+    affine: (4, 4) voxel index -> world mm.
+    header: the file's NIfTI header.
+    path: the file it came from.
+  """
+
+  data: np.ndarray
+  affine: np.ndarray
+  header: nib.Nifti1Header
+  path: str
+
+  @property
+  def voxel_size(self) -> np.ndarray:
+    """(3,) voxel edge lengths in mm."""
+    return nib.affines.voxel_sizes(self.affine)
+
+
+def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
+  """Loads a NIfTI-1/2 file as float32; trailing singleton axes beyond the third are dropped.
+
+  Args:
+    path: the .nii or .nii.gz file.
+    ndim: 3 or 4 to require that dimensionality (a 4D file of shape (X, Y, Z, 1) is 3D).
+
+  Raises:
+    DataError: missing or unreadable file, not a NIfTI, not 3D/4D (or not `ndim`-D),
+      empty, non-finite voxels, or a singular/non-finite affine.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  try:
+    image = nib.load(path)
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
+      raise DataError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
+    data = image.get_fdata(dtype=np.float32)
+    affine = np.asarray(image.affine, dtype=np.float64)
+  except DataError:
+    raise
+  except Exception as e:  # nibabel, gzip and numpy raise many types for corrupt files
+    raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+  while data.ndim > 3 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim not in (3, 4) or (ndim is not None and data.ndim != ndim):
+    wanted = f"{ndim}D" if ndim is not None else "3D or 4D"
+    raise DataError(f"{path}: expected a {wanted} volume, got {data.ndim}D shape {data.shape}")
+  if data.size == 0:
+    raise DataError(f"{path}: empty volume of shape {data.shape}")
+  num_bad = data.size - np.count_nonzero(np.isfinite(data))
+  if num_bad:
+    raise DataError(f"{path}: {num_bad} of {data.size} voxels are not finite (NaN/inf)")
+  if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    raise DataError(f"{path}: singular or non-finite voxel-to-world affine")
+  return Volume(data=data, affine=affine, header=image.header, path=path)
+
+
+def _load_table(path: str, dwi_path: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found (gradient table for {dwi_path})")
+  try:
+    return np.loadtxt(path, dtype=np.float64, ndmin=2)
+  except ValueError as e:
+    raise DataError(f"{path}: malformed gradient table ({e})") from e
+
+
+def load_bvals_bvecs(bvals_path: str | os.PathLike, bvecs_path: str | os.PathLike,
+                     num_volumes: int, dwi_path: str | os.PathLike
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads FSL `bvals` (one row or column) and `bvecs` (3 × V, or V × 3).
+
+  Args:
+    bvals_path, bvecs_path: the text files.
+    num_volumes: V, the number of volumes of the DWI they describe.
+    dwi_path: that DWI, for error messages.
+
+  Returns:
+    bvals (V,) in s/mm² and bvecs (V, 3): unit vectors for diffusion-weighted
+    volumes, zero for b0 volumes (whose bvecs may be zero or NaN in the file).
+  """
+  bvals_path, bvecs_path, dwi_path = map(os.fspath, (bvals_path, bvecs_path, dwi_path))
+  bvals = _load_table(bvals_path, dwi_path)
+  if min(bvals.shape) != 1:
+    raise DataError(f"{bvals_path}: expected one row of b-values, got a {bvals.shape} table")
+  bvals = bvals.ravel()
+  if bvals.size != num_volumes:
+    raise DataError(f"{bvals_path}: {bvals.size} b-values but {dwi_path} has {num_volumes} volumes")
+  if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
+    raise DataError(f"{bvals_path}: b-values must be finite and non-negative")
+  bvecs = _load_table(bvecs_path, dwi_path)
+  if bvecs.shape == (3, num_volumes):
+    bvecs = bvecs.T
+  elif bvecs.shape != (num_volumes, 3):
+    raise DataError(f"{bvecs_path}: expected 3 x {num_volumes} b-vectors for {dwi_path}, "
+                    f"got a {bvecs.shape[0]} x {bvecs.shape[1]} table")
+  is_b0 = bvals <= B0_THRESHOLD
+  bvecs = np.where(is_b0[:, None], np.nan_to_num(bvecs), bvecs)
+  norms = np.linalg.norm(bvecs, axis=1)
+  bad = ~is_b0 & ~(norms > 1e-6)  # also catches NaN
+  if np.any(bad):
+    raise DataError(f"{bvecs_path}: {np.count_nonzero(bad)} diffusion-weighted volumes have a "
+                    "zero or non-finite b-vector")
+  bvecs = np.divide(bvecs, norms[:, None], out=np.zeros_like(bvecs), where=norms[:, None] > 1e-6)
+  return bvals, bvecs
+
+
+def shell_indices(bvals: np.ndarray, bval: float = 1000.0, tol: float = 100.0,
+                  source: str = "bvals") -> np.ndarray:
+  """Indices of the volumes with |b - bval| <= tol; `source` names the b-values in errors."""
+  bvals = np.asarray(bvals)
+  indices = np.flatnonzero(np.abs(bvals - bval) <= tol)
+  if indices.size == 0:
+    raise DataError(f"{source}: no volumes with b = {bval:g} ± {tol:g} s/mm² "
+                    f"(b-values present: {np.unique(np.round(bvals)).tolist()})")
+  return indices
+
+
+def b0_indices(bvals: np.ndarray, threshold: float = B0_THRESHOLD,
+               source: str = "bvals") -> np.ndarray:
+  """Indices of the b0 volumes (b <= threshold s/mm²); `source` names the b-values in errors."""
+  indices = np.flatnonzero(np.asarray(bvals) <= threshold)
+  if indices.size == 0:
+    raise DataError(f"{source}: no b0 volume (b <= {threshold:g} s/mm²)")
+  return indices
+
+
+def normalise_by_mean_b0(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray,
+                         bval: float = 1000.0, tol: float = 100.0) -> np.ndarray:
+  """The b-shell volumes divided by the mean b0, as in CSR-dMRI.
+
+  Args:
+    dwi: (X, Y, Z, V) signal.
+    bvals: (V,) s/mm².
+    mask: (X, Y, Z) brain mask (bool or 0/1).
+    bval, tol: the shell, |b - bval| <= tol.
+
+  Returns:
+    (X, Y, Z, K) float32 in [0, 1]; 0 outside the mask and where the mean b0 is not positive.
+  """
+  mean_b0 = dwi[..., b0_indices(bvals)].mean(axis=-1, dtype=np.float32)
+  shell = dwi[..., shell_indices(bvals, bval, tol)].astype(np.float32, copy=False)
+  valid = (np.asarray(mask) > 0) & (mean_b0 > 0)
+  out = np.zeros(shell.shape, np.float32)
+  np.divide(shell, mean_b0[..., None], out=out, where=valid[..., None])
+  return np.clip(out, 0.0, 1.0, out=out)
+
+
+def resample_to_grid(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray,
+                     order: int = 3, mask: np.ndarray | None = None,
+                     min_overlap: float = 0.5) -> np.ndarray:
+  """Resamples a 3D volume onto another grid through both voxel-to-world affines.
+
+  Args:
+    volume: the 3D source.
+    shape, affine: the target grid (X, Y, Z) and its voxel -> world mm affine.
+    order: spline order (3: cubic, 1: trilinear, 0: nearest).
+    mask: optional (X, Y, Z) target-grid mask; overlap is then measured on its voxels.
+    min_overlap: the fraction of target (or mask) voxels that must fall inside the
+      source field of view.
+
+  Returns:
+    (X, Y, Z) float32, 0 outside the source field of view.
+
+  Raises:
+    DataError: naming `volume.path`, when it is not 3D or does not overlap the target grid.
+  """
+  if volume.data.ndim != 3:
+    raise DataError(f"{volume.path}: can only resample a 3D volume, got shape {volume.data.shape}")
+  shape = tuple(int(n) for n in shape)
+  voxels = np.argwhere(np.asarray(mask) > 0) if mask is not None else np.indices(shape).reshape(3, -1).T
+  if len(voxels):
+    target_to_source = np.linalg.inv(volume.affine) @ np.asarray(affine, np.float64)
+    source_voxels = nib.affines.apply_affine(target_to_source, voxels)
+    inside = np.all((source_voxels > -0.5) & (source_voxels < np.array(volume.data.shape) - 0.5),
+                    axis=1)
+    overlap = inside.mean()
+    if overlap < min_overlap:
+      what = "brain-mask" if mask is not None else "grid"
+      raise DataError(f"{volume.path}: does not overlap the target grid: only {overlap:.0%} of "
+                      f"the target {what} voxels fall inside its field of view")
+  image = nib.Nifti1Image(volume.data, volume.affine)
+  resampled = nib.processing.resample_from_to(image, (shape, affine), order=order, cval=0.0)
+  return np.asarray(resampled.dataobj, dtype=np.float32)
+
+
+def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
+                header: nib.Nifti1Header | None = None) -> None:
+  """Writes a NIfTI-1 file atomically (temp file in the same folder, then `os.replace`).
+
+  The affine is stored as both qform and sform, with the codes of `header` (a zero
+  code, or no header, becomes 1 = scanner so the affine is never lost); spatial
+  units are mm. Boolean data is stored as uint8.
+  """
+  path = os.fspath(path)
+  data = np.asarray(data)
+  if data.dtype == bool:
+    data = data.astype(np.uint8)
+  image = nib.Nifti1Image(data, affine, header=header)
+  image.set_data_dtype(data.dtype)
+  codes = (header["qform_code"], header["sform_code"]) if header is not None else (0, 0)
+  image.set_qform(affine, code=int(codes[0]) or 1)
+  image.set_sform(affine, code=int(codes[1]) or 1)
+  image.header.set_xyzt_units(xyz="mm", t=image.header.get_xyzt_units()[1])
+  folder, name = os.path.split(os.path.abspath(path))
+  temp = os.path.join(folder, f".{uuid.uuid4().hex}.tmp-{name}")
+  try:
+    nib.save(image, temp)
+    os.replace(temp, path)
+  finally:
+    if os.path.exists(temp):
+      os.remove(temp)

@@ -1,0 +1,73 @@
+"""Evaluation metrics on whole volumes (numpy / scipy, float64): PSNR and 3D SSIM, optionally masked."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+_SSIM_TRUNCATE = 3.5
+
+
+def _prepare(pred, target, mask, data_range):
+  """float64 pred, target, a voxel selection (the bool mask, or `...` if None) and the data range."""
+  pred = np.asarray(pred, np.float64)
+  target = np.asarray(target, np.float64)
+  if pred.shape != target.shape:
+    raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+  if mask is None:
+    select = ...
+  else:
+    select = np.asarray(mask, bool)
+    if select.shape != target.shape:
+      raise ValueError(f"mask shape {select.shape} differs from the image shape {target.shape}")
+    if not select.any():
+      raise ValueError("mask selects no voxels")
+  if data_range is None:
+    data_range = target[select].max() - target[select].min()
+  return pred, target, select, float(data_range)
+
+
+def psnr(pred, target, mask=None, data_range=None) -> float:
+  """Peak signal-to-noise ratio 10 log10(data_range^2 / MSE) in dB, MSE over the mask voxels.
+
+  data_range defaults to target.max() - target.min() over the mask. Returns inf
+  when pred equals target on the mask.
+  """
+  pred, target, select, data_range = _prepare(pred, target, mask, data_range)
+  mse = np.mean((pred[select] - target[select]) ** 2)
+  if mse == 0:
+    return float("inf")
+  return float(10 * np.log10(data_range**2 / mse))
+
+
+def ssim(pred, target, mask=None, data_range=None, sigma: float = 1.5) -> float:
+  """Structural similarity with a Gaussian window (Wang et al. 2004), any dimensionality.
+
+  Local statistics use a Gaussian window of std `sigma` voxels truncated at 3.5
+  sigma (scipy `gaussian_filter`, 'reflect' borders), K1 = 0.01, K2 = 0.03 and
+  population covariances: the definition of `skimage.metrics.structural_similarity(
+  gaussian_weights=True, sigma=sigma, use_sample_covariance=False)`. The SSIM
+  map is averaged over the mask voxels; without a mask, over the whole volume
+  minus a border of the window radius, exactly as skimage. data_range defaults
+  to target.max() - target.min() over the mask.
+  """
+  pred, target, select, data_range = _prepare(pred, target, mask, data_range)
+  radius = int(_SSIM_TRUNCATE * sigma + 0.5)
+  if mask is None and min(pred.shape) <= 2 * radius:
+    raise ValueError(f"unmasked SSIM crops a {radius}-voxel border: every side must exceed "
+                     f"{2 * radius} voxels, got shape {pred.shape}")
+
+  def blur(x):
+    return ndimage.gaussian_filter(x, sigma=sigma, truncate=_SSIM_TRUNCATE, mode="reflect")
+
+  mu_x, mu_y = blur(pred), blur(target)
+  var_x = blur(pred * pred) - mu_x * mu_x
+  var_y = blur(target * target) - mu_y * mu_y
+  cov_xy = blur(pred * target) - mu_x * mu_y
+  c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
+              / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+  if mask is None:
+    select = tuple(slice(radius, n - radius) for n in ssim_map.shape)
+  return float(ssim_map[select].mean())

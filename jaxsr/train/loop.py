@@ -1,0 +1,111 @@
+"""The CSR-dMRI training loop: data, sharded steps, metrics, progress and resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxsr.data import pipeline, subjects as subjects_lib
+from jaxsr.models import build_model
+from jaxsr.train import step as step_lib
+from jaxsr.train.checkpoint import Checkpointer
+from jaxsr.train.run_record import write_run_record
+
+
+def make_sampler(config, train_subjects) -> pipeline.PatchSampler:
+  d = config.data
+  sizes = pipeline.hr_patch_sizes(d.lr_patch_size, d.scale_min, d.scale_max, d.num_scale_buckets)
+  return pipeline.PatchSampler(train_subjects, sizes, patch_size=d.patch_size)
+
+
+def per_process_batch_size(batch_size: int) -> int:
+  """The global batch split over processes; it must also split evenly over devices."""
+  if batch_size % jax.device_count():
+    raise ValueError(f"batch_size {batch_size} must be a multiple of the device count "
+                     f"{jax.device_count()} (set --config.batch_size)")
+  return batch_size // jax.process_count()
+
+
+def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Drops metric lines past `last_step`, written by a run that died after its last checkpoint."""
+  if not path.exists():
+    return
+  lines = [l for l in path.read_text().splitlines() if l.strip()]
+  kept = [l for l in lines if json.loads(l)["step"] <= last_step]
+  path.write_text("".join(l + "\n" for l in kept))
+
+
+def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
+  """Trains CSR-dMRI as `config` says, resuming from the latest checkpoint in `workdir`.
+
+  Writes `workdir/run.json` (config, seed, versions, commit), `workdir/metrics.jsonl`
+  (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
+  Returns the final train state.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
+                              save_interval_steps=config.train.checkpoint_every_steps)
+  start_step = checkpointer.latest_step() or 0
+  if jax.process_index() == 0:
+    write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
+
+  splits = subjects_lib.load_subjects(config.data)
+  sampler = make_sampler(config, splits["train"])
+  iterator = pipeline.training_batches(
+      sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
+      shard_index=jax.process_index(), num_shards=jax.process_count(),
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+
+  mesh = step_lib.make_mesh()
+  model = build_model(config.model)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, rng = jax.random.split(rng)
+  state = step_lib.replicate(step_lib.create_train_state(model, config, init_rng), mesh)
+  rng = step_lib.replicate(rng, mesh)
+  metrics_path = workdir / "metrics.jsonl"
+  if start_step:
+    state, rng = checkpointer.restore(start_step, state, rng, iterator)
+    truncate_metrics(metrics_path, start_step)
+    tqdm.write(f"Resumed from step {start_step} in {workdir}")
+  elif metrics_path.exists():
+    metrics_path.unlink()
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  if jax.process_index() == 0:
+    tqdm.write(f"{num_params:,} parameters; {len(splits['train'])} training subjects, "
+               f"{len(sampler)} (subject, volume) pairs; HR patch sizes {sampler.hr_sizes}; "
+               f"{jax.device_count()} device(s)")
+
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(config), mesh)
+  log_every = config.train.log_every_steps
+  window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
+  progress = tqdm(total=config.train.num_steps, initial=start_step, desc="train",
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  with progress, metrics_path.open("a") as metrics_file:
+    for step in range(start_step, config.train.num_steps):
+      batch = next(iterator)
+      state, metrics = train_step(state, step_lib.shard_batch(batch, mesh),
+                                  jax.random.fold_in(rng, step))
+      window_metrics.append(metrics)
+      window_voxels += batch["hr"].size * jax.process_count()
+      done = step + 1
+      if done % log_every == 0 or done == config.train.num_steps:
+        summary = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
+                   for k in window_metrics[0]}
+        elapsed = time.perf_counter() - window_start
+        summary.update(step=done, voxels_per_s=window_voxels / elapsed)
+        metrics_file.write(json.dumps(summary) + "\n")
+        metrics_file.flush()
+        progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
+        window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
+      progress.update(1)
+      checkpointer.save(done, state, rng, iterator, config,
+                        force=done == config.train.num_steps)
+  checkpointer.wait()
+  checkpointer.close()
+  return state

@@ -1,0 +1,57 @@
+"""What a run records in its workdir so it can be reproduced: config, seed, versions, commit."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import platform
+import subprocess
+import sys
+
+import jax
+
+PACKAGES = ("jaxsr", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+            "numpy", "scipy", "nibabel", "nilearn", "dipy", "ml-collections")
+
+
+def package_versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = "not installed"
+  return versions
+
+
+def git_commit() -> str:
+  """The commit of the jaxsr source tree (with '+dirty' for local changes), or 'unknown'."""
+  source = pathlib.Path(__file__).resolve().parents[2]
+  try:
+    commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return commit + ("+dirty" if dirty else "")
+
+
+def write_run_record(path: str | pathlib.Path, config, **extra) -> dict:
+  """Writes `path` (JSON) with the config, seed, versions, commit, command and devices."""
+  record = {
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": sys.argv,
+      "seed": config.get("seed"),
+      "git_commit": git_commit(),
+      "versions": package_versions(),
+      "devices": [str(d) for d in jax.devices()],
+      "config": config.to_dict(),
+      **extra,
+  }
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+  return record

@@ -1,0 +1,86 @@
+"""L1, k-space (FFT) and combined CSR-dMRI losses: known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+from jaxsr import losses
+
+
+def random_volumes(shape=(2, 4, 6, 5), seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=shape), jnp.float32),
+          jnp.asarray(rng.normal(size=shape), jnp.float32))
+
+
+def test_l1_of_a_constant_offset():
+  pred, _ = random_volumes()
+  np.testing.assert_allclose(losses.l1_loss(pred + 0.25, pred), 0.25, rtol=1e-5)
+  np.testing.assert_allclose(losses.l1_loss(pred - 0.25, pred), 0.25, rtol=1e-5)
+
+
+def test_fft_loss_of_identical_volumes_is_zero():
+  pred, _ = random_volumes()
+  assert float(losses.fft_loss(pred, pred)) == 0.0
+
+
+def test_fft_loss_of_a_constant_offset_is_the_offset():
+  """Only the DC bin is nonzero: a * N voxels in one of N bins, mean |a|."""
+  pred, _ = random_volumes()
+  np.testing.assert_allclose(losses.fft_loss(pred - 0.3, pred), 0.3, rtol=1e-4)
+
+
+def test_fft_loss_of_a_shifted_impulse():
+  """Impulse vs the impulse shifted by one voxel along an axis of N voxels.
+
+  FFT(delta) = 1 and FFT(shifted) = exp(-2 pi i k / N) along that axis, whatever
+  the other two frequencies, so the mean over all bins is the mean over k of
+  |1 - exp(-2 pi i k / N)| = (2 / N) sum_k sin(pi k / N) = (2 / N) cot(pi / (2N)).
+  The second batch element is identical, halving the batch mean.
+  """
+  shape, axis = (4, 6, 5), 1
+  n = shape[axis]
+  impulse = np.zeros(shape, np.float32)
+  impulse[0, 0, 0] = 1
+  shifted = np.roll(impulse, 1, axis=axis)
+  expected = 2 / n / np.tan(np.pi / (2 * n))
+  np.testing.assert_allclose(losses.fft_loss(impulse[None], shifted[None]), expected, rtol=1e-5)
+  pred, target = np.stack([impulse, impulse]), np.stack([shifted, impulse])
+  np.testing.assert_allclose(losses.fft_loss(pred, target), expected / 2, rtol=1e-5)
+
+
+def test_fft_loss_equals_the_definition_with_numpy():
+  pred, target = random_volumes()
+  axes = (1, 2, 3)
+  expected = np.mean(np.abs(np.fft.fftn(np.float64(pred), axes=axes)
+                            - np.fft.fftn(np.float64(target), axes=axes)))
+  np.testing.assert_allclose(losses.fft_loss(pred, target), expected, rtol=1e-5)
+
+
+def test_losses_scale_linearly_and_are_symmetric():
+  pred, target = random_volumes()
+  for loss in (losses.l1_loss, losses.fft_loss):
+    np.testing.assert_allclose(loss(-3 * pred, -3 * target), 3 * loss(pred, target), rtol=1e-5)
+    np.testing.assert_allclose(loss(target, pred), loss(pred, target), rtol=1e-6)
+  # fft_loss is the mean |FFT| of the difference: shifting both inputs changes nothing.
+  np.testing.assert_allclose(losses.fft_loss(pred + 2, target + 2), losses.fft_loss(pred, target),
+                             rtol=1e-5)
+
+
+def test_csr_dmri_loss_combines_the_terms():
+  pred, target = random_volumes()
+  loss, parts = losses.csr_dmri_loss(pred, target, fft_weight=0.5)
+  np.testing.assert_allclose(parts["l1"], losses.l1_loss(pred, target), rtol=1e-6)
+  np.testing.assert_allclose(parts["fft"], losses.fft_loss(pred, target), rtol=1e-6)
+  np.testing.assert_allclose(loss, parts["l1"] + 0.5 * parts["fft"], rtol=1e-6)
+  default_loss, _ = losses.csr_dmri_loss(pred, target)
+  np.testing.assert_allclose(default_loss, parts["l1"] + 0.01 * parts["fft"], rtol=1e-6)
+
+
+def test_gradients_are_finite_even_at_zero_error():
+  pred, target = random_volumes()
+  grad_fn = jax.jit(jax.grad(lambda p, t: losses.csr_dmri_loss(p, t)[0]))
+  for t in (target, pred):
+    assert np.isfinite(grad_fn(pred, t)).all()
+  check_grads(losses.fft_loss, (pred, target), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)

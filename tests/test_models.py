@@ -1,0 +1,159 @@
+"""RDN3D, ImplicitMLP and CSRdMRI: shapes, parameter counts, decoding semantics, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxsr.models import CSRdMRI, ImplicitMLP, RDN3D, build_model, init_params
+from jaxsr.models.sampling import grid_coordinates
+
+TINY = dict(num_features=4, growth=3, num_blocks=2, num_layers=2, latent_features=5,
+            mlp_depth=3, mlp_width=8, mlp_skip_after=1)
+
+
+def count(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
+
+def abstract_params(module, *inputs):
+  """Parameter shapes and dtypes without running the initialiser."""
+  return jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)["params"]
+
+
+def random_params(module, *inputs, seed=0):
+  """LeCun-normal parameters drawn with numpy: XLA compiles threefry slowly on CPU."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(np.prod(x.shape[:-1])),
+                            jnp.float32),
+      abstract_params(module, *inputs))
+
+
+def rdn_param_count(c_in, g0, g, d, c, out):
+  conv3 = lambda i, o: 27 * i * o + o
+  conv1 = lambda i, o: i * o + o
+  block = sum(conv3(g0 + k * g, g) for k in range(c)) + conv1(g0 + c * g, g0)
+  return (conv3(c_in, g0) + conv3(g0, g0)  # SFE1, SFE2
+          + d * block
+          + conv1(d * g0, g0) + conv3(g0, g0)  # global feature fusion
+          + conv3(g0, out))  # output conv
+
+
+def mlp_param_count(d_in, depth, width, skip_after):
+  dense = lambda i, o: i * o + o
+  first = dense(d_in, width)
+  after_skip = dense(width + d_in, width)
+  return first + after_skip + (depth - 2) * dense(width, width) + dense(width, 1)
+
+
+def test_default_rdn_parameter_count():
+  params = abstract_params(RDN3D(), jnp.zeros((1, 4, 4, 4, 2)))
+  expected = rdn_param_count(2, 64, 64, 8, 3, 128)
+  assert count(params) == expected == 5_920_512
+
+
+def test_default_mlp_parameter_count_and_skip():
+  params = abstract_params(ImplicitMLP(), jnp.zeros((1, 131)))
+  assert count(params) == mlp_param_count(131, 8, 256, 4) == 528_129
+  # The input (131) is concatenated after the 4th ReLU, i.e. enters the 5th layer.
+  assert params["hidden_4"]["kernel"].shape == (256 + 131, 256)
+  assert params["hidden_3"]["kernel"].shape == (256, 256)
+
+
+def test_default_csr_dmri_parameter_count():
+  params = abstract_params(CSRdMRI(), jnp.zeros((1, 4, 4, 4, 2)), jnp.zeros((1, 1, 3)))
+  assert count(params) == rdn_param_count(2, 64, 64, 8, 3, 128) + mlp_param_count(131, 8, 256, 4)
+
+
+@pytest.mark.parametrize("skip_after", [0, 3])
+def test_mlp_rejects_bad_skip(skip_after):
+  with pytest.raises(ValueError, match="skip_after"):
+    abstract_params(ImplicitMLP(depth=3, width=4, skip_after=skip_after), jnp.zeros((2, 5)))
+
+
+def test_mlp_skip_is_a_concatenation_of_the_input():
+  """With the pre-skip layers zeroed, the output is a function of the input only through the skip."""
+  mlp = ImplicitMLP(depth=3, width=4, skip_after=1)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 5)), jnp.float32)
+  params = random_params(mlp, x)
+  params["hidden_0"] = jax.tree_util.tree_map(jnp.zeros_like, params["hidden_0"])
+  kernel, bias = params["hidden_1"]["kernel"], params["hidden_1"]["bias"]
+  h = jax.nn.relu(x @ kernel[4:] + bias)  # rows 0..3 see the zero ReLU outputs
+  h = jax.nn.relu(h @ params["hidden_2"]["kernel"] + params["hidden_2"]["bias"])
+  expected = h @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(mlp.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rdn_keeps_spatial_size():
+  rdn = RDN3D(num_features=4, growth=3, num_blocks=2, num_layers=2, out_features=5)
+  x = jnp.ones((2, 3, 4, 5, 1))
+  out, _ = jax.eval_shape(rdn.init_with_output, jax.random.PRNGKey(0), x)
+  assert out.shape == (2, 3, 4, 5, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A tiny 2-channel CSRdMRI, its params and an input batch."""
+  model = CSRdMRI(**TINY)
+  rng = np.random.default_rng(0)
+  lr = jnp.asarray(rng.normal(size=(2, 4, 5, 3, 2)), jnp.float32)
+  coords = jnp.asarray(rng.uniform(-1, 1, (2, 7, 3)), jnp.float32)
+  # An rbg key: the same init, but compiles in seconds rather than tens on CPU.
+  params = init_params(model, jax.random.key(0, impl="rbg"), in_channels=2, lr_shape=(4, 5, 3))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+  return model, params, lr, coords
+
+
+def test_shapes_and_call_is_decode_of_encode(tiny):
+  model, params, lr, coords = tiny
+  apply = jax.jit(model.apply, static_argnames="method")
+  latent = apply({"params": params}, lr, method=model.encode)
+  assert latent.shape == (2, 4, 5, 3, 5)
+  out = apply({"params": params}, lr, coords)
+  assert out.shape == (2, 7) and out.dtype == jnp.float32
+  decoded = apply({"params": params}, latent, coords, method=model.decode)
+  np.testing.assert_allclose(out, decoded, rtol=1e-6)
+
+
+def test_decode_at_lr_voxel_centres_is_the_mlp_of_coords_and_latent(tiny):
+  model, params, _, _ = tiny
+  latent = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 5, 3, 5)), jnp.float32)
+  coords = grid_coordinates((4, 5, 3)).reshape(1, -1, 3)
+  decoded = jax.jit(model.apply, static_argnames="method")(
+      {"params": params}, latent, coords, method=model.decode)
+  mlp = ImplicitMLP(TINY["mlp_depth"], TINY["mlp_width"], TINY["mlp_skip_after"])
+  inputs = jnp.concatenate([coords, latent.reshape(1, -1, 5)], axis=-1)
+  expected = mlp.apply({"params": params["mlp"]}, inputs)[..., 0]
+  np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_single_channel_input():
+  model = CSRdMRI(**TINY)
+  params = random_params(model, jnp.ones((1, 3, 3, 3, 1)), jnp.zeros((1, 1, 3)))
+  assert params["encoder"]["sfe1"]["kernel"].shape == (3, 3, 3, 1, 4)
+  out = jax.jit(model.apply)({"params": params}, jnp.ones((1, 6, 4, 5, 1)), jnp.zeros((1, 9, 3)))
+  assert out.shape == (1, 9) and np.isfinite(out).all()
+
+
+def test_bfloat16_computation_is_close_to_float32(tiny):
+  _, params, lr, coords = tiny
+  model16 = CSRdMRI(**TINY, dtype=jnp.bfloat16)
+  params16 = abstract_params(model16, lr, coords)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params16))
+  out32 = jax.jit(CSRdMRI(**TINY).apply)({"params": params}, lr, coords)
+  out16 = jax.jit(model16.apply)({"params": params}, lr, coords)
+  assert out16.dtype == jnp.float32
+  scale = float(jnp.max(jnp.abs(out32)))
+  np.testing.assert_allclose(out16, out32, atol=0.05 * scale + 1e-3)
+  assert not np.array_equal(out16, out32)  # really computed in bfloat16
+
+
+def test_build_model_from_config():
+  config = ml_collections.ConfigDict(dict(TINY, in_channels=2, dtype="bfloat16"))
+  model = build_model(config)
+  assert model == CSRdMRI(**TINY, dtype=jnp.bfloat16)
+  config.dtype = "float16"
+  with pytest.raises(ValueError, match="dtype"):
+    build_model(config)

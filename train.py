@@ -1,0 +1,36 @@
+r"""Trains a super-resolution model.
+
+  python train.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
+
+Re-running the same command resumes from the latest checkpoint in DIR.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxsr.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a variant: configs/csr_dmri.py:quick.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, metrics.jsonl, run.json, eval/.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep library INFO logs off the progress bar
+    logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  if config.distributed:
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  loop.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
