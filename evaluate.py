@@ -5,10 +5,13 @@ r"""Evaluates the latest checkpoint of a run on the test subjects and prints a P
 Writes DIR/eval/table.md, DIR/eval/table.json and DIR/eval/per_subject.json.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxsr import evaluation
+from jaxsr.data.nifti import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file the run was trained with, e.g. configs/csr_dmri.py:quick.",
@@ -22,7 +25,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # keep library INFO logs off the progress bar
     logging.set_verbosity(logging.WARNING)
-  table = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    table = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
+  except (DataError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")
   print(evaluation.markdown_table(table), end="")
 
 

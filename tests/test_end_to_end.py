@@ -91,3 +91,27 @@ def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
   resumed = {m["step"]: m["loss"] for m in metrics if m["step"] > killed_at[-1]}
   np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed],
                              rtol=1e-5)
+
+
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path):
+  import nibabel as nib
+  subject = tmp_path / "hcp" / "sub-01"
+  subject.mkdir(parents=True)
+  nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), subject / "data.nii.gz")
+  nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)),
+           subject / "nodif_brain_mask.nii.gz")
+  nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), subject / "T1w.nii.gz")
+  (subject / "bvals").write_text("0 1000\n")
+  (subject / "bvecs").write_text("0 1\n0 0\n0 0\n")
+  workdir = tmp_path / "run"
+  command = [sys.executable, "train.py", f"--config={CONFIG}", f"--workdir={workdir}",
+             "--config.data.source=hcp", f"--config.data.root={tmp_path / 'hcp'}",
+             "--config.data.num_val=0", "--config.data.num_test=0",
+             f"--config.data.cache_dir={tmp_path / 'cache'}"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and str(subject / "data.nii.gz") in last and "4D" in last
+  assert not workdir.exists()
+  assert not any((tmp_path / "cache").rglob("*.npy"))

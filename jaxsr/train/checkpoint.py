@@ -26,9 +26,13 @@ class Checkpointer:
 
   def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int = 3,
                save_interval_steps: int = 1, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+    if read_only:  # e.g. evaluation beside a running training: never write or clean up
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0, max_to_keep=None)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+          cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
   def latest_step(self) -> int | None:

@@ -47,6 +47,8 @@ def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
   (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
   Returns the final train state.
   """
+  splits = subjects_lib.load_subjects(config.data)  # bad data fails before DIR is touched
+  sampler = make_sampler(config, splits["train"])
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
@@ -54,9 +56,6 @@ def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
   start_step = checkpointer.latest_step() or 0
   if jax.process_index() == 0:
     write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
-
-  splits = subjects_lib.load_subjects(config.data)
-  sampler = make_sampler(config, splits["train"])
   iterator = pipeline.training_batches(
       sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
       shard_index=jax.process_index(), num_shards=jax.process_count(),
