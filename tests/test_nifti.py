@@ -83,6 +83,11 @@ def _bvecs_shape(tmp_path):
   return path, lambda: nifti.load_bvals_bvecs(tmp_path / "bvals", path, 3, "data.nii.gz")
 
 
+def _complex_data(tmp_path):
+  path = write(tmp_path / "complex.nii.gz", np.ones((4, 4, 4), np.complex64))
+  return path, lambda: nifti.load_volume(path)
+
+
 def _no_overlap(tmp_path):
   path = write(tmp_path / "T1w.nii.gz", np.ones((8, 8, 8)), affine(origin=(500.0, 0.0, 0.0)))
   volume = nifti.load_volume(path)
@@ -90,7 +95,7 @@ def _no_overlap(tmp_path):
 
 
 @pytest.mark.parametrize("case", [_missing, _not_nifti, _3d_for_4d, _nan_voxels, _bvals_count,
-                                  _bvecs_shape, _no_overlap])
+                                  _bvecs_shape, _complex_data, _no_overlap])
 def test_bad_input_raises_one_line_error_naming_the_file(tmp_path, case):
   path, call = case(tmp_path)
   with pytest.raises(nifti.DataError) as error:
@@ -106,6 +111,8 @@ def test_error_messages_say_what_is_wrong(tmp_path):
     _nan_voxels(tmp_path)[1]()
   with pytest.raises(nifti.DataError, match="5 b-values but data.nii.gz has 6 volumes"):
     _bvals_count(tmp_path)[1]()
+  with pytest.raises(nifti.DataError, match="complex-valued data"):
+    _complex_data(tmp_path)[1]()
 
 
 def test_bvecs_are_read_in_either_orientation_and_normalised(tmp_path):

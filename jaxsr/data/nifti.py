@@ -58,7 +58,7 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
 
   Raises:
     DataError: missing or unreadable file, not a NIfTI, not 3D/4D (or not `ndim`-D),
-      empty, non-finite voxels, or a singular/non-finite affine.
+      empty, complex-valued, non-finite voxels, or a singular/non-finite affine.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -67,6 +67,9 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
     image = nib.load(path)
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
       raise DataError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
+    if np.issubdtype(image.get_data_dtype(), np.complexfloating):
+      raise DataError(f"{path}: complex-valued data ({image.get_data_dtype()}); "
+                      "give magnitude images")
     data = image.get_fdata(dtype=np.float32)
     affine = np.asarray(image.affine, dtype=np.float64)
   except DataError:
