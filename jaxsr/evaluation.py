@@ -37,8 +37,9 @@ def restore_params(config, workdir: str | pathlib.Path):
     raise FileNotFoundError(f"{workdir}: no checkpoint found; train first with train.py "
                             f"--workdir {workdir}")
   model = build_model(config.model)
-  state = step_lib.create_train_state(model, config, jax.random.PRNGKey(0))
-  state, _ = checkpointer.restore(step, state, jax.random.PRNGKey(0))
+  rng = jax.random.PRNGKey(0)  # shapes only: nothing is initialised
+  abstract_state = jax.eval_shape(lambda: step_lib.create_train_state(model, config, rng))
+  state, _ = checkpointer.restore(step, abstract_state, jax.eval_shape(lambda: rng))
   checkpointer.close()
   return model, state.params, step
 

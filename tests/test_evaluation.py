@@ -1,4 +1,3 @@
-import numpy as np
 
 from jaxsr.evaluation import evaluated_volumes, markdown_table, summarise
 
