@@ -13,10 +13,39 @@ Any field can be overridden: `--config.batch_size=4`, `--config.data.root=/data/
 
 import ml_collections
 
+# Overrides of the default (paper) setting, by variant.
+VARIANTS = {
+    "quick": {
+        "batch_size": 4,
+        "data.num_subjects": 8, "data.voxel_size_mm": 2.0, "data.num_directions": 12,
+        "data.num_test": 2, "data.patch_size": 32,
+        "data.lr_patch_size": 8,  # HR crops 16..24 voxels: a third of the paper's queries
+        "data.num_scale_buckets": 3,  # s in {2, 2.5, 3}: three compiled train steps
+        "model.num_features": 16, "model.growth": 16, "model.num_blocks": 3,
+        "model.num_layers": 3, "model.latent_features": 32,
+        "model.mlp_depth": 6, "model.mlp_width": 64, "model.mlp_skip_after": 3,
+        "train.num_steps": 1200, "train.learning_rate": 1e-3, "train.lr_decay_steps": 400,
+        "train.log_every_steps": 50, "train.checkpoint_every_steps": 400,
+        "eval.num_volumes": 2,
+    },
+    "smoke": {
+        "batch_size": 2,
+        "data.num_subjects": 3, "data.voxel_size_mm": 6.0, "data.num_directions": 4,
+        "data.num_test": 1, "data.patch_size": 16, "data.lr_patch_size": 4,
+        "data.num_scale_buckets": 3,
+        "model.num_features": 8, "model.growth": 8, "model.num_blocks": 2,
+        "model.num_layers": 2, "model.latent_features": 16,
+        "model.mlp_depth": 4, "model.mlp_width": 32, "model.mlp_skip_after": 2,
+        "train.num_steps": 20, "train.learning_rate": 1e-3, "train.lr_decay_steps": 10,
+        "train.log_every_steps": 5, "train.checkpoint_every_steps": 10,
+        "eval.num_volumes": 1, "eval.chunk_size": 4096,
+    },
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
-  if variant not in ("default", "quick", "smoke"):
+  if variant != "default" and variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: use default, quick or smoke")
   c = ml_collections.ConfigDict()
   c.variant = variant
@@ -73,51 +102,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_volumes = 4  # b-shell volumes per test subject, spread over the shell
   c.eval.chunk_size = 65536  # HR voxels decoded at a time
 
-  if variant == "quick":
-    c.data.num_subjects = 8
-    c.data.voxel_size_mm = 2.0
-    c.data.num_directions = 12
-    c.data.num_test = 2
-    c.data.patch_size = 32
-    c.data.lr_patch_size = 8  # HR crops 16..24 voxels: a third of the paper's queries
-    c.data.num_scale_buckets = 3  # s in {2, 2.5, 3}: three compiled train steps
-    c.model.num_features = 16
-    c.model.growth = 16
-    c.model.num_blocks = 3
-    c.model.num_layers = 3
-    c.model.latent_features = 32
-    c.model.mlp_depth = 6
-    c.model.mlp_width = 64
-    c.model.mlp_skip_after = 3
-    c.batch_size = 4
-    c.train.num_steps = 1200
-    c.train.learning_rate = 1e-3
-    c.train.lr_decay_steps = 400
-    c.train.log_every_steps = 50
-    c.train.checkpoint_every_steps = 400
-    c.eval.num_volumes = 2
-  elif variant == "smoke":
-    c.data.num_subjects = 3
-    c.data.voxel_size_mm = 6.0
-    c.data.num_directions = 4
-    c.data.num_test = 1
-    c.data.patch_size = 16
-    c.data.lr_patch_size = 4
-    c.data.num_scale_buckets = 3
-    c.model.num_features = 8
-    c.model.growth = 8
-    c.model.num_blocks = 2
-    c.model.num_layers = 2
-    c.model.latent_features = 16
-    c.model.mlp_depth = 4
-    c.model.mlp_width = 32
-    c.model.mlp_skip_after = 2
-    c.batch_size = 2
-    c.train.num_steps = 20
-    c.train.learning_rate = 1e-3
-    c.train.lr_decay_steps = 10
-    c.train.log_every_steps = 5
-    c.train.checkpoint_every_steps = 10
-    c.eval.num_volumes = 1
-    c.eval.chunk_size = 4096
+  c.update_from_flattened_dict(VARIANTS.get(variant, {}))
   return c
