@@ -3,7 +3,8 @@
 For each test subject, each evaluated b-shell volume and each scale s, the HR
 volume (N voxels per axis) is degraded to an LR grid of round(N / s) voxels
 (`jaxsr.data.degrade`, the training degradation), the DWI and the T1 alike, then
-brought back to the HR grid by tricubic interpolation and by the model. PSNR and
+brought back to the HR grid by tricubic interpolation, by k-space zero-filling
+and by the model. PSNR and
 3D SSIM are computed inside the brain mask against the HR truth, averaged over
 the subject's volumes, then over subjects.
 """
@@ -19,14 +20,14 @@ from tqdm import tqdm
 
 from jaxsr import metrics
 from jaxsr.data import subjects as subjects_lib
-from jaxsr.data.degrade import degrade, lr_shape_for_scale, tricubic_upsample
+from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
 from jaxsr.inference import reconstruct
 from jaxsr.models import build_model
 from jaxsr.train import step as step_lib
 from jaxsr.train.checkpoint import Checkpointer
 from jaxsr.train.run_record import write_run_record
 
-METHODS = ("tricubic", "csr_dmri")
+METHODS = ("tricubic", "zero_fill", "csr_dmri")
 
 
 def restore_params(config, workdir: str | pathlib.Path):
@@ -66,6 +67,7 @@ def score_subject(model, params, subject, *, use_t1: bool, scales, num_volumes: 
       lr_dwi = np.asarray(degrade(truth, lr_shape))
       lr = np.stack([lr_dwi, lr_t1] if use_t1 else [lr_dwi], axis=-1)
       outputs = {"tricubic": np.asarray(tricubic_upsample(lr_dwi, hr_shape)),
+                 "zero_fill": kspace_zero_fill(lr_dwi, hr_shape),
                  "csr_dmri": reconstruct(model, params, lr, hr_shape, chunk_size)}
       for method, output in outputs.items():
         scores[method]["psnr"].append(metrics.psnr(output, truth, mask))
@@ -79,7 +81,7 @@ def score_subject(model, params, subject, *, use_t1: bool, scales, num_volumes: 
 def summarise(rows: list[dict]) -> list[dict]:
   """Mean and std over subjects for each (method, scale)."""
   table = []
-  for method in METHODS:
+  for method in dict.fromkeys(r["method"] for r in rows):
     for scale in sorted({r["scale"] for r in rows}, key=lambda s: (s != int(s), s)):
       sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
       table.append({"method": method, "scale": scale,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxsr.data.degrade import degrade, lr_shape_for_scale, tricubic_upsample
+from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
 
 
 def centres(n):
@@ -50,3 +50,25 @@ def test_tricubic_round_trip_of_smooth_volume_is_close():
   inner = (slice(4, -4),) * 3
   assert np.abs(up - hr)[inner].max() < 0.02
   assert up.shape == hr.shape
+
+
+def band_limited(shape):
+  """A periodic band-limited function of the [-1, 1] coordinates, sampled at voxel centres."""
+  x, y, z = np.meshgrid(*[centres(n) for n in shape], indexing="ij")
+  return (np.cos(np.pi * (x + 1) * 2) + 0.5 * np.sin(np.pi * (y + 1) * 3)
+          + 0.25 * np.cos(np.pi * (z + 1) * 1 + 0.3))
+
+
+@pytest.mark.parametrize("hr_shape", [(24, 30, 18), (25, 29, 17)])
+def test_kspace_zero_fill_reproduces_band_limited_volumes_on_voxel_centres(hr_shape):
+  lr = band_limited((10, 12, 8))
+  up = kspace_zero_fill(lr, hr_shape)
+  assert up.shape == hr_shape and up.dtype == np.float32
+  np.testing.assert_allclose(up, band_limited(hr_shape), atol=1e-5)
+
+
+def test_kspace_zero_fill_same_shape_is_identity_and_checks_dimensions():
+  lr = np.random.default_rng(0).random((6, 7, 5))
+  np.testing.assert_allclose(kspace_zero_fill(lr, lr.shape), lr, atol=1e-6)
+  with pytest.raises(ValueError):
+    kspace_zero_fill(lr, (12, 14))

@@ -16,6 +16,7 @@ def rows():
 def test_summarise_means_over_subjects_in_paper_column_order():
   table = summarise(rows())
   assert [r["scale"] for r in table[:4]] == [2.0, 3.0, 4.0, 2.4]
+  assert [r["method"] for r in table] == ["tricubic"] * 4 + ["csr_dmri"] * 4
   row = next(r for r in table if r["method"] == "csr_dmri" and r["scale"] == 3.0)
   assert row["psnr"] == 28.5 and row["psnr_std"] == 0.5 and row["num_subjects"] == 2
 
