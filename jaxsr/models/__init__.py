@@ -1,7 +1,9 @@
-"""Models: the RDN3D encoder, the implicit MLP decoder and the CSR-dMRI model."""
+"""Models: the RDN3D encoder, the implicit MLP decoder, the CSR-dMRI model and the fixed-scale
+baselines (DCSRN, ResCNN3D) that work on LR volumes interpolated onto the HR grid."""
 
+from jaxsr.models.baselines import DCSRN, ResCNN3D
 from jaxsr.models.csr_dmri import CSRdMRI, build_model, init_params
 from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
 
-__all__ = ["CSRdMRI", "ImplicitMLP", "RDN3D", "build_model", "init_params"]
+__all__ = ["CSRdMRI", "DCSRN", "ImplicitMLP", "RDN3D", "ResCNN3D", "build_model", "init_params"]

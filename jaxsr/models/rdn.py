@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
+def conv3d(features: int, kernel: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
   """A 'SAME'-padded (zero) kernel^3 convolution computing in `dtype`, float32 params."""
   return nn.Conv(features, (kernel,) * 3, padding="SAME", dtype=dtype, name=name)
 
@@ -36,8 +36,8 @@ class ResidualDenseBlock(nn.Module):
     features = [x]
     for _ in range(self.num_layers):
       h = jnp.concatenate(features, axis=-1)
-      features.append(nn.relu(_conv(self.growth, 3, self.dtype)(h)))
-    fused = _conv(x.shape[-1], 1, self.dtype, name="local_fusion")(
+      features.append(nn.relu(conv3d(self.growth, 3, self.dtype)(h)))
+    fused = conv3d(x.shape[-1], 1, self.dtype, name="local_fusion")(
         jnp.concatenate(features, axis=-1))
     return x + fused
 
@@ -68,7 +68,7 @@ class RDN3D(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(conv3d, dtype=self.dtype)
     sfe1 = conv(self.num_features, 3, name="sfe1")(x)
     h = conv(self.num_features, 3, name="sfe2")(sfe1)
     block_outputs = []
