@@ -56,16 +56,15 @@ def score_subject(model, params, subject, *, use_t1: bool, scales, num_volumes: 
   """Per-scale, per-method PSNR/SSIM of one subject, averaged over its evaluated volumes."""
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
-  t1 = np.asarray(subject.t1, np.float32)
   rows = []
   for scale in scales:
     lr_shape = lr_shape_for_scale(hr_shape, scale)
-    lr_t1 = np.asarray(degrade(t1, lr_shape))
+    lr_t1 = [np.asarray(degrade(np.asarray(subject.t1, np.float32), lr_shape))] if use_t1 else []
     scores = {m: {"psnr": [], "ssim": []} for m in METHODS}
     for v in evaluated_volumes(num_volumes, subject.dwi.shape[-1]):
       truth = np.asarray(subject.dwi[..., v], np.float32)
       lr_dwi = np.asarray(degrade(truth, lr_shape))
-      lr = np.stack([lr_dwi, lr_t1] if use_t1 else [lr_dwi], axis=-1)
+      lr = np.stack([lr_dwi] + lr_t1, axis=-1)  # channels: DWI, then T1 if the model takes it
       outputs = {"tricubic": np.asarray(tricubic_upsample(lr_dwi, hr_shape)),
                  "zero_fill": kspace_zero_fill(lr_dwi, hr_shape),
                  "csr_dmri": reconstruct(model, params, lr, hr_shape, chunk_size)}

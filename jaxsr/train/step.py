@@ -74,6 +74,7 @@ def make_train_step(config) -> Callable[[TrainState, dict, jax.Array], tuple[Tra
   use_t1 = config.model.in_channels == 2
   fft_weight = config.train.fft_weight
   augment = config.train.augment_flips
+  schedule = learning_rate_schedule(config.train)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     if augment:
@@ -90,7 +91,7 @@ def make_train_step(config) -> Callable[[TrainState, dict, jax.Array], tuple[Tra
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
-               "learning_rate": learning_rate_schedule(config.train)(state.step)}
+               "learning_rate": schedule(state.step)}
     return new_state, metrics
 
   return train_step
