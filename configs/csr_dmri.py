@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prefetch = 4
 
   c.model = ml_collections.ConfigDict()
+  c.model.kind = "csr_dmri"  # see jaxsr.models.factory
   c.model.in_channels = 2  # LR DWI + LR T1; 1 = DWI only (ArSSR-style ablation)
   c.model.num_features = 64
   c.model.growth = 64

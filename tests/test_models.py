@@ -151,7 +151,7 @@ def test_bfloat16_computation_is_close_to_float32(tiny):
 
 
 def test_build_model_from_config():
-  config = ml_collections.ConfigDict(dict(TINY, in_channels=2, dtype="bfloat16"))
+  config = ml_collections.ConfigDict(dict(TINY, kind="csr_dmri", in_channels=2, dtype="bfloat16"))
   model = build_model(config)
   assert model == CSRdMRI(**TINY, dtype=jnp.bfloat16)
   config.dtype = "float16"

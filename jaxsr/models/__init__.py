@@ -2,8 +2,10 @@
 baselines (DCSRN, ResCNN3D) that work on LR volumes interpolated onto the HR grid."""
 
 from jaxsr.models.baselines import DCSRN, ResCNN3D
-from jaxsr.models.csr_dmri import CSRdMRI, build_model, init_params
+from jaxsr.models.csr_dmri import CSRdMRI, init_params
+from jaxsr.models.factory import build_model, is_implicit
 from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
 
-__all__ = ["CSRdMRI", "DCSRN", "ImplicitMLP", "RDN3D", "ResCNN3D", "build_model", "init_params"]
+__all__ = ["CSRdMRI", "DCSRN", "ImplicitMLP", "RDN3D", "ResCNN3D", "build_model", "init_params",
+           "is_implicit"]

@@ -12,15 +12,11 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax.typing import Dtype
 
 from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
 from jaxsr.models.sampling import sample_trilinear_batched
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 class CSRdMRI(nn.Module):
   """Arbitrary-scale SR model: `encode` (B, x, y, z, C_in) LR volumes, `decode` at (B, Q, 3) coordinates.
@@ -59,17 +55,6 @@ class CSRdMRI(nn.Module):
   def __call__(self, lr: jax.Array, coords: jax.Array) -> jax.Array:
     """(B, x, y, z, C_in), (B, Q, 3) -> (B, Q): `decode(encode(lr), coords)`."""
     return self.decode(self.encode(lr), coords)
-
-
-def build_model(config: ml_collections.ConfigDict) -> CSRdMRI:
-  """The CSRdMRI described by a config's `model` section (`in_channels` is used by `init_params`)."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-  return CSRdMRI(
-      num_features=config.num_features, growth=config.growth, num_blocks=config.num_blocks,
-      num_layers=config.num_layers, latent_features=config.latent_features,
-      mlp_depth=config.mlp_depth, mlp_width=config.mlp_width,
-      mlp_skip_after=config.mlp_skip_after, dtype=DTYPES[config.dtype])
 
 
 def init_params(model: CSRdMRI, rng: jax.Array, in_channels: int,
