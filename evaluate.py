@@ -1,8 +1,12 @@
-r"""Evaluates the latest checkpoint of a run on the test subjects and prints a PSNR/SSIM table.
+r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
 
   python evaluate.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR
+      one run against tricubic and zero-filling: DIR/eval/table.md, table.json, per_subject.json
+  python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR
+      the comparison (runs in DIR/<name>): DIR/eval/table1.md, table2.md, dti.md,
+      tables.json and figures/
 
-Writes DIR/eval/table.md, DIR/eval/table.json and DIR/eval/per_subject.json.
+Only checkpoints are read (with the config each run was trained with); nothing is retrained.
 """
 
 import sys
@@ -14,9 +18,11 @@ from jaxsr import evaluation
 from jaxsr.data.nifti import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file the run was trained with, e.g. configs/csr_dmri.py:quick.",
+    "config", None, "Config file with the test data and evaluation settings, e.g. "
+    "configs/csr_dmri.py:quick or configs/compare_dmri.py:quick.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory holding checkpoints/ (a comparison: its runs in DIR/<name>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,10 +32,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # keep library INFO logs off the progress bar
     logging.set_verbosity(logging.WARNING)
   try:
-    table = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
+    text = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
   except (DataError, FileNotFoundError) as error:
     sys.exit(f"error: {error}")
-  print(evaluation.markdown_table(table), end="")
+  print(text, end="")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ VARIANTS = {
     },
     "smoke": {
         "batch_size": 2,
-        "data.num_subjects": 3, "data.voxel_size_mm": 6.0, "data.num_directions": 4,
+        "data.num_subjects": 3, "data.voxel_size_mm": 6.0, "data.num_directions": 6,
         "data.num_test": 1, "data.patch_size": 16, "data.lr_patch_size": 4,
         "data.num_scale_buckets": 3,
         "model.num_features": 8, "model.growth": 8, "model.num_blocks": 2,
@@ -100,8 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.scales = (2.0, 3.0, 4.0, 2.4)
-  c.eval.num_volumes = 4  # b-shell volumes per test subject, spread over the shell
-  c.eval.chunk_size = 65536  # HR voxels decoded at a time
+  c.eval.num_volumes = 4  # b-shell volumes per test subject, spread over the shell; 0: all
+  c.eval.chunk_size = 65536  # HR voxels decoded at a time (implicit models)
+  c.eval.tile_voxels = 1 << 19  # HR voxels per CNN slab (fixed-scale models)
 
   c.update_from_flattened_dict(VARIANTS.get(variant, {}))
   return c

@@ -1,138 +1,325 @@
-"""Whole-volume evaluation of a trained CSR-dMRI run on the test subjects (the paper's Table 1).
+"""Whole-volume evaluation on the test subjects: one run, or a comparison of runs (the paper's tables).
 
-For each test subject, each evaluated b-shell volume and each scale s, the HR
-volume (N voxels per axis) is degraded to an LR grid of round(N / s) voxels
-(`jaxsr.data.degrade`, the training degradation), the DWI and the T1 alike, then
-brought back to the HR grid by tricubic interpolation, by k-space zero-filling
-and by the model. PSNR and
-3D SSIM are computed inside the brain mask against the HR truth, averaged over
-the subject's volumes, then over subjects.
+Protocol: for each test subject, each scored b-shell volume and each scale s,
+the HR volume (N voxels per axis) is degraded to an LR grid of round(N / s)
+voxels (`jaxsr.data.degrade.degrade`, the training degradation), the DWI and
+the T1 alike, then brought back onto the HR grid by every method. PSNR and 3D
+SSIM are computed inside the brain mask against the HR truth.
+
+Methods:
+  tricubic, zero_fill  classical interpolation (Keys cubic; k-space zero-filling).
+  implicit runs        (`model.kind` csr_dmri, with or without T1): encoder on the
+                       LR input, decoder at every HR voxel centre, any scale.
+  fixed-scale runs     (dcsrn, rescnn3d) trained at scale t: the CNN on the LR DWI
+                       interpolated onto t times the LR grid, then resampled onto the
+                       HR grid (`jaxsr.inference.reconstruct_fixed_scale`).
+
+A trained run is read from its checkpoint alone (parameters and the config it was
+trained with), so tables can be remade at any time without retraining.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
+from typing import Callable
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr import metrics
+from jaxsr import dti, figures, metrics, tables
 from jaxsr.data import subjects as subjects_lib
 from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
-from jaxsr.inference import reconstruct
-from jaxsr.models import build_model
+from jaxsr.inference import reconstruct, reconstruct_fixed_scale
+from jaxsr.models import build_model, is_implicit
 from jaxsr.train import step as step_lib
-from jaxsr.train.checkpoint import Checkpointer
+from jaxsr.train.checkpoint import Checkpointer, run_dir
 from jaxsr.train.run_record import write_run_record
 
-METHODS = ("tricubic", "zero_fill", "csr_dmri")
+# (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
+Predict = Callable[[np.ndarray, np.ndarray | None, tuple, float], np.ndarray]
+# Truth FA above which a brain voxel counts as white matter when a subject has no WM mask.
+WM_FA_THRESHOLD = 0.2
 
 
-def restore_params(config, workdir: str | pathlib.Path):
-  """(model, params, step) from the latest checkpoint in `workdir`."""
-  checkpointer = Checkpointer(workdir, read_only=True)
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A way to bring an LR volume onto the HR grid.
+
+  Attributes:
+    name: row name in the tables.
+    predict: see `Predict`.
+    uses_t1: whether `predict` needs the LR T1.
+    t1, fft_loss: ablation flags of trained runs (Table 2 columns); None for classical methods.
+  """
+  name: str
+  predict: Predict
+  uses_t1: bool = False
+  t1: bool | None = None
+  fft_loss: bool | None = None
+
+
+def classical_methods() -> dict[str, Method]:
+  return {
+      "tricubic": Method("tricubic", lambda lr, t1, shape, s: np.asarray(
+          tricubic_upsample(lr, shape))),
+      "zero_fill": Method("zero_fill", lambda lr, t1, shape, s: kspace_zero_fill(lr, shape)),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A run restored from its latest checkpoint: the config it was trained with, model, variables."""
+  config: ml_collections.ConfigDict
+  model: object
+  variables: dict
+  step: int
+
+
+def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
+  """Restores the latest checkpoint of `run_dir` into abstract shapes (nothing is initialised)."""
+  checkpointer = Checkpointer(run_dir, read_only=True)
   step = checkpointer.latest_step()
   if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint found; train first with train.py "
-                            f"--workdir {workdir}")
+    raise FileNotFoundError(f"{run_dir}: no checkpoint found; train first with train.py "
+                            f"--workdir {run_dir}")
+  config = checkpointer.restore_config(step)
+  if "kind" not in config.model:
+    raise ValueError(f"{run_dir}: its config has no model.kind (written by an older jaxsr); "
+                     "retrain it")
   model = build_model(config.model)
-  rng = jax.random.PRNGKey(0)  # shapes only: nothing is initialised
+  rng = jax.random.PRNGKey(0)  # shapes only
   abstract_state = jax.eval_shape(lambda: step_lib.create_train_state(model, config, rng))
   state, _ = checkpointer.restore(step, abstract_state, jax.eval_shape(lambda: rng))
   checkpointer.close()
-  return model, state.params, step
+  variables = {"params": state.params}
+  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return TrainedRun(config, model, variables, step)
+
+
+def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
+  """The `Method` of a trained run (implicit or fixed-scale, as its config says)."""
+  model_config, model, variables = run.config.model, run.model, run.variables
+  t1 = model_config.in_channels == 2
+  fft_loss = run.config.train.fft_weight > 0
+  if is_implicit(model_config.kind):
+    def predict(lr, lr_t1, hr_shape, scale):
+      inputs = np.stack([lr, lr_t1] if t1 else [lr], axis=-1)
+      return reconstruct(model, variables["params"], inputs, hr_shape, eval_config.chunk_size)
+    return Method(name, predict, uses_t1=t1, t1=t1, fft_loss=fft_loss)
+  data = run.config.data
+  if data.scale_min != data.scale_max:
+    raise ValueError(f"{name}: a fixed-scale model needs data.scale_min == data.scale_max")
+
+  def predict(lr, lr_t1, hr_shape, scale):
+    return reconstruct_fixed_scale(model, variables, lr, hr_shape, scale=scale,
+                                   train_scale=data.scale_min, tile_voxels=eval_config.tile_voxels)
+  return Method(name, predict, t1=False, fft_loss=fft_loss)
 
 
 def evaluated_volumes(num_volumes: int, available: int) -> list[int]:
-  """`num_volumes` b-shell volume indices spread evenly over the `available` ones."""
-  count = min(num_volumes, available)
+  """`num_volumes` b-shell volume indices spread evenly over the `available` ones (0: all)."""
+  count = available if num_volumes <= 0 else min(num_volumes, available)
   return sorted({int(i) for i in np.linspace(0, available - 1, count).round()})
 
 
-def score_subject(model, params, subject, *, use_t1: bool, scales, num_volumes: int,
-                  chunk_size: int) -> list[dict]:
-  """Per-scale, per-method PSNR/SSIM of one subject, averaged over its evaluated volumes."""
+@dataclasses.dataclass
+class FigureData:
+  """One subject's outputs at one scale and volume, for the figures."""
+  scale: float
+  volume: int
+  truth: np.ndarray
+  mask: np.ndarray
+  outputs: dict = dataclasses.field(default_factory=dict)
+  scores: dict = dataclasses.field(default_factory=dict)
+  fa_truth: np.ndarray | None = None
+  fa: dict = dataclasses.field(default_factory=dict)
+  fa_rmse: dict = dataclasses.field(default_factory=dict)
+
+
+def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: int,
+                  with_dti: bool = False, figure: FigureData | None = None,
+                  progress: tqdm | None = None) -> tuple[list[dict], list[dict]]:
+  """PSNR/SSIM per (method, scale, scored volume) and, with `with_dti`, FA/MD RMSE per (method, scale).
+
+  With `with_dti` every shell volume is super-resolved (a tensor fit needs them
+  all), the tensors are fitted on the SR shell and on the HR shell, and FA/MD are
+  compared inside the subject's WM mask (without one: truth FA > 0.2 in the brain).
+  `figure`, if given, is filled with the outputs at its scale and volume.
+  """
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
-  rows = []
+  num_shell = subject.dwi.shape[-1]
+  scored = evaluated_volumes(num_volumes, num_shell)
+  needed = list(range(num_shell)) if with_dti else scored
+  if with_dti:
+    fa_truth, md_truth = dti.tensor_maps(subject.dwi, subject.bvecs, subject.bval, mask)
+    wm = (np.asarray(subject.wm_mask) if subject.wm_mask is not None
+          else mask & (fa_truth > WM_FA_THRESHOLD))
+  rows, dti_rows = [], []
+  t1 = np.asarray(subject.t1, np.float32)
   for scale in scales:
     lr_shape = lr_shape_for_scale(hr_shape, scale)
-    lr_t1 = [np.asarray(degrade(np.asarray(subject.t1, np.float32), lr_shape))] if use_t1 else []
-    scores = {m: {"psnr": [], "ssim": []} for m in METHODS}
-    for v in evaluated_volumes(num_volumes, subject.dwi.shape[-1]):
-      truth = np.asarray(subject.dwi[..., v], np.float32)
-      lr_dwi = np.asarray(degrade(truth, lr_shape))
-      lr = np.stack([lr_dwi] + lr_t1, axis=-1)  # channels: DWI, then T1 if the model takes it
-      outputs = {"tricubic": np.asarray(tricubic_upsample(lr_dwi, hr_shape)),
-                 "zero_fill": kspace_zero_fill(lr_dwi, hr_shape),
-                 "csr_dmri": reconstruct(model, params, lr, hr_shape, chunk_size)}
-      for method, output in outputs.items():
-        scores[method]["psnr"].append(metrics.psnr(output, truth, mask))
-        scores[method]["ssim"].append(metrics.ssim(output, truth, mask))
-    rows += [{"subject": subject.name, "method": m, "scale": float(scale),
-              "psnr": float(np.mean(s["psnr"])), "ssim": float(np.mean(s["ssim"]))}
-             for m, s in scores.items()]
-  return rows
+    lr_t1 = (np.asarray(degrade(t1, lr_shape)) if any(m.uses_t1 for m in methods.values())
+             else None)
+    lr_dwi = {v: np.asarray(degrade(np.asarray(subject.dwi[..., v], np.float32), lr_shape))
+              for v in needed}
+    keep = figure is not None and scale == figure.scale
+    for method in methods.values():
+      shell = np.empty(hr_shape + (len(needed),), np.float32) if with_dti else None
+      for i, v in enumerate(needed):
+        output = method.predict(lr_dwi[v], lr_t1, hr_shape, scale)
+        if with_dti:
+          shell[..., i] = output
+        if v in scored:
+          truth = np.asarray(subject.dwi[..., v], np.float32)
+          row = {"subject": subject.name, "method": method.name, "scale": float(scale),
+                 "volume": v, "psnr": metrics.psnr(output, truth, mask),
+                 "ssim": metrics.ssim(output, truth, mask)}
+          rows.append(row)
+          if keep and v == figure.volume:
+            figure.outputs[method.name] = output
+            figure.scores[method.name] = (row["psnr"], row["ssim"])
+      if with_dti:
+        fa, md = dti.tensor_maps(shell, subject.bvecs, subject.bval, mask)
+        errors = dti.dti_errors(fa, md, fa_truth, md_truth, wm)
+        dti_rows.append({"subject": subject.name, "method": method.name, "scale": float(scale),
+                         **errors})
+        if keep:
+          figure.fa[method.name] = fa
+          figure.fa_rmse[method.name] = errors["fa_rmse"]
+      if progress is not None:
+        progress.update(1)
+  if figure is not None and with_dti:
+    figure.fa_truth = fa_truth
+  return rows, dti_rows
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-  """Mean and std over subjects for each (method, scale)."""
-  table = []
-  for method in dict.fromkeys(r["method"] for r in rows):
-    for scale in sorted({r["scale"] for r in rows}, key=lambda s: (s != int(s), s)):
-      sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
-      table.append({"method": method, "scale": scale,
-                    "psnr": float(np.mean([r["psnr"] for r in sel])),
-                    "ssim": float(np.mean([r["ssim"] for r in sel])),
-                    "psnr_std": float(np.std([r["psnr"] for r in sel])),
-                    "ssim_std": float(np.std([r["ssim"] for r in sel])),
-                    "num_subjects": len(sel)})
-  return table
+def _write_json(path: pathlib.Path, value) -> None:
+  path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def markdown_table(table: list[dict]) -> str:
-  """Methods x scales, PSNR (dB) and SSIM, the best of each column in bold."""
-  scales = list(dict.fromkeys(r["scale"] for r in table))
-  methods = list(dict.fromkeys(r["method"] for r in table))
-  cell = {(r["method"], r["scale"]): r for r in table}
-  best = {(s, k): max(cell[m, s][k] for m in methods) for s in scales for k in ("psnr", "ssim")}
-  header = "| method | " + " | ".join(f"{s:g}× PSNR | {s:g}× SSIM" for s in scales) + " |"
-  lines = [header, "|---" * (1 + 2 * len(scales)) + "|"]
-  for m in methods:
-    values = []
-    for s in scales:
-      for k, fmt in (("psnr", "{:.4f}"), ("ssim", "{:.4f}")):
-        text = fmt.format(cell[m, s][k])
-        values.append(f"**{text}**" if cell[m, s][k] == best[s, k] else text)
-    lines.append(f"| {m} | " + " | ".join(values) + " |")
-  return "\n".join(lines) + "\n"
+def evaluate(config, workdir: str | pathlib.Path) -> str:
+  """Evaluates `workdir` on the test subjects and returns the Markdown it wrote.
 
-
-def evaluate(config, workdir: str | pathlib.Path) -> list[dict]:
-  """Scores the latest checkpoint of `workdir` on the test subjects; writes `workdir/eval/`.
-
-  Writes `eval/table.md`, `eval/table.json` (a list of {"method", "scale", "psnr",
-  "ssim", ...} means over test subjects), `eval/per_subject.json` and
-  `eval/run.json`. Returns the table rows.
+  A config with a `runs` section (configs/compare_dmri.py) compares the runs
+  (see `compare`); any other config is one run: its latest checkpoint against
+  tricubic and zero-filling, written as `eval/table.md`, `eval/table.json` (a
+  list of {"method", "scale", "psnr", "ssim", ...} means over test subjects) and
+  `eval/per_subject.json` (one row per subject, volume, method and scale).
   """
+  if "runs" in config:
+    return compare(config, workdir)
   workdir = pathlib.Path(workdir)
-  model, params, step = restore_params(config, workdir)
+  run = load_run(workdir)
+  methods = classical_methods()
+  name = run.config.model.kind
+  methods[name] = trained_method(name, run, config.eval)
   test_subjects = subjects_lib.load_subjects(config.data)["test"]
   out_dir = workdir / "eval"
-  write_run_record(out_dir / "run.json", config, checkpoint_step=step,
+  write_run_record(out_dir / "run.json", config, checkpoint_step=run.step,
                    test_subjects=[s.name for s in test_subjects])
   rows = []
   for subject in tqdm(test_subjects, desc="evaluate", dynamic_ncols=True):
-    rows += score_subject(model, params, subject, use_t1=config.model.in_channels == 2,
-                          scales=config.eval.scales, num_volumes=config.eval.num_volumes,
-                          chunk_size=config.eval.chunk_size)
-  table = summarise(rows)
-  text = markdown_table(table)
-  (out_dir / "per_subject.json").write_text(json.dumps(rows, indent=2) + "\n")
-  (out_dir / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    rows += score_subject(methods, subject, scales=config.eval.scales,
+                          num_volumes=config.eval.num_volumes)[0]
+  table = tables.summarise(rows)
+  text = tables.markdown_table(table)
+  _write_json(out_dir / "per_subject.json", rows)
+  _write_json(out_dir / "table.json", table)
   (out_dir / "table.md").write_text(text)
-  tqdm.write(f"Evaluated checkpoint step {step} on {len(test_subjects)} test subject(s): "
+  tqdm.write(f"Evaluated checkpoint step {run.step} on {len(test_subjects)} test subject(s): "
              f"{', '.join(s.name for s in test_subjects)}")
-  return table
+  return text
+
+
+def compare(config, workdir: str | pathlib.Path) -> str:
+  """Tables 1 and 2, Wilcoxon tests, DTI errors and figures for the runs of a comparison config.
+
+  Writes under `WORKDIR/eval/`: `table1.md` (config.table1 methods × scales,
+  PSNR/SSIM, best in bold, p-values of config.reference against each method),
+  `table2.md` (the ablations, config.table2, with their T1 / FFT-loss flags),
+  `dti.md` (FA and MD RMSE in the WM mask), `tables.json` (everything, including
+  per-volume scores), `figures/*.png` and `run.json`. Returns the Markdown.
+  """
+  workdir = pathlib.Path(workdir)
+  classical = classical_methods()
+  names = list(dict.fromkeys([*config.table1, *config.table2]))
+  unknown = [n for n in names if n not in classical and n not in config.runs]
+  if unknown:
+    raise ValueError(f"table methods {unknown} are neither classical ({sorted(classical)}) "
+                     f"nor runs of the config ({sorted(config.runs)})")
+  methods, steps = {}, {}
+  for name in names:
+    if name in classical:
+      methods[name] = classical[name]
+    else:
+      run = load_run(run_dir(config, workdir, name))
+      methods[name] = trained_method(name, run, config.eval)
+      steps[name] = run.step
+  test_subjects = subjects_lib.load_subjects(config.data)["test"]
+  out_dir = workdir / "eval"
+  write_run_record(out_dir / "run.json", config, checkpoint_steps=steps,
+                   test_subjects=[s.name for s in test_subjects])
+  figure = FigureData(scale=float(config.eval.figure_scale), volume=0, truth=None, mask=None)
+  rows, dti_rows = [], []
+  progress = tqdm(total=len(test_subjects) * len(config.eval.scales) * len(methods),
+                  desc="evaluate", dynamic_ncols=True)
+  with progress:
+    for i, subject in enumerate(test_subjects):
+      fig = figure if i == 0 and config.eval.figures else None
+      if fig is not None:
+        fig.volume = evaluated_volumes(config.eval.num_volumes, subject.dwi.shape[-1])[0]
+        fig.truth = np.asarray(subject.dwi[..., fig.volume], np.float32)
+        fig.mask = np.asarray(subject.mask)
+      subject_rows, subject_dti = score_subject(
+          methods, subject, scales=config.eval.scales, num_volumes=config.eval.num_volumes,
+          with_dti=config.eval.dti, figure=fig, progress=progress)
+      rows += subject_rows
+      dti_rows += subject_dti
+
+  table = tables.summarise(rows)
+  pvalues = tables.wilcoxon(rows, config.reference)
+  flags = {"T1": {m.name: "✓" if m.t1 else "" for m in methods.values()},
+           "FFT loss": {m.name: "✓" if m.fft_loss else "" for m in methods.values()}}
+  text1 = ("## Table 1: methods × scales (PSNR dB, SSIM)\n\n"
+           + tables.markdown_table(table, methods=config.table1) + "\n"
+           + tables.markdown_pvalues(pvalues, methods=config.table1))
+  text2 = ("## Table 2: ablations (PSNR dB, SSIM)\n\n"
+           + tables.markdown_table(table, methods=config.table2, extra_columns=flags) + "\n"
+           + tables.markdown_pvalues(pvalues, methods=config.table2))
+  (out_dir / "table1.md").write_text(text1)
+  (out_dir / "table2.md").write_text(text2)
+  result = {"table": table, "wilcoxon": pvalues, "per_volume": rows,
+            "checkpoint_steps": steps, "test_subjects": [s.name for s in test_subjects]}
+  texts = [text1, text2]
+  if config.eval.dti:
+    dti_table = tables.summarise(dti_rows, keys=("fa_rmse", "md_rmse"))
+    text_dti = ("## DTI-metric errors in white matter (FA RMSE; MD RMSE in 10⁻³ mm²/s)\n\n"
+                + tables.markdown_table(dti_table, metrics=tables.DTI_METRICS,
+                                        methods=config.table1))
+    (out_dir / "dti.md").write_text(text_dti)
+    result.update(dti=dti_table, dti_per_subject=dti_rows)
+    texts.append(text_dti)
+  _write_json(out_dir / "tables.json", result)
+  if config.eval.figures:
+    write_figures(figure, config.table1, out_dir / "figures", test_subjects[0].name)
+  return "\n".join(texts)
+
+
+def write_figures(figure: FigureData, method_names, out_dir: pathlib.Path, subject: str) -> None:
+  """Slice comparison, error maps and (with DTI) FA maps of `figure` for `method_names`."""
+  label = f"{subject}, volume {figure.volume}, {figure.scale:g}×"
+  outputs = {m: figure.outputs[m] for m in method_names}
+  figures.slice_comparison(outputs, figure.truth, figure.mask, figure.scores,
+                           out_dir / f"slices_{figure.scale:g}x.png", title=label)
+  figures.error_maps(outputs, figure.truth, figure.mask,
+                     out_dir / f"errors_{figure.scale:g}x.png", title=f"|SR − HR|, {label}")
+  if figure.fa:
+    figures.fa_comparison({m: figure.fa[m] for m in method_names}, figure.fa_truth, figure.mask,
+                          out_dir / f"fa_{figure.scale:g}x.png",
+                          title=f"FA, {subject}, {figure.scale:g}×", rmse=figure.fa_rmse)

@@ -1,5 +1,12 @@
+"""Result tables, Wilcoxon tests and per-subject scoring."""
 
-from jaxsr.evaluation import evaluated_volumes, markdown_table, summarise
+import types
+
+import numpy as np
+import pytest
+
+from jaxsr.evaluation import Method, classical_methods, evaluated_volumes, score_subject
+from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 
 def rows():
@@ -21,6 +28,15 @@ def test_summarise_means_over_subjects_in_paper_column_order():
   assert row["psnr"] == 28.5 and row["psnr_std"] == 0.5 and row["num_subjects"] == 2
 
 
+def test_summarise_averages_each_subjects_volumes_first():
+  per_volume = [{"subject": "a", "method": "m", "scale": 2.0, "volume": v, "psnr": p, "ssim": 0}
+                for v, p in enumerate((10.0, 20.0, 30.0))]
+  per_volume.append({"subject": "b", "method": "m", "scale": 2.0, "volume": 0, "psnr": 40.0,
+                     "ssim": 0})
+  (row,) = summarise(per_volume)
+  assert row["psnr"] == 30.0 and row["psnr_std"] == 10.0  # subjects 20 and 40, not volumes
+
+
 def test_markdown_table_bolds_the_best_of_each_column():
   text = markdown_table(summarise(rows()))
   lines = text.strip().splitlines()
@@ -32,7 +48,69 @@ def test_markdown_table_bolds_the_best_of_each_column():
   assert "**29.5000**" in csr and "**0.8800**" in tri
 
 
+def test_markdown_table_orders_rows_adds_columns_and_bolds_minima_for_errors():
+  table = [{"method": m, "scale": 2.0, "fa_rmse": e, "md_rmse": 1 - e}
+           for m, e in (("a", 0.1), ("b", 0.2))]
+  text = markdown_table(table, metrics=DTI_METRICS, methods=["b", "a"],
+                        extra_columns={"T1": {"a": "✓"}})
+  lines = text.splitlines()
+  assert lines[0] == "| method | T1 | 2× FA RMSE | 2× MD RMSE |"
+  assert lines[2] == "| b |  | 0.2000 | **0.8000** |"
+  assert lines[3] == "| a | ✓ | **0.1000** | 0.9000 |"
+
+
+def test_wilcoxon_pairs_volumes_and_detects_a_consistent_gain():
+  rng = np.random.default_rng(0)
+  data = []
+  for v in range(12):
+    base = rng.normal(25, 1)
+    data += [{"subject": "s", "volume": v, "scale": 2.0, "method": "ref", "psnr": base + 1,
+              "ssim": 0.5},
+             {"subject": "s", "volume": v, "scale": 2.0, "method": "other", "psnr": base,
+              "ssim": 0.5}]
+  (entry,) = wilcoxon(data, "ref")
+  assert entry["method"] == "other" and entry["num_pairs"] == 12
+  assert entry["psnr_p"] == pytest.approx(2 * 0.5 ** 12)  # all 12 signs agree: exact test
+  assert entry["ssim_p"] == 1.0  # no differences
+  text = markdown_pvalues([entry])
+  assert "| other | 0.00049 | 1 |" in text and "12 pairs" in text
+  one_pair = [r for r in data if r["volume"] == 0]
+  assert np.isnan(wilcoxon(one_pair, "ref")[0]["psnr_p"])
+
+
 def test_evaluated_volumes_spread_over_the_shell():
   assert evaluated_volumes(4, 64) == [0, 21, 42, 63]
   assert evaluated_volumes(10, 3) == [0, 1, 2]
   assert evaluated_volumes(1, 5) == [0]
+  assert evaluated_volumes(0, 5) == [0, 1, 2, 3, 4]
+
+
+def _subject(num_volumes=6):
+  """A smooth synthetic shell (isotropic-ish tensors) on a 16^3 grid with a spherical mask."""
+  x, y, z = np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij")
+  mask = x ** 2 + y ** 2 + z ** 2 < 0.8
+  bvecs = np.random.default_rng(0).normal(size=(num_volumes, 3))
+  bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
+  diffusivity = 0.7e-3 + 0.3e-3 * np.cos(2 * x)[..., None] * (bvecs[:, 0] ** 2)
+  dwi = np.where(mask[..., None], np.exp(-1000.0 * diffusivity), 0).astype(np.float32)
+  return types.SimpleNamespace(name="s", dwi=dwi, t1=np.zeros(mask.shape, np.float32), mask=mask,
+                               bvecs=bvecs, bval=1000.0, wm_mask=mask & (x > 0))
+
+
+def test_score_subject_scores_each_method_scale_and_volume_with_dti():
+  subject = _subject()
+  methods = classical_methods()
+  seen_t1 = []
+  methods["t1_user"] = Method("t1_user", lambda lr, t1, shape, s: seen_t1.append(t1) or np.asarray(
+      subject.dwi[..., 0]), uses_t1=True)
+  rows, dti_rows = score_subject(methods, subject, scales=(2.0, 4.0), num_volumes=2,
+                                 with_dti=True)
+  assert len(rows) == 3 * 2 * 2 and {r["volume"] for r in rows} == {0, 5}
+  assert len(dti_rows) == 3 * 2 and len(seen_t1) == 2 * 6  # every shell volume, both scales
+  assert seen_t1[0].shape == (8, 8, 8)
+  by = {(r["method"], r["scale"], r["volume"]): r for r in rows}
+  assert by["t1_user", 2.0, 0]["psnr"] == np.inf  # returns volume 0's truth
+  assert by["tricubic", 2.0, 0]["psnr"] > by["tricubic", 4.0, 0]["psnr"]
+  dti = {(r["method"], r["scale"]): r for r in dti_rows}
+  assert all(np.isfinite(r["fa_rmse"]) and r["fa_rmse"] >= 0 for r in dti_rows)
+  assert dti["tricubic", 2.0]["fa_rmse"] < dti["tricubic", 4.0]["fa_rmse"]

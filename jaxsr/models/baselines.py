@@ -44,6 +44,11 @@ class DCSRN(nn.Module):
   num_units: int = 4
   dtype: Dtype = jnp.float32
 
+  @property
+  def receptive_radius(self) -> int:
+    """Voxels of context on each side that an output voxel depends on (one per 3^3 conv)."""
+    return self.num_units + 2
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     features = [conv3d(2 * self.growth, 3, self.dtype, name="input")(x)]
@@ -62,6 +67,9 @@ class ResCNN3D(nn.Module):
   Structure: `num_layers` 3^3 convs, conv_0: 1 -> F + ReLU, conv_1 .. conv_{n-2}:
   F -> F + ReLU, and a linear `output` conv F -> 1 giving the residual.
 
+  `train` is accepted so that all fixed-scale models share the `(x, train)`
+  signature; this model has no batch statistics.
+
   Attributes:
     num_features: F, channels of the hidden layers.
     num_layers: total conv layers, including the first and the output conv (>= 2).
@@ -71,8 +79,14 @@ class ResCNN3D(nn.Module):
   num_layers: int = 10
   dtype: Dtype = jnp.float32
 
+  @property
+  def receptive_radius(self) -> int:
+    """Voxels of context on each side that an output voxel depends on (one per 3^3 conv)."""
+    return self.num_layers
+
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
     if self.num_layers < 2:
       raise ValueError(f"ResCNN3D needs num_layers >= 2, got {self.num_layers}")
     h = x

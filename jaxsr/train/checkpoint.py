@@ -21,6 +21,12 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
+def run_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+            name: str) -> pathlib.Path:
+  """Workdir of run `name` of a comparison config: `config.run_dirs[name]` if set, else WORKDIR/name."""
+  return pathlib.Path(config.run_dirs.get(name) or pathlib.Path(workdir) / name)
+
+
 class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` that names this project's items."""
 

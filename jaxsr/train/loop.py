@@ -1,4 +1,4 @@
-"""The CSR-dMRI training loop: data, sharded steps, metrics, progress and resumable checkpoints."""
+"""The dMRI training loop: data, sharded steps, metrics, progress and resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tqdm import tqdm
 from jaxsr.data import pipeline, subjects as subjects_lib
 from jaxsr.models import build_model
 from jaxsr.train import step as step_lib
-from jaxsr.train.checkpoint import Checkpointer
+from jaxsr.train.checkpoint import Checkpointer, run_dir
 from jaxsr.train.run_record import write_run_record
 
 
@@ -40,12 +40,12 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
   path.write_text("".join(l + "\n" for l in kept))
 
 
-def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
-  """Trains CSR-dMRI as `config` says, resuming from the latest checkpoint in `workdir`.
+def train(config, workdir: str | pathlib.Path) -> int:
+  """Trains the model of `config`, resuming from the latest checkpoint in `workdir`.
 
   Writes `workdir/run.json` (config, seed, versions, commit), `workdir/metrics.jsonl`
   (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
-  Returns the final train state.
+  A run already at `train.num_steps` is left as it is. Returns the final step.
   """
   splits = subjects_lib.load_subjects(config.data)  # bad data fails before DIR is touched
   sampler = make_sampler(config, splits["train"])
@@ -54,6 +54,10 @@ def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
   checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
                               save_interval_steps=config.train.checkpoint_every_steps)
   start_step = checkpointer.latest_step() or 0
+  if start_step >= config.train.num_steps:
+    tqdm.write(f"{workdir}: already trained to step {start_step}")
+    checkpointer.close()
+    return start_step
   if jax.process_index() == 0:
     write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
   iterator = pipeline.training_batches(
@@ -107,4 +111,16 @@ def train(config, workdir: str | pathlib.Path) -> step_lib.TrainState:
                         force=done == config.train.num_steps)
   checkpointer.wait()
   checkpointer.close()
-  return state
+  return config.train.num_steps
+
+
+def train_runs(config, workdir: str | pathlib.Path) -> None:
+  """Trains every run of a comparison config (`config.runs`) in turn, each in its own workdir.
+
+  Run `name` lives in `config.run_dirs[name]` if set, else WORKDIR/name; finished
+  runs are skipped and interrupted ones resume.
+  """
+  for name, run_config in config.runs.items():
+    directory = run_dir(config, workdir, name)
+    tqdm.write(f"== {name} ({run_config.model.kind}) -> {directory}")
+    train(run_config, directory)

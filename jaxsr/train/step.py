@@ -1,9 +1,11 @@
-"""The CSR-dMRI train step: one jitted XLA program, sharded over a device mesh.
+"""The dMRI train step: one jitted XLA program, sharded over a device mesh.
 
 `train_step(state, batch, rng) -> (state, metrics)` makes the LR input from the
-HR crops (anti-aliased cubic degradation of the DWI and the T1 alike), queries
-the model at every HR voxel centre and takes one Adam step on
-L1 + fft_weight · mean|FFT(pred) − FFT(target)|.
+HR crops (anti-aliased cubic degradation of the DWI and the T1 alike) and takes
+one Adam step on L1 + fft_weight · mean|FFT(pred) − FFT(target)|. Implicit
+models (`model.kind` csr_dmri) are queried at every HR voxel centre; fixed-scale
+models (dcsrn, rescnn3d) map the LR DWI interpolated back onto the HR crop's
+grid to the HR crop, and their state carries BatchNorm statistics.
 
 Sharding: the batch is split over the mesh's `data` axis, parameters and
 optimizer state are replicated; XLA inserts the gradient all-reduce. The state
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,11 +26,17 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxsr import losses
-from jaxsr.data.degrade import degrade
+from jaxsr.data.degrade import degrade, tricubic_upsample
+from jaxsr.models import is_implicit
 from jaxsr.models.sampling import grid_coordinates
 
 DATA_AXIS = "data"
 TrainState = train_state.TrainState
+
+
+class BatchStatsTrainState(TrainState):
+  """Train state of fixed-scale models: also BatchNorm running statistics ({} if none)."""
+  batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -38,13 +47,27 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def create_train_state(model: nn.Module, config, rng: jax.Array) -> TrainState:
-  """Initialises parameters (on an LR patch of `data.lr_patch_size`^3) and the Adam state."""
-  lr_size = config.data.lr_patch_size
-  lr = jnp.zeros((1, lr_size, lr_size, lr_size, config.model.in_channels), jnp.float32)
-  coords = jnp.zeros((1, 8, 3), jnp.float32)
-  params = jax.jit(model.init)(rng, lr, coords)["params"]
+  """Initialises parameters (on one training patch) and the Adam state.
+
+  Implicit models get a `TrainState`, fixed-scale ones a `BatchStatsTrainState`.
+  """
   tx = optax.adam(learning_rate_schedule(config.train))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  lr_size = config.data.lr_patch_size
+  if is_implicit(config.model.kind):
+    lr = jnp.zeros((1, lr_size, lr_size, lr_size, config.model.in_channels), jnp.float32)
+    coords = jnp.zeros((1, 8, 3), jnp.float32)
+    params = jax.jit(model.init)(rng, lr, coords)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  hr = jnp.zeros((1,) + (2 * lr_size,) * 3 + (1,), jnp.float32)
+  variables = jax.jit(model.init, static_argnames="train")(rng, hr, train=False)
+  return BatchStatsTrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                     batch_stats=variables.get("batch_stats", {}))
+
+
+def interpolated_input(hr: jax.Array, lr_size: int) -> jax.Array:
+  """(B, M, M, M) HR crops -> (B, M, M, M, 1): degraded to l^3 voxels, tricubic back to M^3."""
+  lr = degrade(hr, (lr_size,) * 3)
+  return tricubic_upsample(lr, hr.shape[1:])[..., None]
 
 
 def make_lr_input(batch: dict[str, jax.Array], lr_size: int, use_t1: bool) -> jax.Array:
@@ -72,24 +95,37 @@ def make_train_step(config) -> Callable[[TrainState, dict, jax.Array], tuple[Tra
   """Builds the pure train step for `config` (not yet jitted; see `compile_train_step`)."""
   lr_size = config.data.lr_patch_size
   use_t1 = config.model.in_channels == 2
+  implicit = is_implicit(config.model.kind)
   fft_weight = config.train.fft_weight
   augment = config.train.augment_flips
   schedule = learning_rate_schedule(config.train)
+
+  def implicit_loss(params, state, hr, batch):
+    lr = make_lr_input(batch, lr_size, use_t1)
+    coords = grid_coordinates(hr.shape[1:]).reshape(1, -1, 3)
+    coords = jnp.broadcast_to(coords, (hr.shape[0],) + coords.shape[1:])
+    pred = state.apply_fn({"params": params}, lr, coords).reshape(hr.shape)
+    loss, parts = losses.csr_dmri_loss(pred, hr, fft_weight)
+    return loss, (parts, {})
+
+  def interpolated_loss(params, state, hr, batch):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    pred, updates = state.apply_fn(variables, interpolated_input(hr, lr_size), train=True,
+                                   mutable=["batch_stats"])
+    loss, parts = losses.csr_dmri_loss(pred[..., 0], hr, fft_weight)
+    return loss, (parts, updates)
+
+  loss_fn = implicit_loss if implicit else interpolated_loss
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     if augment:
       batch = random_flips(batch, rng)
     hr = batch["hr"]
-    lr = make_lr_input(batch, lr_size, use_t1)
-    coords = grid_coordinates(hr.shape[1:]).reshape(1, -1, 3)
-    coords = jnp.broadcast_to(coords, (hr.shape[0],) + coords.shape[1:])
-
-    def loss_fn(params):
-      pred = state.apply_fn({"params": params}, lr, coords).reshape(hr.shape)
-      return losses.csr_dmri_loss(pred, hr, fft_weight)
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state, hr, batch)
     new_state = state.apply_gradients(grads=grads)
+    if not implicit:
+      new_state = new_state.replace(batch_stats=updates.get("batch_stats", {}))
     metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
                "learning_rate": schedule(state.step)}
     return new_state, metrics

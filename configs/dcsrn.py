@@ -1,0 +1,28 @@
+"""DCSRN configuration: a fixed-scale (2×) CNN on the LR DWI interpolated onto the HR grid.
+
+Data, optimiser and evaluation settings are those of `configs/csr_dmri.py` for the
+same variant; the model is DCSRN (first conv to 2k = 48 channels, one dense block
+of 4 BN → ELU → 3³ conv units with k = 24, output conv to 1 channel), trained
+at s = 2 only, with the L1 loss. Variants: default, quick, smoke (as csr_dmri).
+"""
+
+import ml_collections
+
+from configs import csr_dmri
+
+# Model overrides by variant: quick/smoke shrink the network as csr_dmri's variants do.
+# A fixed-scale CNN runs at HR resolution (s³ times the implicit encoder's voxels), so the
+# quick network is kept small enough to evaluate whole volumes on a laptop CPU.
+MODEL_VARIANTS = {"quick": {"growth": 8}, "smoke": {"growth": 4, "num_units": 2}}
+SCALE = 2.0
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = csr_dmri.get_config(arg)
+  c.model = ml_collections.ConfigDict(
+      {"kind": "dcsrn", "in_channels": 1, "growth": 24, "num_units": 4, "dtype": "float32"})
+  c.model.update(MODEL_VARIANTS.get(c.variant, {}))
+  c.data.scale_min = c.data.scale_max = SCALE
+  c.data.num_scale_buckets = 1
+  c.train.fft_weight = 0.0
+  return c

@@ -1,0 +1,28 @@
+"""ResCNN3D configuration: a fixed-scale (3×) residual CNN on the LR DWI interpolated onto the HR grid.
+
+Data, optimiser and evaluation settings are those of `configs/csr_dmri.py` for the
+same variant; the model is ResCNN3D (10 3³ conv layers of 64 channels with ReLU,
+a global residual over the interpolated input), trained at s = 3 only, with the
+L1 loss. Variants: default, quick, smoke (as csr_dmri).
+"""
+
+import ml_collections
+
+from configs import csr_dmri
+
+# Model overrides by variant (see configs/dcsrn.py for why quick is small).
+MODEL_VARIANTS = {"quick": {"num_features": 16, "num_layers": 6},
+                  "smoke": {"num_features": 4, "num_layers": 3}}
+SCALE = 3.0
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = csr_dmri.get_config(arg)
+  c.model = ml_collections.ConfigDict(
+      {"kind": "rescnn3d", "in_channels": 1, "num_features": 64, "num_layers": 10,
+       "dtype": "float32"})
+  c.model.update(MODEL_VARIANTS.get(c.variant, {}))
+  c.data.scale_min = c.data.scale_max = SCALE
+  c.data.num_scale_buckets = 1
+  c.train.fft_weight = 0.0
+  return c
