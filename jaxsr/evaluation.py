@@ -207,13 +207,13 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   """Evaluates `workdir` on the test subjects and returns the Markdown it wrote.
 
   A config with a `runs` section (configs/compare_dmri.py) compares the runs
-  (see `compare`); any other config is one run: its latest checkpoint against
+  (see `make_tables`); any other config is one run: its latest checkpoint against
   tricubic and zero-filling, written as `eval/table.md`, `eval/table.json` (a
   list of {"method", "scale", "psnr", "ssim", ...} means over test subjects) and
   `eval/per_subject.json` (one row per subject, volume, method and scale).
   """
   if "runs" in config:
-    return compare(config, workdir)
+    return make_tables(config, workdir)
   workdir = pathlib.Path(workdir)
   run = load_run(workdir)
   methods = classical_methods()
@@ -237,7 +237,7 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   return text
 
 
-def compare(config, workdir: str | pathlib.Path) -> str:
+def make_tables(config, workdir: str | pathlib.Path) -> str:
   """Tables 1 and 2, Wilcoxon tests, DTI errors and figures for the runs of a comparison config.
 
   Writes under `WORKDIR/eval/`: `table1.md` (config.table1 methods × scales,

@@ -113,3 +113,21 @@ def test_gradients_are_finite_and_correct():
   interior = jnp.array([[-0.41, 0.13, 0.29], [0.37, -0.55, -0.07]])
   check_grads(lambda c: sampling.sample_trilinear(features, c), (interior,), order=1,
               modes=("rev",), eps=1e-3, atol=1e-2, rtol=1e-2)
+
+
+def test_local_offsets_are_zero_at_lr_centres_and_half_at_2x_hr_centres():
+  lr_shape = (4, 5, 3)
+  np.testing.assert_allclose(sampling.local_offsets(sampling.grid_coordinates(lr_shape), lr_shape), 0, atol=1e-6)
+  hr = sampling.grid_coordinates((8, 10, 6))
+  offsets = np.asarray(sampling.local_offsets(hr, lr_shape))
+  np.testing.assert_allclose(np.abs(offsets), 0.5, atol=1e-5)
+  assert offsets[0, 0, 0, 0] == pytest.approx(-0.5) and offsets[1, 0, 0, 0] == pytest.approx(0.5)
+
+
+def test_local_offsets_do_not_depend_on_the_grid_size():
+  """The same physical point relative to its LR voxel: on a patch of 4 voxels and a volume of 12."""
+  point_in_patch = jnp.array([[-1 + 2 * (1.3 / 4), 0.0, 0.0]])  # 1.3 voxels into a 4-voxel axis
+  point_in_volume = jnp.array([[-1 + 2 * (5.3 / 12), 0.0, 0.0]])  # 5.3 voxels into 12
+  a = sampling.local_offsets(point_in_patch, (4, 4, 4))[0, 0]
+  b = sampling.local_offsets(point_in_volume, (12, 4, 4))[0, 0]
+  assert float(a) == pytest.approx(float(b), abs=1e-5) and float(a) == pytest.approx(-0.4, abs=1e-5)

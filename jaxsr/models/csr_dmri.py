@@ -16,7 +16,9 @@ from flax.typing import Dtype
 
 from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
-from jaxsr.models.sampling import sample_trilinear_batched
+from jaxsr.models.sampling import local_offsets, sample_trilinear_batched
+
+COORDINATE_INPUTS = ("local", "global")
 
 class CSRdMRI(nn.Module):
   """Arbitrary-scale SR model: `encode` (B, x, y, z, C_in) LR volumes, `decode` at (B, Q, 3) coordinates.
@@ -25,6 +27,11 @@ class CSRdMRI(nn.Module):
     num_features, growth, num_blocks, num_layers: RDN3D G0, G, D, C.
     latent_features: channels of the latent map (RDN output).
     mlp_depth, mlp_width, mlp_skip_after: ImplicitMLP depth, width, skip_after.
+    coordinates: what the MLP gets beside the features: "global", the query
+      coordinate c in [-1, 1] of the LR input's field of view (the paper's
+      wording), or "local", c relative to the nearest LR voxel centre
+      (`sampling.local_offsets`), which means the same on a training patch and
+      on a whole volume.
     dtype: computation dtype (parameters stay float32; outputs are float32).
   """
   num_features: int = 64
@@ -35,6 +42,7 @@ class CSRdMRI(nn.Module):
   mlp_depth: int = 8
   mlp_width: int = 256
   mlp_skip_after: int = 4
+  coordinates: str = "local"
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -49,7 +57,10 @@ class CSRdMRI(nn.Module):
   def decode(self, latent: jax.Array, coords: jax.Array) -> jax.Array:
     """Latent (B, x, y, z, L) and coordinates (B, Q, 3) in [-1, 1] -> float32 intensities (B, Q)."""
     features = sample_trilinear_batched(latent, coords)
-    inputs = jnp.concatenate([coords.astype(features.dtype), features], axis=-1)
+    if self.coordinates not in COORDINATE_INPUTS:
+      raise ValueError(f"coordinates must be one of {COORDINATE_INPUTS}, got {self.coordinates!r}")
+    position = local_offsets(coords, latent.shape[1:4]) if self.coordinates == "local" else coords
+    inputs = jnp.concatenate([position.astype(features.dtype), features], axis=-1)
     return self.mlp(inputs)[..., 0].astype(jnp.float32)
 
   def __call__(self, lr: jax.Array, coords: jax.Array) -> jax.Array:

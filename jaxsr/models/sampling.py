@@ -42,6 +42,17 @@ def continuous_index(coords: jax.Array, n: int) -> jax.Array:
   return ((coords + 1) * n - 1) / 2
 
 
+def local_offsets(coords: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Position of coordinates (..., 3) relative to the nearest voxel centre of a grid of `shape`.
+
+  Per axis 2 (u - round(u)) with u the continuous voxel index: -1 and 1 are the
+  faces of the nearest voxel's cell, 0 its centre. Unlike c itself, this does
+  not depend on how large the grid (a training patch or a whole volume) is.
+  """
+  index = jnp.stack([continuous_index(coords[..., a], n) for a, n in enumerate(shape)], axis=-1)
+  return 2 * (index - jnp.round(index))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def voxel_centres(n: int) -> jax.Array:
   """(n,) float32 coordinates of the voxel centres of an axis of `n` voxels."""

@@ -31,13 +31,17 @@ def per_process_batch_size(batch_size: int) -> int:
   return batch_size // jax.process_count()
 
 
-def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-  """Drops metric lines past `last_step`, written by a run that died after its last checkpoint."""
+def truncate_metrics(path: pathlib.Path, last_step: int) -> float:
+  """Drops metric lines past `last_step` (written by a run that died after its last checkpoint).
+
+  Returns the training time (s) the last kept line records, 0 if none.
+  """
   if not path.exists():
-    return
+    return 0.0
   lines = [l for l in path.read_text().splitlines() if l.strip()]
-  kept = [l for l in lines if json.loads(l)["step"] <= last_step]
-  path.write_text("".join(l + "\n" for l in kept))
+  kept = [json.loads(l) for l in lines if json.loads(l)["step"] <= last_step]
+  path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+  return float(kept[-1].get("elapsed_s", 0.0)) if kept else 0.0
 
 
 def train(config, workdir: str | pathlib.Path) -> int:
@@ -72,9 +76,10 @@ def train(config, workdir: str | pathlib.Path) -> int:
   state = step_lib.replicate(step_lib.create_train_state(model, config, init_rng), mesh)
   rng = step_lib.replicate(rng, mesh)
   metrics_path = workdir / "metrics.jsonl"
+  previous_seconds = 0.0  # training time of earlier processes of this run
   if start_step:
     state, rng = checkpointer.restore(start_step, state, rng, iterator)
-    truncate_metrics(metrics_path, start_step)
+    previous_seconds = truncate_metrics(metrics_path, start_step)
     tqdm.write(f"Resumed from step {start_step} in {workdir}")
   elif metrics_path.exists():
     metrics_path.unlink()
@@ -87,6 +92,7 @@ def train(config, workdir: str | pathlib.Path) -> int:
   train_step = step_lib.compile_train_step(step_lib.make_train_step(config), mesh)
   log_every = config.train.log_every_steps
   window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
+  train_start = window_start
   progress = tqdm(total=config.train.num_steps, initial=start_step, desc="train",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
   with progress, metrics_path.open("a") as metrics_file:
@@ -101,11 +107,13 @@ def train(config, workdir: str | pathlib.Path) -> int:
         summary = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
                    for k in window_metrics[0]}
         elapsed = time.perf_counter() - window_start
-        summary.update(step=done, voxels_per_s=window_voxels / elapsed)
+        summary.update(step=done, voxels_per_s=window_voxels / elapsed,
+                       elapsed_s=previous_seconds + time.perf_counter() - train_start)
         metrics_file.write(json.dumps(summary) + "\n")
         metrics_file.flush()
         progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
         window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
+  train_start = window_start
       progress.update(1)
       checkpointer.save(done, state, rng, iterator, config,
                         force=done == config.train.num_steps)
