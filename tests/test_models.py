@@ -117,14 +117,17 @@ def test_shapes_and_call_is_decode_of_encode(tiny):
   np.testing.assert_allclose(out, decoded, rtol=1e-6)
 
 
-def test_decode_at_lr_voxel_centres_is_the_mlp_of_coords_and_latent(tiny):
-  model, params, _, _ = tiny
+@pytest.mark.parametrize("coordinates", ["local", "global"])
+def test_decode_at_lr_voxel_centres_is_the_mlp_of_position_and_latent(tiny, coordinates):
+  _, params, _, _ = tiny
+  model = CSRdMRI(**TINY, coordinates=coordinates)
   latent = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 5, 3, 5)), jnp.float32)
   coords = grid_coordinates((4, 5, 3)).reshape(1, -1, 3)
   decoded = jax.jit(model.apply, static_argnames="method")(
       {"params": params}, latent, coords, method=model.decode)
   mlp = ImplicitMLP(TINY["mlp_depth"], TINY["mlp_width"], TINY["mlp_skip_after"])
-  inputs = jnp.concatenate([coords, latent.reshape(1, -1, 5)], axis=-1)
+  position = jnp.zeros_like(coords) if coordinates == "local" else coords  # local: at centres
+  inputs = jnp.concatenate([position, latent.reshape(1, -1, 5)], axis=-1)
   expected = mlp.apply({"params": params["mlp"]}, inputs)[..., 0]
   np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-5)
 
@@ -151,9 +154,10 @@ def test_bfloat16_computation_is_close_to_float32(tiny):
 
 
 def test_build_model_from_config():
-  config = ml_collections.ConfigDict(dict(TINY, kind="csr_dmri", in_channels=2, dtype="bfloat16"))
+  config = ml_collections.ConfigDict(dict(TINY, kind="csr_dmri", in_channels=2, dtype="bfloat16",
+                                           coordinates="global"))
   model = build_model(config)
-  assert model == CSRdMRI(**TINY, dtype=jnp.bfloat16)
+  assert model == CSRdMRI(**TINY, coordinates="global", dtype=jnp.bfloat16)
   config.dtype = "float16"
   with pytest.raises(ValueError, match="dtype"):
     build_model(config)

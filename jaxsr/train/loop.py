@@ -113,7 +113,6 @@ def train(config, workdir: str | pathlib.Path) -> int:
         metrics_file.flush()
         progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
         window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
-  train_start = window_start
       progress.update(1)
       checkpointer.save(done, state, rng, iterator, config,
                         force=done == config.train.num_steps)
