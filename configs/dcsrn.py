@@ -10,10 +10,16 @@ import ml_collections
 
 from configs import csr_dmri
 
-# Model overrides by variant: quick/smoke shrink the network as csr_dmri's variants do.
-# A fixed-scale CNN runs at HR resolution (s³ times the implicit encoder's voxels), so the
-# quick network is kept small enough to evaluate whole volumes on a laptop CPU.
-MODEL_VARIANTS = {"quick": {"growth": 8}, "smoke": {"growth": 4, "num_units": 2}}
+# Overrides by variant: quick/smoke shrink the network as csr_dmri's variants do. A
+# fixed-scale CNN runs at HR resolution (s³ times the implicit encoder's voxels): the quick
+# network is kept small enough to evaluate whole volumes on a laptop CPU, and trained for
+# about the wall time of a quick implicit run on 2 CPU cores (0.84 s per step here, against
+# 0.4 s for the implicit model's 1200 steps).
+VARIANTS = {
+    "quick": {"model.growth": 8, "train.num_steps": 600, "train.lr_decay_steps": 200,
+              "train.checkpoint_every_steps": 200},
+    "smoke": {"model.growth": 4, "model.num_units": 2},
+}
 SCALE = 2.0
 
 
@@ -21,8 +27,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = csr_dmri.get_config(arg)
   c.model = ml_collections.ConfigDict(
       {"kind": "dcsrn", "in_channels": 1, "growth": 24, "num_units": 4, "dtype": "float32"})
-  c.model.update(MODEL_VARIANTS.get(c.variant, {}))
   c.data.scale_min = c.data.scale_max = SCALE
   c.data.num_scale_buckets = 1
   c.train.fft_weight = 0.0
+  c.update_from_flattened_dict(VARIANTS.get(c.variant, {}))
   return c

@@ -253,6 +253,9 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   if unknown:
     raise ValueError(f"table methods {unknown} are neither classical ({sorted(classical)}) "
                      f"nor runs of the config ({sorted(config.runs)})")
+  if config.eval.figures and float(config.eval.figure_scale) not in map(float, config.eval.scales):
+    raise ValueError(f"eval.figure_scale {config.eval.figure_scale} is not one of eval.scales "
+                     f"{tuple(config.eval.scales)}")
   methods, steps = {}, {}
   for name in names:
     if name in classical:
@@ -265,20 +268,20 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   out_dir = workdir / "eval"
   write_run_record(out_dir / "run.json", config, checkpoint_steps=steps,
                    test_subjects=[s.name for s in test_subjects])
-  figure = FigureData(scale=float(config.eval.figure_scale), volume=0, truth=None, mask=None)
+  figure = None
   rows, dti_rows = [], []
   progress = tqdm(total=len(test_subjects) * len(config.eval.scales) * len(methods),
                   desc="evaluate", dynamic_ncols=True)
   with progress:
     for i, subject in enumerate(test_subjects):
-      fig = figure if i == 0 and config.eval.figures else None
-      if fig is not None:
-        fig.volume = evaluated_volumes(config.eval.num_volumes, subject.dwi.shape[-1])[0]
-        fig.truth = np.asarray(subject.dwi[..., fig.volume], np.float32)
-        fig.mask = np.asarray(subject.mask)
+      if i == 0 and config.eval.figures:
+        volume = evaluated_volumes(config.eval.num_volumes, subject.dwi.shape[-1])[0]
+        figure = FigureData(float(config.eval.figure_scale), volume,
+                            np.asarray(subject.dwi[..., volume], np.float32),
+                            np.asarray(subject.mask))
       subject_rows, subject_dti = score_subject(
           methods, subject, scales=config.eval.scales, num_volumes=config.eval.num_volumes,
-          with_dti=config.eval.dti, figure=fig, progress=progress)
+          with_dti=config.eval.dti, figure=figure if i == 0 else None, progress=progress)
       rows += subject_rows
       dti_rows += subject_dti
 
@@ -300,13 +303,12 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   if config.eval.dti:
     dti_table = tables.summarise(dti_rows, keys=("fa_rmse", "md_rmse"))
     text_dti = ("## DTI-metric errors in white matter (FA RMSE; MD RMSE in 10⁻³ mm²/s)\n\n"
-                + tables.markdown_table(dti_table, metrics=tables.DTI_METRICS,
-                                        methods=config.table1))
+                + tables.markdown_table(dti_table, metrics=tables.DTI_METRICS, methods=names))
     (out_dir / "dti.md").write_text(text_dti)
     result.update(dti=dti_table, dti_per_subject=dti_rows)
     texts.append(text_dti)
   _write_json(out_dir / "tables.json", result)
-  if config.eval.figures:
+  if figure is not None:
     write_figures(figure, config.table1, out_dir / "figures", test_subjects[0].name)
   return "\n".join(texts)
 

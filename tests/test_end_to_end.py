@@ -88,6 +88,7 @@ def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
   assert record["resumed_from_step"] == killed_at[-1]
   metrics = read_metrics(workdir)
   assert [m["step"] for m in metrics] == list(range(1, 201))
+  assert np.all(np.diff([m["elapsed_s"] for m in metrics]) > 0)  # training time adds up
   resumed = {m["step"]: m["loss"] for m in metrics if m["step"] > killed_at[-1]}
   np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed],
                              rtol=1e-5)
