@@ -142,27 +142,29 @@ class FigureData:
 
 
 def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: int,
-                  with_dti: bool = False, figure: FigureData | None = None,
+                  dti_scales=(), figure: FigureData | None = None,
                   progress: tqdm | None = None) -> tuple[list[dict], list[dict]]:
-  """PSNR/SSIM per (method, scale, scored volume) and, with `with_dti`, FA/MD RMSE per (method, scale).
+  """PSNR/SSIM per (method, scale, scored volume) and FA/MD RMSE per (method, scale in `dti_scales`).
 
-  With `with_dti` every shell volume is super-resolved (a tensor fit needs them
-  all), the tensors are fitted on the SR shell and on the HR shell, and FA/MD are
-  compared inside the subject's WM mask (without one: truth FA > 0.2 in the brain).
-  `figure`, if given, is filled with the outputs at its scale and volume.
+  At a scale in `dti_scales` every shell volume is super-resolved (a tensor fit
+  needs them all), the tensors are fitted on the SR shell and on the HR shell, and
+  FA/MD are compared inside the subject's WM mask (without one: truth FA > 0.2 in
+  the brain). `figure`, if given, is filled with the outputs at its scale and volume.
   """
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
   num_shell = subject.dwi.shape[-1]
   scored = evaluated_volumes(num_volumes, num_shell)
-  needed = list(range(num_shell)) if with_dti else scored
-  if with_dti:
+  dti_scales = [float(s) for s in dti_scales]
+  if dti_scales:
     fa_truth, md_truth = dti.tensor_maps(subject.dwi, subject.bvecs, subject.bval, mask)
     wm = (np.asarray(subject.wm_mask) if subject.wm_mask is not None
           else mask & (fa_truth > WM_FA_THRESHOLD))
   rows, dti_rows = [], []
   t1 = np.asarray(subject.t1, np.float32)
   for scale in scales:
+    with_dti = float(scale) in dti_scales
+    needed = list(range(num_shell)) if with_dti else scored
     lr_shape = lr_shape_for_scale(hr_shape, scale)
     lr_t1 = (np.asarray(degrade(t1, lr_shape)) if any(m.uses_t1 for m in methods.values())
              else None)
@@ -194,7 +196,7 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
           figure.fa_rmse[method.name] = errors["fa_rmse"]
       if progress is not None:
         progress.update(1)
-  if figure is not None and with_dti:
+  if figure is not None and figure.fa:
     figure.fa_truth = fa_truth
   return rows, dti_rows
 
@@ -281,7 +283,8 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
                             np.asarray(subject.mask))
       subject_rows, subject_dti = score_subject(
           methods, subject, scales=config.eval.scales, num_volumes=config.eval.num_volumes,
-          with_dti=config.eval.dti, figure=figure if i == 0 else None, progress=progress)
+          dti_scales=config.eval.dti_scales, figure=figure if i == 0 else None,
+          progress=progress)
       rows += subject_rows
       dti_rows += subject_dti
 
@@ -300,7 +303,7 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   result = {"table": table, "wilcoxon": pvalues, "per_volume": rows,
             "checkpoint_steps": steps, "test_subjects": [s.name for s in test_subjects]}
   texts = [text1, text2]
-  if config.eval.dti:
+  if config.eval.dti_scales:
     dti_table = tables.summarise(dti_rows, keys=("fa_rmse", "md_rmse"))
     text_dti = ("## DTI-metric errors in white matter (FA RMSE; MD RMSE in 10⁻³ mm²/s)\n\n"
                 + tables.markdown_table(dti_table, metrics=tables.DTI_METRICS, methods=names))

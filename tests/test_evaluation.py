@@ -104,7 +104,7 @@ def test_score_subject_scores_each_method_scale_and_volume_with_dti():
   methods["t1_user"] = Method("t1_user", lambda lr, t1, shape, s: seen_t1.append(t1) or np.asarray(
       subject.dwi[..., 0]), uses_t1=True)
   rows, dti_rows = score_subject(methods, subject, scales=(2.0, 4.0), num_volumes=2,
-                                 with_dti=True)
+                                 dti_scales=(2.0, 4.0))
   assert len(rows) == 3 * 2 * 2 and {r["volume"] for r in rows} == {0, 5}
   assert len(dti_rows) == 3 * 2 and len(seen_t1) == 2 * 6  # every shell volume, both scales
   assert seen_t1[0].shape == (8, 8, 8)
@@ -114,3 +114,14 @@ def test_score_subject_scores_each_method_scale_and_volume_with_dti():
   dti = {(r["method"], r["scale"]): r for r in dti_rows}
   assert all(np.isfinite(r["fa_rmse"]) and r["fa_rmse"] >= 0 for r in dti_rows)
   assert dti["tricubic", 2.0]["fa_rmse"] < dti["tricubic", 4.0]["fa_rmse"]
+
+
+def test_score_subject_fits_tensors_only_at_dti_scales():
+  subject = _subject()
+  calls = []
+  methods = {"m": Method("m", lambda lr, t1, shape, s: calls.append(s) or np.asarray(
+      subject.dwi[..., 0]))}
+  rows, dti_rows = score_subject(methods, subject, scales=(2.0, 4.0), num_volumes=2,
+                                 dti_scales=(4.0,))
+  assert calls.count(2.0) == 2 and calls.count(4.0) == 6  # scored volumes; the whole shell
+  assert [r["scale"] for r in dti_rows] == [4.0] and len(rows) == 4
