@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from jaxsr import evaluation
 from jaxsr.data.nifti import DataError
+from jaxsr.train.checkpoint import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with the test data and evaluation settings, e.g. "
@@ -33,7 +34,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     text = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
-  except (DataError, FileNotFoundError) as error:
+  except (DataError, CheckpointError) as error:
     sys.exit(f"error: {error}")
   print(text, end="")
 

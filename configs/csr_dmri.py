@@ -85,8 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mlp_depth = 8
   c.model.mlp_width = 256
   c.model.mlp_skip_after = 4
-  c.model.coordinates = "local"  # MLP position input: "local" (offset from the nearest LR
-  #   voxel centre, the same on patches and whole volumes) or "global" (c in [-1, 1])
+  c.model.coordinates = "periodic"  # MLP position input: "periodic" (sin, cos of the offset
+  #   from the nearest LR voxel centre: the same on patches and whole volumes, continuous across
+  #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.models.csr_dmri
   c.model.dtype = "float32"
 
   c.train = ml_collections.ConfigDict()

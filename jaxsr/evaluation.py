@@ -25,8 +25,6 @@ import json
 import pathlib
 from typing import Callable
 
-import jax
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -34,9 +32,8 @@ from jaxsr import dti, figures, metrics, tables
 from jaxsr.data import subjects as subjects_lib
 from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
 from jaxsr.inference import reconstruct, reconstruct_fixed_scale
-from jaxsr.models import build_model, is_implicit
-from jaxsr.train import step as step_lib
-from jaxsr.train.checkpoint import Checkpointer, run_dir
+from jaxsr.models import is_implicit
+from jaxsr.train.checkpoint import TrainedRun, load_run, run_dir
 from jaxsr.train.run_record import write_run_record
 
 # (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
@@ -68,37 +65,6 @@ def classical_methods() -> dict[str, Method]:
           tricubic_upsample(lr, shape))),
       "zero_fill": Method("zero_fill", lambda lr, t1, shape, s: kspace_zero_fill(lr, shape)),
   }
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedRun:
-  """A run restored from its latest checkpoint: the config it was trained with, model, variables."""
-  config: ml_collections.ConfigDict
-  model: object
-  variables: dict
-  step: int
-
-
-def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
-  """Restores the latest checkpoint of `run_dir` into abstract shapes (nothing is initialised)."""
-  checkpointer = Checkpointer(run_dir, read_only=True)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{run_dir}: no checkpoint found; train first with train.py "
-                            f"--workdir {run_dir}")
-  config = checkpointer.restore_config(step)
-  if "kind" not in config.model:
-    raise ValueError(f"{run_dir}: its config has no model.kind (written by an older jaxsr); "
-                     "retrain it")
-  model = build_model(config.model)
-  rng = jax.random.PRNGKey(0)  # shapes only
-  abstract_state = jax.eval_shape(lambda: step_lib.create_train_state(model, config, rng))
-  state, _ = checkpointer.restore(step, abstract_state, jax.eval_shape(lambda: rng))
-  checkpointer.close()
-  variables = {"params": state.params}
-  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  return TrainedRun(config, model, variables, step)
 
 
 def trained_method(name: str, run: TrainedRun, eval_config) -> Method:

@@ -1,10 +1,13 @@
 """Reconstruction of whole volumes with bounded memory.
 
-Implicit models (`reconstruct`): the encoder runs once over the LR volume; the
-decoder then runs over the HR voxel centres in fixed-size chunks of flat voxel
-indices, so peak memory is the latent map plus one chunk's MLP activations,
-whatever the output size, and there is one compiled decoder per (latent shape,
-HR shape).
+Implicit models (`reconstruct`): the encoder runs over the LR volume, whole or in
+overlapping tiles (`encode_tiled`) whose overlap covers its receptive field, so
+the latent map equals one whole-volume pass; the decoder then runs over the HR
+voxel centres in fixed-size chunks of flat voxel indices. Peak memory is the
+latent map plus one tile's or one chunk's activations, whatever the output size;
+`plan_memory` picks the largest tile and chunk that fit a byte budget, from the
+sizes XLA reports for the compiled programs. There is one compiled encoder per
+tile shape and one decoder per (latent shape, HR shape).
 
 Fixed-scale CNNs (`reconstruct_fixed_scale`): the LR volume is interpolated onto
 the grid of the model's training scale and the CNN runs over overlapping slabs
@@ -14,9 +17,12 @@ pass (BatchNorm uses its running statistics) with one slab's activations in memo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
-from typing import Sequence
+import os
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,14 +50,71 @@ def decode_chunk(model: nn.Module, params, latent: jax.Array, start: jax.Array,
   return model.apply({"params": params}, latent[None], coords[None], method=model.decode)[0]
 
 
+def axis_tiles(size: int, core: int, halo: int) -> list[tuple[int, int, int]]:
+  """Overlapping windows along one axis of `size` voxels: (first, start, stop) per tile.
+
+  The cores [start, stop) of `core` voxels (the last may be shorter) partition the
+  axis; every window [first, first + window) has the one length
+  window = min(size, core + 2 * halo) and holds its core with `halo` voxels on
+  each side, except where the window meets the volume's border. A model whose
+  output depends on at most `halo` voxels on each side (zero 'SAME' padding)
+  thus gives the same core values on the window as on the whole axis.
+  """
+  core = max(1, min(int(core), size))
+  window = min(size, core + 2 * halo)
+  tiles = []
+  for start in range(0, size, core):
+    first = min(max(start - halo, 0), size - window)
+    tiles.append((first, start, min(start + core, size)))
+  return tiles
+
+
+def window_shape(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[int, ...]:
+  """The window (voxels per axis) of `axis_tiles` tiles with cores `core` on a grid of `shape`."""
+  return tuple(min(n, max(1, min(int(c), n)) + 2 * halo) for n, c in zip(shape, core))
+
+
+def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
+                 progress: Callable[[int], object] | None = None) -> jax.Array:
+  """The latent map (x, y, z, F) of `lr` (x, y, z, C), encoded over overlapping tiles.
+
+  Tiles have cores of `core` LR voxels per axis and are widened by the encoder's
+  `receptive_radius`, so the result equals `encode` on the whole volume; all
+  windows have one shape (one compilation). `progress(1)` is called per tile.
+  """
+  halo = model.receptive_radius
+  tiles = [axis_tiles(n, c, halo) for n, c in zip(lr.shape[:3], core)]
+  window = window_shape(lr.shape[:3], core, halo)
+  out = None
+  for tile in itertools.product(*tiles):
+    source = tuple(slice(first, first + w) for (first, _, _), w in zip(tile, window))
+    values = encode(model, params, jnp.asarray(lr[source], jnp.float32))
+    if out is None:
+      out = np.empty(lr.shape[:3] + values.shape[-1:], np.float32)
+    inner = tuple(slice(start - first, stop - first) for first, start, stop in tile)
+    out[tuple(slice(start, stop) for _, start, stop in tile)] = np.asarray(values[inner])
+    if progress is not None:
+      progress(1)
+  return jnp.asarray(out)
+
+
 def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int],
-                chunk_size: int = 65536) -> np.ndarray:
+                chunk_size: int = 65536, tile: Sequence[int] | None = None,
+                progress: Callable[[int], object] | None = None) -> np.ndarray:
   """Super-resolves `lr` (x, y, z, C) onto an HR grid of `hr_shape` voxels over the same field of view.
 
-  Returns a float32 (X, Y, Z) array. `chunk_size` HR voxels are decoded at a time.
+  Returns a float32 (X, Y, Z) array. The encoder runs on the whole volume, or
+  over tiles with cores of `tile` LR voxels per axis (`encode_tiled`, same
+  result); then `chunk_size` HR voxels are decoded at a time. `progress(n)` is
+  called after each tile and each chunk (see `num_passes`).
   """
   hr_shape = tuple(int(n) for n in hr_shape)
-  latent = encode(model, params, jnp.asarray(lr, jnp.float32))
+  if tile is None or tuple(tile) == tuple(lr.shape[:3]):
+    latent = encode(model, params, jnp.asarray(lr, jnp.float32))
+    if progress is not None:
+      progress(1)
+  else:
+    latent = encode_tiled(model, params, lr, tile, progress)
   total = math.prod(hr_shape)
   chunk_size = min(chunk_size, total)
   out = np.empty(total, np.float32)
@@ -59,7 +122,179 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
     values = decode_chunk(model, params, latent, jnp.int32(start), hr_shape, chunk_size)
     stop = min(start + chunk_size, total)
     out[start:stop] = np.asarray(values[: stop - start])
+    if progress is not None:
+      progress(1)
   return out.reshape(hr_shape)
+
+
+MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxels (overlaps)
+
+
+class MemoryBudgetError(ValueError):
+  """The memory budget cannot hold even the smallest tile or chunk of a reconstruction."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+  """How `reconstruct` processes one volume within a memory budget.
+
+  Attributes:
+    tile: cores of the encoder tiles, LR voxels per axis (the LR shape: one pass).
+    chunk_size: HR voxels decoded at a time.
+    encoder_bytes: XLA working memory (temporaries and output) of one tile.
+    decoder_bytes: XLA working memory of one decoder chunk.
+    fixed_bytes: arrays held throughout: the parameters, the latent map (device and
+      host copies), the LR input and a few HR volumes (output, back-projection).
+    runtime_bytes: the process's resident memory before reconstructing (interpreter,
+      libraries, JAX runtime), counted against the budget.
+  """
+  tile: tuple[int, int, int]
+  chunk_size: int
+  encoder_bytes: int
+  decoder_bytes: int
+  fixed_bytes: int
+  runtime_bytes: int
+
+  @property
+  def peak_bytes(self) -> int:
+    """The estimated peak: runtime + fixed arrays + the larger of one tile and one chunk."""
+    return self.runtime_bytes + self.fixed_bytes + max(self.encoder_bytes, self.decoder_bytes)
+
+  def num_passes(self, lr_shape: Sequence[int], hr_shape: Sequence[int]) -> int:
+    """Tiles plus chunks of one `reconstruct` call: the `progress` units it reports."""
+    tiles = math.prod(math.ceil(n / c) for n, c in zip(lr_shape, self.tile))
+    return tiles + math.ceil(math.prod(hr_shape) / self.chunk_size)
+
+
+def resident_bytes() -> int:
+  """This process's resident memory now (Linux /proc), or 0 where that cannot be read."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):
+    return 0
+
+
+def _compiled_bytes(function, *args) -> int:
+  """Temporaries and outputs XLA allocates for `function` compiled on these (abstract) arguments.
+
+  Arguments are not counted: parameters and the latent map are resident anyway.
+  """
+  stats = function.lower(*args).compile().memory_analysis()
+  return int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+
+
+def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[int],
+                hr_shape: Sequence[int], max_bytes: int, runtime_bytes: int | None = None,
+                max_chunk_size: int = 1 << 18) -> MemoryPlan:
+  """The largest encoder tile and decoder chunk whose memory fits `max_bytes` in all.
+
+  Encoder and decoder memory are measured from XLA's compiled programs: once on
+  a probe tile (activations grow linearly with the tile's voxels), then on the
+  chosen tile and chunk. Of the tilings that fit, the one that encodes the
+  fewest voxels in all (windows overlap by the receptive radius) is taken: the
+  whole volume in one pass when it fits, slabs or blocks otherwise.
+  `runtime_bytes` defaults to the process's resident memory now.
+
+  Raises:
+    MemoryBudgetError: when no tiling that fits encodes less than `MAX_RECOMPUTE`
+      times the volume, or no 1024-voxel chunk fits; the message gives the
+      least budget that would do.
+  """
+  lr_shape = tuple(int(n) for n in lr_shape)
+  hr_shape = tuple(int(n) for n in hr_shape)
+  runtime_bytes = resident_bytes() if runtime_bytes is None else int(runtime_bytes)
+  latent_features = jax.eval_shape(
+      lambda: encode(model, params, jnp.zeros((1, 1, 1, in_channels), jnp.float32))).shape[-1]
+  lr_voxels, hr_voxels = math.prod(lr_shape), math.prod(hr_shape)
+  # float32: parameters, latent map on device and on the host, LR input and a tile of it,
+  # and a few HR volumes (the output, its copies, back-projection's resize temporaries)
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  fixed = 4 * (num_params + 2 * lr_voxels * latent_features + 2 * lr_voxels * in_channels
+               + 8 * hr_voxels)
+  available = max_bytes - runtime_bytes - fixed
+
+  def encoder_bytes(window):
+    return _compiled_bytes(encode, model, params,
+                           jax.ShapeDtypeStruct((*window, in_channels), jnp.float32))
+
+  def decoder_bytes(count):
+    latent = jax.ShapeDtypeStruct((*lr_shape, latent_features), jnp.float32)
+    return _compiled_bytes(decode_chunk, model, params, latent,
+                           jax.ShapeDtypeStruct((), jnp.int32), hr_shape, count)
+
+  halo = model.receptive_radius
+  probe = tuple(min(n, 8) for n in lr_shape)
+  per_voxel = encoder_bytes(probe) / math.prod(probe)
+  limit = available / per_voxel  # window voxels that fit
+  while True:  # the linear estimate is checked on the real tile shape
+    core = _cheapest_core(lr_shape, halo, limit, MAX_RECOMPUTE)
+    if core is None:
+      least = _least_window(lr_shape, halo, MAX_RECOMPUTE)
+      raise MemoryBudgetError(
+          f"a memory budget of {format_bytes(max_bytes)} is too small for this model's encoder "
+          f"on a {lr_shape} input: its tiles overlap by {halo} voxels on each side, and tiling "
+          f"within {MAX_RECOMPUTE}x the work needs at least "
+          f"{format_bytes(runtime_bytes + fixed + per_voxel * least)}")
+    encoder = encoder_bytes(window_shape(lr_shape, core, halo))
+    if encoder <= available:
+      break
+    limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
+  probe_chunk = min(4096, hr_voxels)
+  per_query = decoder_bytes(probe_chunk) / probe_chunk
+  chunk = min(hr_voxels, max_chunk_size, int(available // per_query) // 1024 * 1024)
+  smallest = min(1024, hr_voxels)
+  decoder = decoder_bytes(chunk) if chunk >= smallest else 0
+  while decoder > available and chunk > smallest:  # check the linear estimate, as for tiles
+    chunk = max(smallest, chunk * 3 // 4 // 1024 * 1024)
+    decoder = decoder_bytes(chunk)
+  if chunk < smallest or decoder > available:
+    least = runtime_bytes + fixed + max(encoder, per_query * smallest)
+    raise MemoryBudgetError(
+        f"a memory budget of {format_bytes(max_bytes)} is too small to reconstruct a "
+        f"{hr_shape} output from a {lr_shape} input with this model; it needs at least "
+        f"{format_bytes(least)}")
+  return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes)
+
+
+def tiling_work(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[int, int]:
+  """(voxels of one window, voxels encoded over all windows) for tiles with cores `core`."""
+  window = window_shape(shape, core, halo)
+  tiles = [math.ceil(n / max(1, min(c, n))) for n, c in zip(shape, core)]
+  return math.prod(window), math.prod(t * w for t, w in zip(tiles, window))
+
+
+def _core_candidates(shape: Sequence[int]) -> list[tuple[int, ...]]:
+  """Tile cores worth trying: per axis, ceil(n / k) for every tile count k (whole axis first)."""
+  per_axis = [sorted({math.ceil(n / k) for k in range(1, n + 1)}, reverse=True) for n in shape]
+  return list(itertools.product(*per_axis))
+
+
+def _cheapest_core(shape: tuple[int, ...], halo: int, max_window: float,
+                   max_recompute: float) -> tuple[int, int, int] | None:
+  """The tile core whose windows fit `max_window` voxels with the least total work.
+
+  Work is the voxels encoded over all (overlapping) windows; None when every
+  core that fits would encode more than `max_recompute` times the volume.
+  """
+  best, best_work = None, max_recompute * math.prod(shape)
+  for core in _core_candidates(shape):
+    window, work = tiling_work(shape, core, halo)
+    if window <= max_window and work <= best_work:
+      best, best_work = core, work
+  return best
+
+
+def _least_window(shape: tuple[int, ...], halo: int, max_recompute: float) -> int:
+  """The smallest window (voxels) of any tiling within `max_recompute` times the volume's work."""
+  return min(window for window, work in (tiling_work(shape, c, halo)
+                                         for c in _core_candidates(shape))
+             if work <= max_recompute * math.prod(shape))
+
+
+def format_bytes(count: float) -> str:
+  """`count` bytes as MiB or GiB, e.g. '1.5 GiB'."""
+  return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -74,13 +309,11 @@ def apply_tiled(model: nn.Module, variables, volume: np.ndarray, tile_voxels: in
   Slabs hold about `tile_voxels` output voxels; all windows have one shape (one
   compilation). Returns float32 (X, Y, Z), equal to a whole-volume pass.
   """
-  size, halo = volume.shape[0], model.receptive_radius
+  halo = model.receptive_radius
   thickness = max(1, tile_voxels // math.prod(volume.shape[1:]))
-  window = min(size, thickness + 2 * halo)
+  window = window_shape(volume.shape[:1], (thickness,), halo)[0]
   out = np.empty(volume.shape, np.float32)
-  for start in range(0, size, thickness):
-    stop = min(start + thickness, size)
-    first = min(max(start - halo, 0), size - window)
+  for first, start, stop in axis_tiles(volume.shape[0], thickness, halo):
     values = apply_fixed_scale(model, variables, jnp.asarray(volume[first:first + window]))
     out[start:stop] = np.asarray(values[start - first:stop - first])
   return out

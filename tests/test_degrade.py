@@ -1,7 +1,9 @@
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
+from jaxsr.data.degrade import (back_project, degrade, kspace_zero_fill, lr_shape_for_scale,
+                                tricubic_upsample)
 
 
 def centres(n):
@@ -72,3 +74,18 @@ def test_kspace_zero_fill_same_shape_is_identity_and_checks_dimensions():
   np.testing.assert_allclose(kspace_zero_fill(lr, lr.shape), lr, atol=1e-6)
   with pytest.raises(ValueError):
     kspace_zero_fill(lr, (12, 14))
+
+
+def test_back_projection_converges_to_the_lr_volume_and_keeps_high_frequencies():
+  rng = np.random.default_rng(3)
+  truth = rng.random((24, 20, 16), dtype=np.float32)
+  lr = np.asarray(degrade(jnp.asarray(truth), (8, 10, 8)))
+  estimate = 0.7 * truth + 0.1  # right detail, wrong contrast
+  np.testing.assert_array_equal(back_project(estimate, lr, 0), estimate)
+  residuals = [np.abs(np.asarray(degrade(jnp.asarray(back_project(estimate, lr, k)), lr.shape))
+                      - lr).mean() for k in range(4)]
+  assert all(b < 0.7 * a for a, b in zip(residuals, residuals[1:])), residuals
+  assert residuals[-1] < 0.05 * residuals[0]
+  # An estimate that already degrades to lr is (nearly) left alone, detail included.
+  consistent = back_project(truth, lr, 3)
+  assert np.abs(consistent - truth).max() < 0.05 * np.abs(estimate - truth).max()

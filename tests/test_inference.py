@@ -1,10 +1,15 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs.csr_dmri import get_config
 from jaxsr.data.degrade import resize_spatial, tricubic_upsample
-from jaxsr.inference import apply_fixed_scale, apply_tiled, reconstruct, reconstruct_fixed_scale
+from jaxsr.inference import (MemoryBudgetError, MemoryPlan, apply_fixed_scale, apply_tiled,
+                             axis_tiles, encode, encode_tiled, plan_memory, reconstruct,
+                             reconstruct_fixed_scale, tiling_work)
 from jaxsr.models import DCSRN, ResCNN3D, build_model, init_params
 from jaxsr.models.sampling import grid_coordinates
 
@@ -61,3 +66,65 @@ def test_fixed_scale_model_runs_at_its_training_scale_then_resamples():
   assert out.shape == hr_shape
   np.testing.assert_allclose(out, expected, atol=1e-6)
   assert np.abs(out - tricubic_upsample(lr, hr_shape)).max() > 1e-3
+
+
+def _tiny_implicit(in_channels=2):
+  config = get_config("smoke")
+  model = build_model(config.model)
+  params = init_params(model, jax.random.key(0, impl="rbg"), in_channels=in_channels)
+  return model, params
+
+
+def test_receptive_radius_counts_the_encoder_convolutions():
+  model, _ = _tiny_implicit()
+  assert model.receptive_radius == 4 + 2 * 2  # smoke: 2 blocks of 2 layers
+  assert build_model(get_config().model).receptive_radius == 4 + 8 * 3
+
+
+def test_tiled_encoder_and_reconstruction_equal_one_pass():
+  model, params = _tiny_implicit()
+  lr = np.random.default_rng(0).random((19, 14, 11, 2), dtype=np.float32)
+  whole = np.asarray(encode(model, params, jnp.asarray(lr)))
+  for core in [(5, 4, 3), (19, 6, 11), (8, 14, 2)]:
+    tiled = np.asarray(encode_tiled(model, params, lr, core))
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)
+  # Tiles without the receptive-radius overlap would differ: the test can fail.
+  halo_free = np.asarray(encode(model, params, jnp.asarray(lr[:5])))
+  assert np.abs(halo_free[:5] - whole[:5]).max() > 1e-4
+  hr_shape = (40, 30, 23)
+  calls = []
+  out = reconstruct(model, params, lr, hr_shape, chunk_size=5000, tile=(5, 4, 3),
+                    progress=calls.append)
+  np.testing.assert_allclose(out, reconstruct(model, params, lr, hr_shape), rtol=1e-5, atol=1e-6)
+  plan = MemoryPlan((5, 4, 3), 5000, 0, 0, 0, 0)
+  assert len(calls) == plan.num_passes(lr.shape[:3], hr_shape) == 4 * 4 * 4 + 6
+
+
+def test_axis_tiles_cover_the_axis_with_one_window_length():
+  for size, core, halo in [(19, 5, 3), (7, 2, 10), (10, 10, 2), (1, 4, 2)]:
+    tiles = axis_tiles(size, core, halo)
+    covered = np.concatenate([np.arange(start, stop) for _, start, stop in tiles])
+    np.testing.assert_array_equal(covered, np.arange(size))
+    window = min(size, min(core, size) + 2 * halo)
+    for first, start, stop in tiles:
+      assert 0 <= first and first + window <= size
+      assert first <= max(start - halo, 0) and min(stop + halo, size) <= first + window
+
+
+def test_memory_plan_fits_the_budget_or_says_what_it_needs():
+  model, params = _tiny_implicit()
+  lr_shape, hr_shape = (40, 48, 40), (80, 96, 80)
+  roomy = plan_memory(model, params, 2, lr_shape, hr_shape, 8 * 2**30, runtime_bytes=0)
+  assert roomy.tile == lr_shape and roomy.peak_bytes <= 8 * 2**30
+  budget = roomy.fixed_bytes + roomy.encoder_bytes // 2
+  tight = plan_memory(model, params, 2, lr_shape, hr_shape, budget, runtime_bytes=0)
+  assert tight.tile != lr_shape and tight.peak_bytes <= budget
+  assert tight.chunk_size < roomy.chunk_size
+  # The cheapest tiling that fits: two slabs (each widened by the 8-voxel radius), whereas
+  # near-cubic tiles of the same window would encode over 4 times the volume.
+  window, work = tiling_work(lr_shape, tight.tile, model.receptive_radius)
+  assert work <= 3 * math.prod(lr_shape)
+  edge = max(c for c in range(1, 41) if math.prod(min(n, c + 16) for n in lr_shape) <= window)
+  assert tiling_work(lr_shape, (edge,) * 3, model.receptive_radius)[1] > 4 * math.prod(lr_shape)
+  with pytest.raises(MemoryBudgetError, match="needs at least"):
+    plan_memory(model, params, 2, lr_shape, hr_shape, roomy.fixed_bytes, runtime_bytes=0)

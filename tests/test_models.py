@@ -63,8 +63,10 @@ def test_default_mlp_parameter_count_and_skip():
 
 
 def test_default_csr_dmri_parameter_count():
+  """The MLP sees the periodic position (sin, cos per axis: 6 inputs) and 128 features."""
   params = abstract_params(CSRdMRI(), jnp.zeros((1, 4, 4, 4, 2)), jnp.zeros((1, 1, 3)))
-  assert count(params) == rdn_param_count(2, 64, 64, 8, 3, 128) + mlp_param_count(131, 8, 256, 4)
+  assert count(params) == rdn_param_count(2, 64, 64, 8, 3, 128) + mlp_param_count(134, 8, 256, 4)
+  assert count(params) == 6_450_177
 
 
 @pytest.mark.parametrize("skip_after", [0, 3])
@@ -117,19 +119,36 @@ def test_shapes_and_call_is_decode_of_encode(tiny):
   np.testing.assert_allclose(out, decoded, rtol=1e-6)
 
 
-@pytest.mark.parametrize("coordinates", ["local", "global"])
-def test_decode_at_lr_voxel_centres_is_the_mlp_of_position_and_latent(tiny, coordinates):
-  _, params, _, _ = tiny
+@pytest.mark.parametrize("coordinates", ["periodic", "local", "global"])
+def test_decode_at_lr_voxel_centres_is_the_mlp_of_position_and_latent(coordinates):
   model = CSRdMRI(**TINY, coordinates=coordinates)
   latent = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 5, 3, 5)), jnp.float32)
   coords = grid_coordinates((4, 5, 3)).reshape(1, -1, 3)
+  params = random_params(model, jnp.zeros((1, 4, 5, 3, 2)), coords)
   decoded = jax.jit(model.apply, static_argnames="method")(
       {"params": params}, latent, coords, method=model.decode)
   mlp = ImplicitMLP(TINY["mlp_depth"], TINY["mlp_width"], TINY["mlp_skip_after"])
-  position = jnp.zeros_like(coords) if coordinates == "local" else coords  # local: at centres
+  at_centre = {"periodic": jnp.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]),  # sin 0, cos 0
+               "local": jnp.zeros(3), "global": None}[coordinates]
+  position = coords if at_centre is None else jnp.broadcast_to(at_centre, coords.shape[:2] + at_centre.shape)
   inputs = jnp.concatenate([position, latent.reshape(1, -1, 5)], axis=-1)
   expected = mlp.apply({"params": params["mlp"]}, inputs)[..., 0]
   np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_periodic_position_is_continuous_across_lr_voxel_faces():
+  """Just either side of the face between two LR voxels, the local offset jumps from +1 to -1;
+  the periodic input (and so the decoded value) does not."""
+  latent = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 5, 3, 5)), jnp.float32)
+  face = 2 * 2 / 4 - 1  # between voxels 1 and 2 of a 4-voxel axis
+  coords = jnp.array([[[face - 1e-4, 0.1, -0.2], [face + 1e-4, 0.1, -0.2]]])
+  jumps = {}
+  for coordinates in ("periodic", "local"):
+    model = CSRdMRI(**TINY, coordinates=coordinates)
+    params = random_params(model, jnp.zeros((1, 4, 5, 3, 2)), coords)
+    values = model.apply({"params": params}, latent, coords, method=model.decode)[0]
+    jumps[coordinates] = abs(float(values[1] - values[0]))
+  assert jumps["periodic"] < 1e-3 < jumps["local"], jumps
 
 
 def test_single_channel_input():

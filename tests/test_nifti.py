@@ -1,13 +1,12 @@
 import os
 
 import hypothesis
-import hypothesis.extra.numpy as hnp
-import hypothesis.strategies as st
 import nibabel as nib
 import numpy as np
 import pytest
 
 from jaxsr.data import nifti
+from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti
 
 
 def affine(voxel=(2.0, 2.0, 2.0), origin=(-10.0, -12.0, 4.0)):
@@ -181,30 +180,11 @@ def test_resample_overlap_is_measured_on_the_mask(tmp_path):
     nifti.resample_to_grid(volume, (12, 12, 12), affine(), mask=right)
 
 
-_DTYPES = st.sampled_from([np.uint8, np.int16, np.int32, np.float32, np.float64, np.complex64])
-
-
 @hypothesis.settings(max_examples=60, deadline=None, database=None,
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
-@hypothesis.given(
-    data=hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=3, max_dims=4, max_side=4)
-                    | hnp.array_shapes(min_dims=1, max_dims=5, max_side=3)),
-    pixdim=st.lists(st.floats(width=32), min_size=3, max_size=3),
-    codes=st.tuples(st.integers(-1, 5), st.integers(-1, 5)),
-    scaling=st.tuples(st.floats(width=32), st.floats(width=32)),
-    truncate=st.none() | st.integers(0, 400))
-def test_load_volume_returns_finite_float32_or_raises_data_error(tmp_path, data, pixdim, codes,
-                                                                 scaling, truncate):
-  path = tmp_path / "fuzz.nii"
-  nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-  # Overwrite header fields on disk, bypassing nibabel's checks: zooms, codes, scaling.
-  raw = bytearray(path.read_bytes())
-  header = np.frombuffer(raw[:348], dtype=nib.nifti1.header_dtype).copy()
-  header["pixdim"][0, 1:4] = pixdim
-  header["qform_code"], header["sform_code"] = codes
-  header["scl_slope"], header["scl_inter"] = scaling
-  raw[:348] = header.tobytes()
-  path.write_bytes(bytes(raw[:truncate] if truncate is not None else raw))
+@hypothesis.given(nifti_file=NIFTI_FILES)
+def test_load_volume_returns_finite_float32_or_raises_data_error(tmp_path, nifti_file):
+  path = write_fuzzed_nifti(tmp_path / "fuzz.nii", **nifti_file)
   try:
     volume = nifti.load_volume(path)
   except nifti.DataError as error:
@@ -212,3 +192,47 @@ def test_load_volume_returns_finite_float32_or_raises_data_error(tmp_path, data,
   else:
     assert volume.data.dtype == np.float32 and volume.data.ndim in (3, 4)
     assert np.all(np.isfinite(volume.data)) and np.all(np.isfinite(volume.affine))
+
+
+@pytest.mark.parametrize("name, shape", [("s.nii.gz", (5, 4, 3, 6)), ("s.nii", (5, 4, 3)),
+                                         ("t.nii.gz", (3, 2, 4, 1))])
+def test_streamed_volumes_read_back_as_one_image(tmp_path, name, shape):
+  data = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  aff = affine((1.25, -1.5, 2.0), (30.0, -4.0, 12.0))
+  header = nib.Nifti1Header()
+  header.set_qform(aff, code=2)
+  header.set_sform(aff, code=4)
+  header.set_xyzt_units("mm", "sec")
+  volumes = [data[..., v] for v in range(shape[3])] if len(shape) == 4 else [data]
+  nifti.write_volumes(tmp_path / name, shape, aff, iter(volumes), header=header,
+                      repetition_time=3.2)
+  image = nib.load(str(tmp_path / name))
+  np.testing.assert_array_equal(image.get_fdata(dtype=np.float32), data)
+  np.testing.assert_allclose(image.affine, aff, atol=1e-5)
+  assert (image.header["qform_code"], image.header["sform_code"]) == (2, 4)
+  assert image.header.get_xyzt_units() == ("mm", "sec")
+  if len(shape) == 4:
+    assert image.header.get_zooms()[3] == pytest.approx(3.2)
+  # Lazily opened, volume by volume, it gives the same voxels.
+  lazy = nifti.open_volume(tmp_path / name)
+  assert lazy.shape == (shape if shape[-1] != 1 else shape[:3])
+  for v in range(lazy.num_volumes):
+    np.testing.assert_array_equal(lazy.volume(v), data[..., v] if len(shape) == 4 else data)
+
+
+def test_streamed_writer_refuses_wrong_volumes(tmp_path):
+  with pytest.raises(ValueError, match="does not fit"):
+    nifti.write_volumes(tmp_path / "a.nii", (4, 4, 4, 2), affine(), [np.zeros((4, 4, 5))])
+  with pytest.raises(ValueError, match="1 volumes written, 2 expected"):
+    nifti.write_volumes(tmp_path / "b.nii", (4, 4, 4, 2), affine(), [np.zeros((4, 4, 4))])
+  with pytest.raises(ValueError, match="does not fit"):
+    nifti.write_volumes(tmp_path / "c.nii", (4, 4, 4), affine(), [np.zeros((4, 4, 4))] * 2)
+
+
+def test_lazy_volume_names_the_volume_with_nan_voxels(tmp_path):
+  data = np.ones((3, 3, 3, 4), np.float32)
+  data[1, 1, 1, 2] = np.nan
+  lazy = nifti.open_volume(write(tmp_path / "x.nii.gz", data))  # the header alone is valid
+  np.testing.assert_array_equal(lazy.volume(1), 1.0)
+  with pytest.raises(nifti.DataError, match="1 of 27 voxels in volume 2 are not finite"):
+    lazy.volume(2)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from typing import Iterable
 
 import nibabel as nib
 import nibabel.affines
+import nibabel.openers
 import nibabel.processing
 import numpy as np
 
@@ -49,8 +51,62 @@ class Volume:
     return nib.affines.voxel_sizes(self.affine)
 
 
-def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
-  """Loads a NIfTI-1/2 file as float32; trailing singleton axes beyond the third are dropped.
+@dataclasses.dataclass(frozen=True)
+class LazyVolume:
+  """A validated NIfTI file whose voxels are read one 3D volume at a time.
+
+  Attributes:
+    shape: (X, Y, Z) or (X, Y, Z, V), trailing singleton axes beyond the third dropped.
+    affine: (4, 4) voxel index -> world mm.
+    header: the file's NIfTI header.
+    path: the file.
+  """
+
+  shape: tuple[int, ...]
+  affine: np.ndarray
+  header: nib.Nifti1Header
+  path: str
+  image: nib.Nifti1Image
+
+  @property
+  def num_volumes(self) -> int:
+    """V for a 4D file, 1 for a 3D one."""
+    return self.shape[3] if len(self.shape) == 4 else 1
+
+  @property
+  def voxel_size(self) -> np.ndarray:
+    """(3,) voxel edge lengths in mm."""
+    return nib.affines.voxel_sizes(self.affine)
+
+  def volume(self, index: int = 0) -> np.ndarray:
+    """The (X, Y, Z) float32 volume `index` (0 for a 3D file), scaled as the header says.
+
+    Raises:
+      DataError: unreadable data or non-finite voxels, naming the file.
+    """
+    try:
+      if len(self.shape) == 4:
+        data = np.asarray(self.image.dataobj[:, :, :, index], dtype=np.float32)
+      else:
+        data = np.asarray(self.image.dataobj, dtype=np.float32)
+    except Exception as e:  # truncated or corrupt data
+      raise DataError(f"{self.path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    return _finite(data.reshape(self.shape[:3]), self.path,
+                   f" in volume {index}" if len(self.shape) == 4 else "")
+
+
+def _finite(data: np.ndarray, path: str, where: str = "") -> np.ndarray:
+  """`data`, or DataError naming `path` (and `where` in it) if any voxel is NaN or inf."""
+  num_bad = data.size - np.count_nonzero(np.isfinite(data))
+  if num_bad:
+    raise DataError(f"{path}: {num_bad} of {data.size} voxels{where} are not finite (NaN/inf)")
+  return data
+
+
+def open_volume(path: str | os.PathLike, ndim: int | None = None) -> LazyVolume:
+  """Opens and validates a NIfTI-1/2 file without reading its voxels.
+
+  Trailing singleton axes beyond the third are dropped.
 
   Args:
     path: the .nii or .nii.gz file.
@@ -58,7 +114,7 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
 
   Raises:
     DataError: missing or unreadable file, not a NIfTI, not 3D/4D (or not `ndim`-D),
-      empty, complex-valued, non-finite voxels, or a singular/non-finite affine.
+      empty, complex-valued, or a singular/non-finite affine.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -70,25 +126,37 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
     if np.issubdtype(image.get_data_dtype(), np.complexfloating):
       raise DataError(f"{path}: complex-valued data ({image.get_data_dtype()}); "
                       "give magnitude images")
-    data = image.get_fdata(dtype=np.float32)
+    shape = tuple(int(n) for n in image.shape)
     affine = np.asarray(image.affine, dtype=np.float64)
   except DataError:
     raise
   except Exception as e:  # nibabel, gzip and numpy raise many types for corrupt files
     raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-  while data.ndim > 3 and data.shape[-1] == 1:
-    data = data[..., 0]
-  if data.ndim not in (3, 4) or (ndim is not None and data.ndim != ndim):
+  while len(shape) > 3 and shape[-1] == 1:
+    shape = shape[:-1]
+  if len(shape) not in (3, 4) or (ndim is not None and len(shape) != ndim):
     wanted = f"{ndim}D" if ndim is not None else "3D or 4D"
-    raise DataError(f"{path}: expected a {wanted} volume, got {data.ndim}D shape {data.shape}")
-  if data.size == 0:
-    raise DataError(f"{path}: empty volume of shape {data.shape}")
-  num_bad = data.size - np.count_nonzero(np.isfinite(data))
-  if num_bad:
-    raise DataError(f"{path}: {num_bad} of {data.size} voxels are not finite (NaN/inf)")
+    raise DataError(f"{path}: expected a {wanted} volume, got {len(shape)}D shape {shape}")
+  if 0 in shape:
+    raise DataError(f"{path}: empty volume of shape {shape}")
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
     raise DataError(f"{path}: singular or non-finite voxel-to-world affine")
-  return Volume(data=data, affine=affine, header=image.header, path=path)
+  return LazyVolume(shape=shape, affine=affine, header=image.header, path=path, image=image)
+
+
+def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
+  """Loads a whole NIfTI-1/2 file as float32 (`open_volume`'s checks, then every voxel finite).
+
+  Raises:
+    DataError: as `open_volume`, or non-finite voxels.
+  """
+  lazy = open_volume(path, ndim)
+  try:
+    data = lazy.image.get_fdata(dtype=np.float32).reshape(lazy.shape)
+  except Exception as e:  # truncated or corrupt data
+    raise DataError(f"{lazy.path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+  return Volume(data=_finite(data, lazy.path), affine=lazy.affine, header=lazy.header,
+                path=lazy.path)
 
 
 def _load_table(path: str, dwi_path: str) -> np.ndarray:
@@ -219,6 +287,23 @@ def resample_to_grid(volume: Volume, shape: tuple[int, int, int], affine: np.nda
   return np.asarray(resampled.dataobj, dtype=np.float32)
 
 
+def _output_header(affine: np.ndarray, header: nib.Nifti1Header | None) -> nib.Nifti1Header:
+  """A header whose qform and sform are `affine`, with `header`'s codes (0 or none: 1 = scanner), mm."""
+  out = nib.Nifti1Header()
+  codes = (header["qform_code"], header["sform_code"]) if header is not None else (0, 0)
+  out.set_qform(affine, code=int(codes[0]) or 1)
+  out.set_sform(affine, code=int(codes[1]) or 1)
+  time_unit = header.get_xyzt_units()[1] if header is not None else "unknown"
+  out.set_xyzt_units(xyz="mm", t=time_unit)
+  return out
+
+
+def temporary_path(path: str | os.PathLike) -> str:
+  """A hidden, unique name beside `path` (same folder, same extension) to write before renaming."""
+  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+  return os.path.join(folder, f".{uuid.uuid4().hex}.tmp-{name}")
+
+
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
                 header: nib.Nifti1Header | None = None) -> None:
   """Writes a NIfTI-1 file atomically (temp file in the same folder, then `os.replace`).
@@ -233,15 +318,49 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
     data = data.astype(np.uint8)
   image = nib.Nifti1Image(data, affine, header=header)
   image.set_data_dtype(data.dtype)
-  codes = (header["qform_code"], header["sform_code"]) if header is not None else (0, 0)
-  image.set_qform(affine, code=int(codes[0]) or 1)
-  image.set_sform(affine, code=int(codes[1]) or 1)
-  image.header.set_xyzt_units(xyz="mm", t=image.header.get_xyzt_units()[1])
-  folder, name = os.path.split(os.path.abspath(path))
-  temp = os.path.join(folder, f".{uuid.uuid4().hex}.tmp-{name}")
+  codes = _output_header(affine, header)
+  image.set_qform(affine, code=int(codes["qform_code"]))
+  image.set_sform(affine, code=int(codes["sform_code"]))
+  image.header.set_xyzt_units(*codes.get_xyzt_units())
+  temp = temporary_path(path)
   try:
     nib.save(image, temp)
     os.replace(temp, path)
   finally:
     if os.path.exists(temp):
       os.remove(temp)
+
+
+def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray,
+                  volumes: Iterable[np.ndarray], header: nib.Nifti1Header | None = None,
+                  repetition_time: float | None = None) -> None:
+  """Streams float32 3D volumes into a (X, Y, Z) or (X, Y, Z, V) NIfTI-1 file at `path`.
+
+  NIfTI stores voxels in Fortran order, so each 3D volume of a 4D image is one
+  contiguous run of bytes: they are written as `volumes` yields them and only
+  one is in memory (gzip when `path` ends in .gz). qform/sform codes and the
+  time unit come from `header` as in `save_volume`; `repetition_time` is the
+  fourth pixdim of a 4D file. Not atomic: write to `temporary_path` and rename.
+
+  Raises:
+    ValueError: a volume of the wrong shape, or not as many as `shape` says.
+  """
+  out = _output_header(affine, header)
+  out.set_data_dtype(np.float32)
+  out.set_data_shape(shape)
+  if len(shape) == 4:
+    out.set_zooms(tuple(nib.affines.voxel_sizes(affine)) + (float(repetition_time or 1.0),))
+  expected = shape[3] if len(shape) == 4 else 1
+  count = 0
+  with nib.openers.Opener(os.fspath(path), "wb") as f:
+    out.write_to(f)
+    f.write(b"\0" * (out.get_data_offset() - f.tell()))
+    for volume in volumes:
+      volume = np.asarray(volume, dtype=out.get_data_dtype())
+      if volume.shape != tuple(shape[:3]) or count == expected:
+        raise ValueError(f"{path}: volume {count} of shape {volume.shape} does not fit a "
+                         f"{tuple(shape)} image")
+      f.write(volume.tobytes(order="F"))
+      count += 1
+  if count != expected:
+    raise ValueError(f"{path}: {count} volumes written, {expected} expected")

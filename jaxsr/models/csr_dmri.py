@@ -18,7 +18,7 @@ from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
 from jaxsr.models.sampling import local_offsets, sample_trilinear_batched
 
-COORDINATE_INPUTS = ("local", "global")
+COORDINATE_INPUTS = ("local", "periodic", "global")
 
 class CSRdMRI(nn.Module):
   """Arbitrary-scale SR model: `encode` (B, x, y, z, C_in) LR volumes, `decode` at (B, Q, 3) coordinates.
@@ -31,7 +31,9 @@ class CSRdMRI(nn.Module):
       coordinate c in [-1, 1] of the LR input's field of view (the paper's
       wording), or "local", c relative to the nearest LR voxel centre
       (`sampling.local_offsets`), which means the same on a training patch and
-      on a whole volume.
+      on a whole volume; or "periodic", (sin, cos) of pi times that offset per
+      axis (6 inputs): the same information, but continuous across the faces
+      between LR voxels, where the local offset jumps from +1 to -1.
     dtype: computation dtype (parameters stay float32; outputs are float32).
   """
   num_features: int = 64
@@ -42,13 +44,19 @@ class CSRdMRI(nn.Module):
   mlp_depth: int = 8
   mlp_width: int = 256
   mlp_skip_after: int = 4
-  coordinates: str = "local"
+  coordinates: str = "periodic"
   dtype: Dtype = jnp.float32
 
   def setup(self):
     self.encoder = RDN3D(self.num_features, self.growth, self.num_blocks, self.num_layers,
                          self.latent_features, self.dtype)
     self.mlp = ImplicitMLP(self.mlp_depth, self.mlp_width, self.mlp_skip_after, self.dtype)
+
+  @property
+  def receptive_radius(self) -> int:
+    """LR voxels of context on each side that a latent vector depends on (the encoder's)."""
+    return RDN3D(self.num_features, self.growth, self.num_blocks, self.num_layers,
+                 self.latent_features).receptive_radius
 
   def encode(self, lr: jax.Array) -> jax.Array:
     """(B, x, y, z, C_in) LR volumes (C_in = 2: DWI, T1; or 1: DWI) -> (B, x, y, z, latent)."""
@@ -59,7 +67,12 @@ class CSRdMRI(nn.Module):
     features = sample_trilinear_batched(latent, coords)
     if self.coordinates not in COORDINATE_INPUTS:
       raise ValueError(f"coordinates must be one of {COORDINATE_INPUTS}, got {self.coordinates!r}")
-    position = local_offsets(coords, latent.shape[1:4]) if self.coordinates == "local" else coords
+    if self.coordinates == "global":
+      position = coords
+    else:
+      position = local_offsets(coords, latent.shape[1:4])
+      if self.coordinates == "periodic":
+        position = jnp.concatenate([jnp.sin(jnp.pi * position), jnp.cos(jnp.pi * position)], -1)
     inputs = jnp.concatenate([position.astype(features.dtype), features], axis=-1)
     return self.mlp(inputs)[..., 0].astype(jnp.float32)
 

@@ -66,6 +66,16 @@ class RDN3D(nn.Module):
   out_features: int = 128
   dtype: Dtype = jnp.float32
 
+  @property
+  def receptive_radius(self) -> int:
+    """Voxels of context on each side that an output voxel depends on (one per 3^3 conv).
+
+    SFE1, SFE2, the D * C block convs, GFF's 3^3 conv and the output conv; with
+    zero 'SAME' padding, a tile widened by this many voxels (or reaching the
+    volume's border) gives the same output as the whole volume in its core.
+    """
+    return 4 + self.num_blocks * self.num_layers
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = functools.partial(conv3d, dtype=self.dtype)

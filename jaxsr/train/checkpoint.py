@@ -1,13 +1,16 @@
 """Orbax checkpoints of a training run: state, rng, data-iterator position and config.
 
-Layout: `WORKDIR/checkpoints/<step>/{state, data, config}`. `state` holds
+Layout: `WORKDIR/checkpoints/<step>/{state, data, config, meta}`. `state` holds
 `{'train_state': params + Adam state + step, 'rng': base PRNG key}`, `data` the
-grain iterator state (its position in the seeded batch sequence) and `config`
-the run's ConfigDict as JSON, so `evaluate.py` and later runs can read it.
+grain iterator state (its position in the seeded batch sequence), `config` the
+run's ConfigDict as JSON, so `evaluate.py`, `jaxsr upsample` and later runs can
+read it, and `meta` the checkpoint format and the jaxsr version that wrote it
+(checkpoints without `meta` predate it and are format 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -15,6 +18,16 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+import jaxsr
+from jaxsr.models import build_model
+from jaxsr.train import step as step_lib
+
+CHECKPOINT_FORMAT = 1  # bump when the saved items or the state's structure change
+
+
+class CheckpointError(ValueError):
+  """A run directory without a usable checkpoint; the message is one line naming it."""
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -50,7 +63,9 @@ class Checkpointer:
     return self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
         data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config.to_dict())))
+        config=ocp.args.JsonSave(config.to_dict()),
+        meta=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT,
+                                "jaxsr_version": jaxsr.__version__})))
 
   def restore(self, step: int, state: Any, rng: Any,
               data_iterator: grain.DatasetIterator | None = None) -> tuple[Any, Any]:
@@ -67,8 +82,68 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return ml_collections.ConfigDict(restored.config)
 
+  def restore_meta(self, step: int) -> dict:
+    """The `meta` item of `step` ({"format": 1} for checkpoints written before it existed)."""
+    if not (self.manager.directory / str(step) / "meta").exists():
+      return {"format": 1}
+    return dict(self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A run restored from its latest checkpoint: the config it was trained with, model, variables."""
+  config: ml_collections.ConfigDict
+  model: object
+  variables: dict
+  step: int
+
+
+def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
+  """Restores the latest checkpoint of `run_dir` into abstract shapes (nothing is initialised).
+
+  Raises:
+    CheckpointError: no checkpoint, one written by a newer checkpoint format, a
+      config without model.kind, or parameters that do not fit the model the
+      config describes (e.g. files from another model or version).
+  """
+  if not checkpoint_dir(run_dir).is_dir():
+    raise CheckpointError(f"{run_dir}: no checkpoints/ folder; train first with train.py "
+                          f"--workdir {run_dir}")
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
+                            f"--workdir {run_dir}")
+    meta = checkpointer.restore_meta(step)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+      raise CheckpointError(
+          f"{run_dir}: checkpoint format {meta.get('format')} (jaxsr "
+          f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {jaxsr.__version__}, "
+          f"which reads format {CHECKPOINT_FORMAT}")
+    config = checkpointer.restore_config(step)
+    if "kind" not in config.get("model", {}):
+      raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
+                            "jaxsr); retrain it")
+    try:
+      model = build_model(config.model)
+      rng = jax.random.PRNGKey(0)  # shapes only
+      abstract_state = jax.eval_shape(lambda: step_lib.create_train_state(model, config, rng))
+      state, _ = checkpointer.restore(step, abstract_state, jax.eval_shape(lambda: rng))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise CheckpointError(f"{run_dir}: checkpoint {step} does not match the "
+                            f"{config.model.kind!r} model its config describes "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+  finally:
+    checkpointer.close()
+  variables = {"params": state.params}
+  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return TrainedRun(config, model, variables, step)

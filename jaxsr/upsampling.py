@@ -1,0 +1,436 @@
+"""Super-resolution of a user's own scans: any voxel size, 3D or 4D, T1 and mask, bounded memory.
+
+`upsample` works on arrays and affines (the Python API, `jaxsr.upsample`);
+`upsample_files` on NIfTI files (the `jaxsr upsample` command), streaming the
+output volume by volume so a 4D series never has to fit in memory.
+
+Geometry (`jaxsr.geometry`): the output grid covers the input's field of view;
+the model is queried at the output voxel centres in the frame it was trained in.
+
+Intensities follow the training data (`jaxsr.data.subjects`), where b-shell
+volumes were divided by the mean b0 (values in [0, 1], 0 outside the brain mask)
+and the T1 by its 99.5th percentile in the mask:
+  * with b-values, each diffusion-weighted volume is divided by the mean b0 of
+    the input, super-resolved, and multiplied by the super-resolved mean b0, so
+    it is written back in signal units;
+  * b0 volumes, the mean b0 itself and every volume of an input without
+    b-values are divided by their maximum (inside the mask), super-resolved and
+    multiplied back.
+Model outputs are then back-projected onto the input (`degrade.back_project`,
+`back_projection` iterations: degrading the output reproduces the input, which
+also corrects the contrast of volumes unlike the training data, such as b0s)
+and clipped to [0, 1] before rescaling, so output voxels stay in
+[0, the input's maximum] (the mean b0's for diffusion-weighted volumes). With a
+mask, normalisation uses the voxels inside it and the output is 0 outside it.
+The T1 is resampled onto the output grid through both affines (cubic) and then
+degraded onto the input grid by the training degradation, so it reaches the
+model exactly as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import shutil
+import time
+from typing import Callable, Iterator, Sequence
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from jaxsr import figures, geometry
+from jaxsr.data import nifti
+from jaxsr.data.degrade import back_project, degrade
+from jaxsr.inference import MemoryPlan, plan_memory, reconstruct
+from jaxsr.models import is_implicit
+from jaxsr.train.checkpoint import CheckpointError, load_run
+
+DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
+DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
+T1_PERCENTILE = 99.5  # as in training (jaxsr.data.subjects)
+DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
+
+
+class UpsampleError(ValueError):
+  """A request that cannot be carried out (grid, size limit, paths, options); one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Upsampler:
+  """A trained arbitrary-scale model restored from a run directory.
+
+  Attributes:
+    model: the implicit model (`model.kind` csr_dmri).
+    params: its parameters.
+    in_channels: 1 (DWI only) or 2 (DWI + T1).
+    run_dir: where it was restored from.
+    step: the checkpoint's training step.
+  """
+  model: object
+  params: dict
+  in_channels: int
+  run_dir: str
+  step: int
+
+  @classmethod
+  def from_checkpoint(cls, run_dir: str | os.PathLike) -> "Upsampler":
+    """The latest checkpoint of `run_dir` (a `train.py --workdir`).
+
+    Raises:
+      CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
+    """
+    run = load_run(run_dir)
+    kind = run.config.model.kind
+    if not is_implicit(kind):
+      raise CheckpointError(f"{run_dir}: a fixed-scale {kind!r} model; upsampling to any voxel "
+                            "size needs an arbitrary-scale model (model.kind csr_dmri)")
+    return cls(run.model, run.variables["params"], int(run.config.model.in_channels),
+               os.fspath(run_dir), run.step)
+
+  @property
+  def uses_t1(self) -> bool:
+    return self.in_channels == 2
+
+
+def check_t1(upsampler: Upsampler, t1_path: str | os.PathLike | None) -> None:
+  """Raises DataError unless a T1 is given exactly when the model was trained with one."""
+  if upsampler.uses_t1 and t1_path is None:
+    raise nifti.DataError(f"{upsampler.run_dir}: this model was trained with a T1: give one "
+                          "(--t1), or use a model trained without (configs/arssr.py)")
+  if t1_path is not None and not upsampler.uses_t1:
+    raise nifti.DataError(f"{t1_path}: the model in {upsampler.run_dir} was trained without a "
+                          "T1; leave it out, or use a model trained with one")
+
+
+def t1_channel(t1: nifti.Volume, lr_shape: Sequence[int], lr_affine: np.ndarray,
+               hr_shape: Sequence[int], mask_hr: np.ndarray | None) -> np.ndarray:
+  """The model's T1 input on the LR grid: (x, y, z) float32 in [0, 1].
+
+  The T1 is resampled (cubic, through both affines) onto the HR output grid,
+  divided by its 99.5th percentile inside `mask_hr` (or over its positive
+  voxels) and clipped, then degraded onto the LR grid like the training data.
+
+  Raises:
+    DataError: naming the T1, when it does not overlap the grid or has no signal there.
+  """
+  hr_affine = geometry.output_affine(lr_affine, lr_shape, hr_shape)
+  hr = nifti.resample_to_grid(t1, tuple(hr_shape), hr_affine, order=3, mask=mask_hr)
+  inside = hr[mask_hr] if mask_hr is not None else hr[hr > 0]
+  scale = np.percentile(inside, T1_PERCENTILE) if inside.size else 0.0
+  if not scale > 0:
+    raise nifti.DataError(f"{t1.path}: no positive T1 signal inside the "
+                          f"{'mask' if mask_hr is not None else 'field of view'}")
+  return np.asarray(degrade(np.clip(hr / scale, 0.0, 1.0), lr_shape), np.float32)
+
+
+def _volume_kinds(num_volumes: int, bvals: np.ndarray | None) -> list[str]:
+  """'dwi' (divided by the mean b0) or 'intensity' (divided by its maximum) per volume."""
+  if bvals is None:
+    return ["intensity"] * num_volumes
+  is_b0 = np.asarray(bvals) <= nifti.B0_THRESHOLD
+  return ["intensity" if b0 else "dwi" for b0 in is_b0]
+
+
+def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int, lr_affine: np.ndarray,
+                     hr_shape: Sequence[int], upsampler: Upsampler, *,
+                     bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
+                     mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
+                     back_projection: int = DEFAULT_BACK_PROJECTION,
+                     plan: MemoryPlan | None = None, progress: bool = False,
+                     source: str = "input") -> Iterator[np.ndarray]:
+  """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
+
+  Inputs are checked, the T1 prepared and memory planned when this is called;
+  each volume is then read, super-resolved and yielded one at a time.
+
+  Args:
+    read: volume index -> (x, y, z) float32 LR volume.
+    num_volumes: how many volumes `read` gives.
+    lr_affine: (4, 4) voxel -> world mm of the LR grid.
+    hr_shape: the output grid (`geometry.output_shape`), same field of view.
+    upsampler: the model.
+    bvals: (V,) s/mm² or None (see the module docstring for what changes).
+    t1: the T1 at its own grid; required iff the model takes a T1.
+    mask: (x, y, z) bool brain mask on the LR grid, or None.
+    max_memory: bytes for the whole process (`inference.plan_memory`); `plan`
+      overrides the plan made from it.
+    back_projection: iterations of `degrade.back_project` on each model output.
+    progress: show a progress bar over tiles and chunks of every volume.
+    source: the input's name, for errors.
+
+  Raises:
+    DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
+    MemoryBudgetError: `max_memory` too small for one tile.
+  """
+  lr_shape = tuple(int(n) for n in read(0).shape)
+  hr_shape = tuple(int(n) for n in hr_shape)
+  if back_projection < 0:
+    raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
+  check_t1(upsampler, t1.path if t1 is not None else None)
+  mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
+  channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, mask_hr)]
+              if upsampler.uses_t1 else [])
+  kinds = _volume_kinds(num_volumes, bvals)
+  b0s = nifti.b0_indices(bvals, source=source) if "dwi" in kinds else None
+  if plan is None:
+    plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
+                       hr_shape, max_memory)
+
+  def super_resolve(x: np.ndarray, bar: tqdm) -> np.ndarray:
+    inputs = np.stack([x, *channels], axis=-1).astype(np.float32)
+    out = reconstruct(upsampler.model, upsampler.params, inputs, hr_shape,
+                      chunk_size=plan.chunk_size, tile=plan.tile, progress=bar.update)
+    return np.clip(back_project(out, x, back_projection), 0.0, 1.0)
+
+  def intensity(volume: np.ndarray, bar: tqdm) -> np.ndarray:
+    peak = float(volume[mask].max() if mask is not None else volume.max())
+    if not peak > 0:
+      bar.update(plan.num_passes(lr_shape, hr_shape))
+      return np.zeros(hr_shape, np.float32)
+    x = np.clip(volume / peak, 0.0, 1.0)
+    return super_resolve(x if mask is None else x * mask, bar) * np.float32(peak)
+
+  def generate() -> Iterator[np.ndarray]:
+    passes = num_volumes + (b0s is not None)
+    with tqdm(total=passes * plan.num_passes(lr_shape, hr_shape), desc="upsample",
+              unit="pass", disable=not progress, dynamic_ncols=True) as bar:
+      if b0s is not None:
+        mean_b0 = np.mean([read(int(i)) for i in b0s], axis=0, dtype=np.float32)
+        valid = mean_b0 > 0 if mask is None else mask & (mean_b0 > 0)
+        bar.set_postfix_str("mean b0")
+        mean_b0_hr = intensity(mean_b0, bar)
+      for index, kind in enumerate(kinds):
+        bar.set_postfix_str(f"volume {index + 1}/{num_volumes}")
+        volume = read(index)
+        if kind == "dwi":
+          ratio = np.zeros(lr_shape, np.float32)
+          np.divide(volume, mean_b0, out=ratio, where=valid)
+          out = super_resolve(np.clip(ratio, 0.0, 1.0), bar) * mean_b0_hr
+        else:
+          out = intensity(volume, bar)
+        yield out if mask_hr is None else out * mask_hr
+
+  return generate()
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputGrid:
+  """The output grid: `shape` voxels per axis and the (4, 4) voxel -> world mm `affine`."""
+  shape: tuple[int, int, int]
+  affine: np.ndarray
+
+  @property
+  def voxel_size(self) -> np.ndarray:
+    return nib.affines.voxel_sizes(self.affine)
+
+
+def output_grid(lr_shape: Sequence[int], lr_affine: np.ndarray, *,
+                voxel_size=None, scale=None, shape=None,
+                max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
+  """`geometry.output_shape` and `geometry.output_affine`, refusing grids over `max_output_voxels`.
+
+  Raises:
+    UpsampleError: a bad request (see `geometry.output_shape`), or an output over the size limit.
+  """
+  try:
+    hr_shape = geometry.output_shape(lr_shape, lr_affine, voxel_size=voxel_size, scale=scale,
+                                     out_shape=shape)
+  except ValueError as e:
+    raise UpsampleError(str(e)) from e
+  if math.prod(hr_shape) > max_output_voxels:
+    raise UpsampleError(f"the output grid {hr_shape} has {math.prod(hr_shape):,} voxels per "
+                     f"volume, over the limit of {max_output_voxels:,} (raise it with "
+                     "--max-output-voxels if this is meant)")
+  return OutputGrid(hr_shape, geometry.output_affine(lr_affine, lr_shape, hr_shape))
+
+
+def _as_upsampler(checkpoint: str | os.PathLike | Upsampler) -> Upsampler:
+  return checkpoint if isinstance(checkpoint, Upsampler) else Upsampler.from_checkpoint(checkpoint)
+
+
+def _lr_mask(mask: np.ndarray | None, lr_shape: Sequence[int], source: str) -> np.ndarray | None:
+  if mask is None:
+    return None
+  mask = np.asarray(mask) > 0.5
+  if mask.shape != tuple(lr_shape):
+    raise nifti.DataError(f"{source}: mask of shape {mask.shape} does not match the input grid "
+                          f"{tuple(lr_shape)}")
+  if not mask.any():
+    raise nifti.DataError(f"{source}: empty mask")
+  return mask
+
+
+def upsample(data: np.ndarray, affine: np.ndarray, checkpoint: str | os.PathLike | Upsampler, *,
+             voxel_size=None, scale=None, shape=None, t1: np.ndarray | None = None,
+             t1_affine: np.ndarray | None = None, bvals: np.ndarray | None = None,
+             mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
+             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+             back_projection: int = DEFAULT_BACK_PROJECTION, progress: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
+
+  Args:
+    data: the LR volume(s); `affine` its (4, 4) voxel -> world mm.
+    checkpoint: a run directory (`train.py --workdir`) or an `Upsampler`.
+    voxel_size, scale, shape: exactly one: output voxel size in mm, upsampling
+      factor, or output voxel counts; one number or three (x, y, z).
+    t1, t1_affine: a T1 at its own grid (required by models trained with one).
+    bvals: (V,) b-values in s/mm² for 4D diffusion data.
+    mask: (X, Y, Z) brain mask on the input grid.
+    max_memory: bytes for the whole process; tiles and chunks are sized to fit.
+    max_output_voxels: refuse larger output grids (per 3D volume).
+    back_projection: iterations of back-projection onto the input (0: none).
+    progress: show a progress bar.
+
+  Returns:
+    (output, output_affine): float32 (X', Y', Z'[, V]) in the input's units, and
+    its (4, 4) voxel -> world mm affine.
+  """
+  data = np.asarray(data, np.float32)
+  if data.ndim not in (3, 4) or 0 in data.shape:
+    raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
+  if not np.all(np.isfinite(data)):
+    raise nifti.DataError("<array>: has non-finite voxels (NaN/inf)")
+  num_volumes = data.shape[3] if data.ndim == 4 else 1
+  if bvals is not None and np.size(bvals) != num_volumes:
+    raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
+  grid = output_grid(data.shape[:3], affine, voxel_size=voxel_size, scale=scale, shape=shape,
+                     max_output_voxels=max_output_voxels)
+  t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
+                            nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
+  read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
+  volumes = upsample_volumes(read, num_volumes, np.asarray(affine, np.float64), grid.shape,
+                             _as_upsampler(checkpoint), bvals=bvals, t1=t1_volume,
+                             mask=_lr_mask(mask, data.shape[:3], "<mask>"),
+                             max_memory=max_memory, back_projection=back_projection,
+                             progress=progress, source="<bvals>")
+  out = np.stack(list(volumes), axis=-1)
+  return (out if data.ndim == 4 else out[..., 0]), grid.affine
+
+
+def parse_size(text: str) -> int:
+  """Bytes from '4G', '512M', '1.5GiB', '2e9' (K/M/G/T are powers of 1024)."""
+  match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*",
+                       str(text))
+  if not match:
+    raise ValueError(f"not a memory size: {text!r} (e.g. 4G, 512M)")
+  value = float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+  if not value > 0:
+    raise ValueError(f"memory size must be positive, got {text!r}")
+  return int(value)
+
+
+def companion_path(out: str | os.PathLike, suffix: str) -> pathlib.Path:
+  """`out` with its NIfTI extension replaced: sub.nii.gz -> sub.bval for suffix '.bval'."""
+  out = pathlib.Path(out)
+  stem = re.sub(r"\.nii(\.gz)?$", "", out.name)
+  return out.with_name(stem + suffix)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpsampleResult:
+  """What `upsample_files` wrote: the files, the output grid, volumes, memory plan and seconds."""
+  files: list[str]
+  grid: OutputGrid
+  num_volumes: int
+  plan: MemoryPlan
+  seconds: float
+
+
+def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.PathLike,
+                   out: str | os.PathLike, *, t1: str | os.PathLike | None = None,
+                   bvals: str | os.PathLike | None = None, bvecs: str | os.PathLike | None = None,
+                   mask: str | os.PathLike | None = None, voxel_size=None, scale=None, shape=None,
+                   max_memory: int = DEFAULT_MAX_MEMORY,
+                   max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+                   back_projection: int = DEFAULT_BACK_PROJECTION,
+                   preview: str | os.PathLike | None = None, overwrite: bool = False,
+                   progress: bool = True) -> UpsampleResult:
+  """The `jaxsr upsample` command on files; see `upsample` for the arguments' meaning.
+
+  Every input is validated before any computation. The output NIfTI is written
+  volume by volume under a temporary name beside `out` (with `bvals`/`bvecs`
+  copied to OUT.bval / OUT.bvec and the `preview` PNG likewise) and renamed
+  only when all are complete, so a failure leaves none of them behind.
+
+  Raises:
+    DataError, CheckpointError, UpsampleError (grid request, size limit, output
+    path), MemoryBudgetError: one line naming the problem.
+  """
+  out = pathlib.Path(out)
+  if not re.search(r"\.nii(\.gz)?$", out.name):
+    raise UpsampleError(f"{out}: the output must be a .nii or .nii.gz file")
+  if preview is not None and pathlib.Path(preview).suffix.lower() != ".png":
+    raise UpsampleError(f"{preview}: the preview must be a .png file")
+  if (bvals is None) != (bvecs is None):
+    raise UpsampleError("give --bvals and --bvecs together")
+  targets = {"image": out}
+  if bvals is not None:
+    targets.update(bval=companion_path(out, ".bval"), bvec=companion_path(out, ".bvec"))
+  if preview is not None:
+    targets["preview"] = pathlib.Path(preview)
+  for target in targets.values():
+    if not target.parent.is_dir():
+      raise UpsampleError(f"{target}: folder {target.parent} does not exist")
+    if target.exists() and not overwrite:
+      raise UpsampleError(f"{target}: already exists (use --overwrite to replace it)")
+  upsampler = _as_upsampler(checkpoint)
+  check_t1(upsampler, t1)
+  source = nifti.open_volume(dwi)
+  lr_shape = source.shape[:3]
+  table = (nifti.load_bvals_bvecs(bvals, bvecs, source.num_volumes, source.path)[0]
+           if bvals is not None else None)
+  grid = output_grid(lr_shape, source.affine, voxel_size=voxel_size, scale=scale, shape=shape,
+                     max_output_voxels=max_output_voxels)
+  mask_array = None
+  if mask is not None:
+    mask_volume = nifti.load_volume(mask, ndim=3)
+    if (mask_volume.data.shape == lr_shape
+        and np.allclose(mask_volume.affine, source.affine, atol=1e-3)):
+      mask_array = mask_volume.data
+    else:  # another grid: nearest neighbour through the affines
+      mask_array = nifti.resample_to_grid(mask_volume, lr_shape, source.affine, order=0)
+    mask_array = _lr_mask(mask_array, lr_shape, os.fspath(mask))
+  t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
+  for index in range(source.num_volumes):  # every voxel is checked before any output is made
+    source.volume(index)
+  plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
+                     grid.shape, max_memory)
+
+  start = time.perf_counter()
+  temps = {name: pathlib.Path(nifti.temporary_path(path)) for name, path in targets.items()}
+  first = {}
+
+  def volumes() -> Iterator[np.ndarray]:
+    for index, volume in enumerate(upsample_volumes(
+        source.volume, source.num_volumes, source.affine, grid.shape, upsampler, bvals=table,
+        t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
+        progress=progress, source=os.fspath(bvals or dwi))):
+      if index == 0:
+        first["output"] = volume
+      yield volume
+
+  out_shape = grid.shape + ((source.num_volumes,) if len(source.shape) == 4 else ())
+  zooms = source.header.get_zooms()
+  try:
+    nifti.write_volumes(temps["image"], out_shape, grid.affine, volumes(), header=source.header,
+                        repetition_time=zooms[3] if len(zooms) > 3 else None)
+    if bvals is not None:
+      shutil.copyfile(bvals, temps["bval"])
+      shutil.copyfile(bvecs, temps["bvec"])
+    if preview is not None:
+      figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
+                               temps["preview"],
+                               title=f"{pathlib.Path(dwi).name} → {out.name}")
+    for name, path in targets.items():
+      os.replace(temps[name], path)
+  finally:
+    for temp in temps.values():
+      if temp.exists():
+        temp.unlink()
+  return UpsampleResult([os.fspath(p) for p in targets.values()], grid, source.num_volumes, plan,
+                        time.perf_counter() - start)

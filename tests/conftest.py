@@ -1,0 +1,35 @@
+"""Shared fixtures: smoke-trained runs (embedded data, tiny models) reused across test modules."""
+
+import pathlib
+
+import pytest
+
+from configs import arssr, csr_dmri
+from jaxsr.train import loop
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory) -> pathlib.Path:
+  """The embedded smoke data set, built once per test session."""
+  return tmp_path_factory.mktemp("smoke_cache")
+
+
+def _train_smoke(config_module, workdir: pathlib.Path, cache: pathlib.Path, **overrides):
+  config = config_module.get_config("smoke")
+  config.data.cache_dir = str(cache)
+  config.update_from_flattened_dict(overrides)
+  loop.train(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def arssr_smoke_run(tmp_path_factory, smoke_cache) -> pathlib.Path:
+  """A run directory of configs/arssr.py:smoke (DWI only), trained its 20 steps."""
+  return _train_smoke(arssr, tmp_path_factory.mktemp("arssr_smoke"), smoke_cache)
+
+
+@pytest.fixture(scope="session")
+def csr_smoke_run(tmp_path_factory, smoke_cache) -> pathlib.Path:
+  """A run directory of configs/csr_dmri.py:smoke (DWI + T1), trained 2 steps."""
+  return _train_smoke(csr_dmri, tmp_path_factory.mktemp("csr_smoke"), smoke_cache,
+                      **{"train.num_steps": 2})
