@@ -1,11 +1,14 @@
-"""L1, k-space (FFT) and combined CSR-dMRI losses: known answers."""
+"""L1, k-space (FFT), CSR-dMRI, MS-SSIM and MRSI losses: known answers."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
-from jaxsr import losses
+from scipy import ndimage
+
+from jaxsr import losses, metrics
+from jaxsr.losses import MS_SSIM_WEIGHTS, ms_ssim, mrsi_loss
 
 
 def random_volumes(shape=(2, 4, 6, 5), seed=0):
@@ -84,3 +87,39 @@ def test_gradients_are_finite_even_at_zero_error():
   for t in (target, pred):
     assert np.isfinite(grad_fn(pred, t)).all()
   check_grads(losses.fft_loss, (pred, target), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_ms_ssim_known_values():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((3, 64, 64)), jnp.float32)
+  np.testing.assert_allclose(ms_ssim(x, x), 1.0, atol=1e-6)
+  # Constant maps a and b: every contrast term is 1, the luminance term at the coarsest
+  # scale is (2ab + C1) / (a^2 + b^2 + C1), raised to the last weight.
+  a, b = 0.3, 0.7
+  c1 = (0.01 * 1.0) ** 2
+  expected = ((2 * a * b + c1) / (a * a + b * b + c1)) ** MS_SSIM_WEIGHTS[-1]
+  value = ms_ssim(jnp.full((64, 64), a), jnp.full((64, 64), b))
+  np.testing.assert_allclose(value, expected, rtol=1e-4)  # float32 variances of ~1e-8
+  # Noise lowers it, more noise lowers it more.
+  noisy = [float(ms_ssim(x[0] + s * rng.standard_normal((64, 64)), x[0])) for s in (0.05, 0.2)]
+  assert 1 > noisy[0] > noisy[1] > 0
+
+
+def test_one_scale_ms_ssim_is_the_ssim_of_scikit_image_definition():
+  rng = np.random.default_rng(1)
+  truth = ndimage.gaussian_filter(rng.random((40, 48)), 2.0)
+  pred = truth + 0.05 * rng.standard_normal(truth.shape)
+  ours = float(ms_ssim(jnp.asarray(pred), jnp.asarray(truth), data_range=1.0, weights=(1.0,)))
+  reference = metrics.ssim(pred, truth, mask=np.ones(truth.shape, bool), data_range=1.0)
+  np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+
+def test_mrsi_loss_ignores_rejected_pixels():
+  rng = np.random.default_rng(2)
+  target = jnp.asarray(rng.random((2, 32, 32)), jnp.float32)
+  mask = jnp.asarray(rng.random((2, 32, 32)) > 0.3)
+  pred = jnp.where(mask, target, 5.0)  # wrong only where the mask rejects
+  loss, parts = mrsi_loss(pred, target, mask)
+  np.testing.assert_allclose([loss, parts["l1"], parts["ms_ssim"]], [0.0, 0.0, 1.0], atol=1e-6)
+  loss, parts = mrsi_loss(target + 0.1 * mask, target, mask, alpha=0.0)
+  np.testing.assert_allclose(loss, 0.1, rtol=1e-5)

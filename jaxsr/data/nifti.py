@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+import warnings
 from typing import Iterable
 
 import nibabel as nib
@@ -85,10 +86,12 @@ class LazyVolume:
       DataError: unreadable data or non-finite voxels, naming the file.
     """
     try:
-      if len(self.shape) == 4:
-        data = np.asarray(self.image.dataobj[:, :, :, index], dtype=np.float32)
-      else:
-        data = np.asarray(self.image.dataobj, dtype=np.float32)
+      with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow to inf is reported below
+        if len(self.shape) == 4:
+          data = np.asarray(self.image.dataobj[:, :, :, index], dtype=np.float32)
+        else:
+          data = np.asarray(self.image.dataobj, dtype=np.float32)
     except Exception as e:  # truncated or corrupt data
       raise DataError(f"{self.path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     return _finite(data.reshape(self.shape[:3]), self.path,
@@ -152,7 +155,9 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
   """
   lazy = open_volume(path, ndim)
   try:
-    data = lazy.image.get_fdata(dtype=np.float32).reshape(lazy.shape)
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+      warnings.simplefilter("ignore", RuntimeWarning)  # overflow to inf is reported below
+      data = lazy.image.get_fdata(dtype=np.float32).reshape(lazy.shape)
   except Exception as e:  # truncated or corrupt data
     raise DataError(f"{lazy.path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
   return Volume(data=_finite(data, lazy.path), affine=lazy.affine, header=lazy.header,

@@ -1,0 +1,74 @@
+"""The MRSI GAN train step: one jitted program with the critic scan and the generator update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsr.models.critic import Critic
+from jaxsr.models.mrsi_unet import MRSIUNet
+from jaxsr.train import step as step_lib
+from jaxsr.train.mrsi_step import create_gan_state, gradient_penalty, make_mrsi_train_step
+
+
+def tiny_batch(seed=0, size=16, batch=2):
+  rng = np.random.default_rng(seed)
+  return {"hr": rng.random((batch, size, size), dtype=np.float32),
+          "t1": rng.random((batch, size, size), dtype=np.float32),
+          "flair": rng.random((batch, size, size), dtype=np.float32),
+          "mask": (rng.random((batch, size, size)) > 0.1).astype(np.float32),
+          "n": np.array([8, 12][:batch] * (batch // 2 or 1), np.int32)[:batch],
+          "metabolite": np.arange(batch, dtype=np.int32) % 7}
+
+
+def tiny_state(seed=0):
+  return create_gan_state(MRSIUNet(channels=(4, 8)), Critic(channels=(4, 8), hidden=8),
+                          jax.random.key(seed), (16, 16), learning_rate=1e-3)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+  """D(x) = <w, x>: the gradient is w everywhere, so the penalty is (|w| - 1)^2."""
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4)), jnp.float32)
+  apply = lambda variables, x: jnp.sum(x * variables["params"], axis=(1, 2))
+  real, fake = (jnp.asarray(np.random.default_rng(s).random((3, 4, 4)), jnp.float32)
+                for s in (2, 3))
+  penalty = gradient_penalty(apply, w, real, fake, jax.random.key(0))
+  np.testing.assert_allclose(penalty, (jnp.linalg.norm(w) - 1) ** 2, rtol=1e-5)
+
+
+def test_critic_and_generator_updates_are_one_jitted_program():
+  mesh = step_lib.make_mesh()
+  state = step_lib.replicate(tiny_state(), mesh)
+  train_step = step_lib.compile_train_step(make_mrsi_train_step(num_critic=3), mesh)
+  batch = step_lib.shard_batch(tiny_batch(), mesh)
+  lowered = train_step.lower(state, batch, jax.random.key(1))
+  text = lowered.as_text()
+  assert text.count("func.func public @main") == 1 and "stablehlo.while" in text  # critic scan
+  before = jax.device_get(state)
+  new_state, metrics = train_step(state, batch, jax.random.key(1))  # one call
+  assert int(new_state.critic.step) == 3 and int(new_state.generator.step) == 1
+  for old, new in ((before.critic.params, new_state.critic.params),
+                   (before.generator.params, new_state.generator.params)):
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), old, new)
+    assert any(jax.tree_util.tree_leaves(changed))
+  assert set(metrics) >= {"loss", "l1", "ms_ssim", "adversarial", "critic_loss", "wasserstein",
+                          "gradient_penalty", "grad_norm"}
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  # A second step reuses the compiled program.
+  train_step(new_state, batch, jax.random.key(2))
+  assert train_step._cache_size() == 1
+
+
+def test_without_adversarial_loss_the_critic_is_left_alone_and_the_loss_falls():
+  state = tiny_state(seed=1)
+  train_step = jax.jit(make_mrsi_train_step(adversarial=False))
+  batch = {k: jnp.asarray(v) for k, v in tiny_batch(seed=4).items()}
+  critic_before = jax.device_get(state.critic.params)
+  losses = []
+  for i in range(8):
+    state, metrics = train_step(state, batch, jax.random.key(i))
+    losses.append(float(metrics["loss"]))
+  assert "adversarial" not in metrics and "critic_loss" not in metrics
+  assert int(state.critic.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, critic_before, jax.device_get(state.critic.params))
+  assert losses[-1] < losses[0], losses
