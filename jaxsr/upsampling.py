@@ -135,7 +135,8 @@ def _volume_kinds(num_volumes: int, bvals: np.ndarray | None) -> list[str]:
   return ["intensity" if b0 else "dwi" for b0 in is_b0]
 
 
-def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int, lr_affine: np.ndarray,
+def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
+                     lr_shape: Sequence[int], lr_affine: np.ndarray,
                      hr_shape: Sequence[int], upsampler: Upsampler, *,
                      bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
                      mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
@@ -150,7 +151,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int, lr_aff
   Args:
     read: volume index -> (x, y, z) float32 LR volume.
     num_volumes: how many volumes `read` gives.
-    lr_affine: (4, 4) voxel -> world mm of the LR grid.
+    lr_shape, lr_affine: the LR grid (x, y, z) and its (4, 4) voxel -> world mm.
     hr_shape: the output grid (`geometry.output_shape`), same field of view.
     upsampler: the model.
     bvals: (V,) s/mm² or None (see the module docstring for what changes).
@@ -166,7 +167,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int, lr_aff
     DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
     MemoryBudgetError: `max_memory` too small for one tile.
   """
-  lr_shape = tuple(int(n) for n in read(0).shape)
+  lr_shape = tuple(int(n) for n in lr_shape)
   hr_shape = tuple(int(n) for n in hr_shape)
   if back_projection < 0:
     raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
@@ -303,8 +304,8 @@ def upsample(data: np.ndarray, affine: np.ndarray, checkpoint: str | os.PathLike
   t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
                             nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
   read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
-  volumes = upsample_volumes(read, num_volumes, np.asarray(affine, np.float64), grid.shape,
-                             _as_upsampler(checkpoint), bvals=bvals, t1=t1_volume,
+  volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
+                             grid.shape, _as_upsampler(checkpoint), bvals=bvals, t1=t1_volume,
                              mask=_lr_mask(mask, data.shape[:3], "<mask>"),
                              max_memory=max_memory, back_projection=back_projection,
                              progress=progress, source="<bvals>")
@@ -407,8 +408,8 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
 
   def volumes() -> Iterator[np.ndarray]:
     for index, volume in enumerate(upsample_volumes(
-        source.volume, source.num_volumes, source.affine, grid.shape, upsampler, bvals=table,
-        t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
+        source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
+        bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
         progress=progress, source=os.fspath(bvals or dwi))):
       if index == 0:
         first["output"] = volume

@@ -109,3 +109,14 @@ def test_patients_are_deterministic_and_distinct(patient):
   other = mrsi.simulate_patient(1, seed=0)
   assert other.maps.shape[2:] == patient.maps.shape[2:]
   assert not np.array_equal(other.lesion, patient.lesion[: len(other.lesion)])
+
+
+def test_patients_are_cached_and_read_back_unchanged(tmp_path, patient):
+  first = mrsi.load_patients(tmp_path, num_patients=1, seed=0)
+  (folder,) = tmp_path.iterdir()
+  assert sorted(p.name for p in folder.iterdir()) == ["p00.npz"]
+  again = mrsi.load_patients(tmp_path, num_patients=1, seed=0)  # from the cache
+  for loaded in (first[0], again[0]):
+    assert loaded.name == "p00"
+    np.testing.assert_array_equal(loaded.maps, patient.maps)
+    np.testing.assert_array_equal(loaded.quality, patient.quality)

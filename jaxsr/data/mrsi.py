@@ -155,8 +155,8 @@ def simulate_patient(index: int, *, seed: int = 0, deformation_mm: float = 4.0) 
                                    centre - (np.asarray(shape) - 1) / 2 * VOXEL_MM)
   axes = synthetic.grid_axes(shape, affine)
   displacement = deformation_mm * deformation.on_grid(axes)
-  wm, gm, csf, brain, t1 = synthetic._warp(
-      [synthetic._prefiltered(n, VOXEL_MM) for n in ("wm", "gm", "csf", "brain", "t1")],
+  wm, gm, csf, brain, t1 = synthetic.warp(
+      [synthetic.prefiltered(n, VOXEL_MM) for n in ("wm", "gm", "csf", "brain", "t1")],
       template.affine, shape, affine, displacement)
   tissue = np.stack([gm, wm, csf], axis=-1)
   tissue /= np.maximum(tissue.sum(-1, keepdims=True), 1.0)

@@ -125,7 +125,7 @@ def structure_tensor(image: np.ndarray, gradient_sigma: float, window_sigma: flo
 
 
 @functools.lru_cache(maxsize=10)
-def _prefiltered(name: str, voxel_size_mm: float) -> np.ndarray:
+def prefiltered(name: str, voxel_size_mm: float) -> np.ndarray:
   """Template map `name` anti-aliased for sampling at `voxel_size_mm` (Gaussian, FWHM √(v² − 1) mm)."""
   sigma = np.sqrt(max(voxel_size_mm**2 - 1.0, 0.0)) / (2 * np.sqrt(2 * np.log(2)))
   return ndimage.gaussian_filter(getattr(load_template(), name), sigma)
@@ -174,7 +174,7 @@ def grid_axes(shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return tuple(affine[a, 3] + affine[a, a] * np.arange(n) for a, n in enumerate(shape))
 
 
-def _warp(maps: list[np.ndarray], maps_affine: np.ndarray, shape, affine,
+def warp(maps: list[np.ndarray], maps_affine: np.ndarray, shape, affine,
           deformation: np.ndarray) -> list[np.ndarray]:
   """Samples maps (trilinear, 0 outside; voxel -> world `maps_affine`) at grid points x + deformation(x)."""
   matrix, offset = nib.affines.to_matvec(np.linalg.inv(maps_affine))
@@ -256,10 +256,10 @@ def simulate_subject(index: int, *, bvals: np.ndarray, bvecs: np.ndarray, voxel_
 
   shape, affine = grid(low, high, voxel_size_mm, GRID_MARGIN_VOXELS)
   displacement = deformation_mm * deformation.on_grid(grid_axes(shape, affine))
-  wm, gm, csf, brain = _warp([_prefiltered(n, float(voxel_size_mm))
+  wm, gm, csf, brain = warp([prefiltered(n, float(voxel_size_mm))
                               for n in ("wm", "gm", "csf", "brain")],
                              template.affine, shape, affine, displacement)
-  structure = np.stack(_warp(list(np.moveaxis(template.structure, -1, 0)),
+  structure = np.stack(warp(list(np.moveaxis(template.structure, -1, 0)),
                              template.structure_affine, shape, affine, displacement), axis=-1)
   fractions = np.stack([wm, gm, csf], axis=-1)
   fractions /= np.maximum(fractions.sum(-1, keepdims=True), 1.0)
@@ -289,7 +289,7 @@ def simulate_subject(index: int, *, bvals: np.ndarray, bvecs: np.ndarray, voxel_
   t1_margin = int(np.ceil(GRID_MARGIN_VOXELS * voxel_size_mm / t1_voxel)) + 1  # covers the DWI
   t1_shape, t1_affine = grid(low, high, t1_voxel, t1_margin)
   t1_axes = grid_axes(t1_shape, t1_affine)
-  (t1,) = _warp([_prefiltered("t1", t1_voxel)], template.affine, t1_shape, t1_affine,
+  (t1,) = warp([prefiltered("t1", t1_voxel)], template.affine, t1_shape, t1_affine,
                 deformation_mm * deformation.on_grid(t1_axes))
   t1 = WM_B0 * gain * np.clip(t1, 0.0, None) ** gamma * np.exp(0.1 * bias.on_grid(t1_axes)[..., 0])
   return Phantom(dwi=dwi.astype(np.float32), affine=affine, mask=mask, wm_mask=wm_mask,
