@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import figures, geometry
-from jaxsr.data import nifti
+from jaxsr.data import nifti, subjects
 from jaxsr.data.degrade import back_project, degrade
 from jaxsr.inference import MemoryPlan, plan_memory, reconstruct
 from jaxsr.models import is_implicit
@@ -51,7 +51,6 @@ from jaxsr.train.checkpoint import CheckpointError, load_run
 
 DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
 DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
-T1_PERCENTILE = 99.5  # as in training (jaxsr.data.subjects)
 DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
 
 
@@ -111,20 +110,18 @@ def t1_channel(t1: nifti.Volume, lr_shape: Sequence[int], lr_affine: np.ndarray,
   """The model's T1 input on the LR grid: (x, y, z) float32 in [0, 1].
 
   The T1 is resampled (cubic, through both affines) onto the HR output grid,
-  divided by its 99.5th percentile inside `mask_hr` (or over its positive
-  voxels) and clipped, then degraded onto the LR grid like the training data.
+  scaled as in training (`subjects.normalise_t1`: 99.5th percentile inside
+  `mask_hr`, or over its positive voxels), then degraded onto the LR grid like
+  the training data.
 
   Raises:
     DataError: naming the T1, when it does not overlap the grid or has no signal there.
   """
   hr_affine = geometry.output_affine(lr_affine, lr_shape, hr_shape)
   hr = nifti.resample_to_grid(t1, tuple(hr_shape), hr_affine, order=3, mask=mask_hr)
-  inside = hr[mask_hr] if mask_hr is not None else hr[hr > 0]
-  scale = np.percentile(inside, T1_PERCENTILE) if inside.size else 0.0
-  if not scale > 0:
-    raise nifti.DataError(f"{t1.path}: no positive T1 signal inside the "
-                          f"{'mask' if mask_hr is not None else 'field of view'}")
-  return np.asarray(degrade(np.clip(hr / scale, 0.0, 1.0), lr_shape), np.float32)
+  inside, region = (mask_hr, "the mask") if mask_hr is not None else (hr > 0, "the field of view")
+  return np.asarray(degrade(subjects.normalise_t1(hr, inside, t1.path, region), lr_shape),
+                    np.float32)
 
 
 def _volume_kinds(num_volumes: int, bvals: np.ndarray | None) -> list[str]:

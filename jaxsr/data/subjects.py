@@ -30,6 +30,7 @@ from jaxsr.data import nifti, synthetic
 T1_CANDIDATES = ("T1w.nii.gz", "../T1w_acpc_dc_restore_1.25.nii.gz",
                  "../T1w_acpc_dc_restore_brain.nii.gz", "../T1w_acpc_dc_restore.nii.gz")
 CACHE_VERSION = 1  # bump when preprocessing changes
+T1_PERCENTILE = 99.5  # the T1 is divided by this percentile inside the brain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +131,19 @@ def _load_on_grid(path: pathlib.Path, dwi: nifti.Volume) -> np.ndarray:
   return volume.data > 0.5
 
 
+def normalise_t1(t1: np.ndarray, inside: np.ndarray, path: str, region: str) -> np.ndarray:
+  """`t1` divided by its 99.5th percentile over the `inside` voxels, clipped to [0, 1], float32.
+
+  Raises:
+    DataError: naming `path`, when there is no positive signal in `region` (`inside`).
+  """
+  values = t1[inside]
+  scale = np.percentile(values, T1_PERCENTILE) if values.size else 0.0
+  if not scale > 0:
+    raise nifti.DataError(f"{path}: no positive T1 signal inside {region}")
+  return np.clip(t1 / scale, 0.0, 1.0).astype(np.float32)
+
+
 def _preprocess(files: dict[str, pathlib.Path], bval: float, bval_tol: float
                 ) -> dict[str, np.ndarray]:
   dwi = nifti.load_volume(files["dwi"], ndim=4)
@@ -142,12 +156,9 @@ def _preprocess(files: dict[str, pathlib.Path], bval: float, bval_tol: float
     raise nifti.DataError(f"{files['mask']}: empty brain mask")
   t1_volume = nifti.load_volume(files["t1"], ndim=3)
   t1 = nifti.resample_to_grid(t1_volume, mask.shape, dwi.affine, order=3, mask=mask)
-  scale = np.percentile(t1[mask], 99.5)
-  if not scale > 0:
-    raise nifti.DataError(f"{files['t1']}: no positive T1 signal inside the brain mask")
   arrays = {
       "dwi": nifti.normalise_by_mean_b0(dwi.data, bvals, mask, bval, bval_tol),
-      "t1": np.clip(t1 / scale, 0.0, 1.0).astype(np.float32),
+      "t1": normalise_t1(t1, mask, f"{files['t1']}", "the brain mask"),
       "mask": mask,
       "affine": dwi.affine,
       "bvecs": bvecs[shell],
