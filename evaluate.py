@@ -5,6 +5,9 @@ r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
   python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR
       the comparison (runs in DIR/<name>): DIR/eval/table1.md, table2.md, dti.md,
       tables.json and figures/
+  python evaluate.py --config configs/mrsi.py[:VARIANT] --workdir DIR
+      the MRSI study (runs in DIR/fold<f>/<name>): DIR/eval/table1.md, tables.json and
+      condition/sharpness figures
 
 Only checkpoints are read (with the config each run was trained with); nothing is retrained.
 """
@@ -14,13 +17,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxsr import evaluation
+from jaxsr import evaluation, mrsi_evaluation
 from jaxsr.data.nifti import DataError
 from jaxsr.train.checkpoint import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with the test data and evaluation settings, e.g. "
-    "configs/csr_dmri.py:quick or configs/compare_dmri.py:quick.",
+    "configs/csr_dmri.py:quick, configs/compare_dmri.py:quick or configs/mrsi.py:quick.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory holding checkpoints/ (a comparison: its runs in DIR/<name>).")
@@ -33,7 +36,11 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # keep library INFO logs off the progress bar
     logging.set_verbosity(logging.WARNING)
   try:
-    text = evaluation.evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    if config.get("task") == "mrsi":
+      text = mrsi_evaluation.evaluate(config, _WORKDIR.value)
+    else:
+      text = evaluation.evaluate(config, _WORKDIR.value)
   except (DataError, CheckpointError) as error:
     sys.exit(f"error: {error}")
   print(text, end="")

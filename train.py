@@ -2,6 +2,7 @@ r"""Trains a super-resolution model, or every run of a comparison config.
 
   python train.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
   python train.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR   # runs in DIR/<name>
+  python train.py --config configs/mrsi.py[:VARIANT] --workdir DIR   # DIR/fold<f>/<method>
 
 Re-running the same command resumes from the latest checkpoint in DIR. Bad input data
 stops with a one-line error naming the file (exit code 1) before DIR is written.
@@ -18,7 +19,7 @@ from jaxsr.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a variant: configs/csr_dmri.py:quick "
-    "(configs/compare_dmri.py trains all its runs).",
+    "(configs/compare_dmri.py and configs/mrsi.py train all their runs).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, metrics.jsonl, run.json, eval/.")
@@ -36,7 +37,7 @@ def main(argv):
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    if "runs" in config:
+    if "runs" in config or config.get("task") == "mrsi":
       loop.train_runs(config, _WORKDIR.value)
     else:
       loop.train(config, _WORKDIR.value)

@@ -38,6 +38,15 @@ def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> list[
   return table
 
 
+def signed_rank_p(differences: np.ndarray) -> float:
+  """Two-sided Wilcoxon signed-rank p-value of paired differences: NaN below 2 pairs, 1 if all 0."""
+  if len(differences) < 2:
+    return float("nan")
+  if not np.any(differences):
+    return 1.0
+  return float(stats.wilcoxon(differences).pvalue)
+
+
 def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
   """Two-sided Wilcoxon signed-rank p-values of `reference` against every other method.
 
@@ -57,14 +66,7 @@ def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "s
       for key in keys:
         ref, other = sample(reference, scale, key), sample(method, scale, key)
         pairs = sorted(set(ref) & set(other), key=str)
-        diff = np.array([ref[p] - other[p] for p in pairs])
-        if len(diff) < 2:
-          p_value = float("nan")
-        elif not np.any(diff):
-          p_value = 1.0
-        else:
-          p_value = float(stats.wilcoxon(diff).pvalue)
-        entry[f"{key}_p"] = p_value
+        entry[f"{key}_p"] = signed_rank_p(np.array([ref[p] - other[p] for p in pairs]))
         entry["num_pairs"] = len(pairs)
       out.append(entry)
   return out

@@ -84,6 +84,9 @@ class Upsampler:
     """
     run = load_run(run_dir)
     kind = run.config.model.kind
+    if kind == "mrsi_unet":
+      raise CheckpointError(f"{run_dir}: an MRSI network; use jaxsr upsample-mrsi for "
+                            "metabolite maps")
     if not is_implicit(kind):
       raise CheckpointError(f"{run_dir}: a fixed-scale {kind!r} model; upsampling to any voxel "
                             "size needs an arbitrary-scale model (model.kind csr_dmri)")

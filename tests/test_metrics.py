@@ -93,3 +93,29 @@ def test_unmasked_ssim_rejects_volumes_smaller_than_the_window():
   volume = np.random.default_rng(0).random((20, 20, 8))
   with pytest.raises(ValueError, match="border"):
     metrics.ssim(volume, volume)
+
+
+def test_sharpness_measures_are_one_for_the_truth_and_fall_with_blur():
+  from scipy import ndimage
+  from jaxsr.data import kspace
+  rng = np.random.default_rng(7)
+  truth = ndimage.gaussian_filter(rng.random((64, 64)), 1.0)
+  mask = np.zeros((64, 64), bool)
+  mask[8:56, 8:56] = True
+  assert metrics.gradient_sharpness(truth, truth, mask) == pytest.approx(1.0)
+  assert metrics.high_frequency_ratio(truth, truth, 16) == pytest.approx(1.0)
+  blurred = [ndimage.gaussian_filter(truth, s) for s in (0.5, 1.0, 2.0)]
+  sharpness = [metrics.gradient_sharpness(b, truth, mask) for b in blurred]
+  assert 1 > sharpness[0] > sharpness[1] > sharpness[2] > 0
+  # Twice the image: twice the gradients, four times the spectral energy.
+  assert metrics.gradient_sharpness(2 * truth, truth, mask) == pytest.approx(2.0)
+  assert metrics.high_frequency_ratio(2 * truth, truth, 16) == pytest.approx(4.0)
+  # k-space zero-filling holds nothing beyond the acquired n x n.
+  zero_filled = np.asarray(kspace.truncate(truth, 16))
+  assert metrics.high_frequency_ratio(zero_filled, truth, 16) == pytest.approx(0.0, abs=1e-10)
+  finer = np.asarray(kspace.truncate(truth, 24))  # holds 8 <= |f| < 12 of the 16-outside band
+  assert 0.05 < metrics.high_frequency_ratio(finer, truth, 16) < 0.95
+  with pytest.raises(ValueError, match="no interior"):
+    one = np.zeros((64, 64), bool)
+    one[3, 3] = True
+    metrics.gradient_sharpness(truth, truth, one)

@@ -7,7 +7,7 @@ import pytest
 
 from jaxsr.data import kspace
 from jaxsr.models.mrsi_unet import (CONDITIONINGS, ConditionalInstanceNorm, ConditionedConv,
-                                    ConditionMLP, MRSIUNet)
+                                    ConditionMLP, MRSIUNet, conv_per_sample)
 
 
 def plain_conv(x, kernel, bias):
@@ -30,6 +30,26 @@ def batch():
   x = jnp.asarray(rng.normal(size=(3, 8, 8, 4)), jnp.float32)
   condition = jnp.asarray([[0.5], [0.75], [1.0]], jnp.float32)
   return x, condition
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_per_sample_convolution_equals_lax_convolution_in_values_and_gradients(kernel_size):
+  rng = np.random.default_rng(kernel_size)
+  x = jnp.asarray(rng.normal(size=(3, 9, 7, 4)), jnp.float32)
+  kernels = jnp.asarray(rng.normal(size=(3, kernel_size, kernel_size, 4, 5)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(3, 9, 7, 5)), jnp.float32)
+
+  def reference(x, kernels, bias):
+    return jnp.stack([plain_conv(x[i:i + 1], kernels[i], bias[i])[0] for i in range(3)])
+
+  np.testing.assert_allclose(conv_per_sample(x, kernels, bias), reference(x, kernels, bias),
+                             rtol=1e-5, atol=1e-4)
+  loss = lambda f: lambda *args: jnp.sum(f(*args) * weights)
+  grads = jax.grad(loss(conv_per_sample), argnums=(0, 1, 2))(x, kernels, bias)
+  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(x, kernels, bias)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
 def test_filter_scaling_starts_as_the_plain_convolution(batch):
@@ -108,6 +128,20 @@ def test_unet_output_is_consistent_with_the_measured_k_space_and_masked(maps):
   mask = jnp.asarray(np.random.default_rng(5).random((2, 16, 16)) > 0.2)
   masked = model.apply({"params": params}, lr, t1, flair, n, metabolite, lam, mask)
   np.testing.assert_array_equal(np.asarray(masked)[~np.asarray(mask)], 0.0)
+
+
+def test_unet_starts_as_zero_filling_and_separates_conditioned_from_measured_n(maps):
+  lr, t1, flair, n, metabolite, lam = maps
+  model = MRSIUNet(channels=TINY_CHANNELS, conditioning="filter_scaling")
+  params = model.init(jax.random.key(0), lr, t1, flair, n, metabolite, lam)["params"]
+  np.testing.assert_allclose(model.apply({"params": params}, lr, t1, flair, n, metabolite, lam),
+                             lr, atol=1e-5)  # zero head: the zero-filled input
+  params = perturb(perturb(params, "head", seed=4), "scale", seed=6)
+  apply = lambda **kw: model.apply({"params": params}, lr, t1, flair, n, metabolite, lam, **kw)
+  np.testing.assert_allclose(apply(n_condition=n), apply(), atol=1e-6)
+  other = apply(n_condition=jnp.asarray([16, 16]))
+  assert np.abs(np.asarray(other - apply())).max() > 1e-3  # the condition reaches the filters
+  np.testing.assert_allclose(kspace.truncate(other, n), lr, atol=1e-5)  # consistent with n
 
 
 def test_unet_parameter_counts_order_as_the_conditionings_grow(maps):

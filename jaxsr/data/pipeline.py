@@ -94,6 +94,9 @@ def training_batches(sampler: PatchSampler, *, batch_size: int, seed: int,
                      num_threads: int = 2, prefetch: int = 4) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of training batches (numpy dicts).
 
+  `sampler` is any `len()`-able callable `(indices, rng) -> batch dict`: a
+  `PatchSampler` here, or `jaxsr.data.mrsi_pipeline.MapSampler` for MRSI maps.
+
   `batch_size` is the per-process batch; process `shard_index` of `num_shards`
   reads every num_shards-th batch of the global sequence, so hosts never overlap.
   """

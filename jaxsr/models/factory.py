@@ -5,6 +5,8 @@ Kinds:
             or 1 (DWI only, the ArSSR setting). Input: the LR volume.
   dcsrn     fixed-scale `DCSRN`; input: the LR DWI interpolated onto the HR grid.
   rescnn3d  fixed-scale `ResCNN3D`; input as dcsrn.
+  mrsi_unet multi-scale MRSI `MRSIUNet` (2D metabolite maps) with its `conditioning`;
+            its critic is built by `jaxsr.train.mrsi_task`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import ml_collections
 
 from jaxsr.models.baselines import DCSRN, ResCNN3D
 from jaxsr.models.csr_dmri import CSRdMRI
+from jaxsr.models.mrsi_unet import MRSIUNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMPLICIT_KINDS = ("csr_dmri",)
 INTERPOLATED_INPUT_KINDS = ("dcsrn", "rescnn3d")
-KINDS = IMPLICIT_KINDS + INTERPOLATED_INPUT_KINDS
+MRSI_KINDS = ("mrsi_unet",)
+KINDS = IMPLICIT_KINDS + INTERPOLATED_INPUT_KINDS + MRSI_KINDS
 
 
 def is_implicit(kind: str) -> bool:
@@ -34,6 +38,11 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
   dtype = DTYPES[config.dtype]
+  if config.kind in MRSI_KINDS:
+    if dtype != jnp.float32:
+      raise ValueError("model.kind='mrsi_unet' computes in float32 only")
+    return MRSIUNet(channels=tuple(config.channels), conditioning=config.conditioning,
+                    num_metabolites=config.num_metabolites)
   if is_implicit(config.kind):
     return CSRdMRI(
         num_features=config.num_features, growth=config.growth, num_blocks=config.num_blocks,

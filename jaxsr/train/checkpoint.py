@@ -1,7 +1,8 @@
 """Orbax checkpoints of a training run: state, rng, data-iterator position and config.
 
 Layout: `WORKDIR/checkpoints/<step>/{state, data, config, meta}`. `state` holds
-`{'train_state': params + Adam state + step, 'rng': base PRNG key}`, `data` the
+`{'train_state': params + Adam state + step (for MRSI runs a `GANState`: generator
+and critic), 'rng': base PRNG key}`, `data` the
 grain iterator state (its position in the seeded batch sequence), `config` the
 run's ConfigDict as JSON, so `evaluate.py`, `jaxsr upsample` and later runs can
 read it, and `meta` the checkpoint format and the jaxsr version that wrote it
@@ -21,7 +22,7 @@ import orbax.checkpoint as ocp
 
 import jaxsr
 from jaxsr.models import build_model
-from jaxsr.train import step as step_lib
+from jaxsr.train import mrsi_step, mrsi_task, step as step_lib
 
 CHECKPOINT_FORMAT = 1  # bump when the saved items or the state's structure change
 
@@ -37,7 +38,7 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 def run_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             name: str) -> pathlib.Path:
   """Workdir of run `name` of a comparison config: `config.run_dirs[name]` if set, else WORKDIR/name."""
-  return pathlib.Path(config.run_dirs.get(name) or pathlib.Path(workdir) / name)
+  return pathlib.Path((config.get("run_dirs") or {}).get(name) or pathlib.Path(workdir) / name)
 
 
 class Checkpointer:
@@ -135,14 +136,19 @@ def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
     try:
       model = build_model(config.model)
       rng = jax.random.PRNGKey(0)  # shapes only
-      abstract_state = jax.eval_shape(lambda: step_lib.create_train_state(model, config, rng))
-      state, _ = checkpointer.restore(step, abstract_state, jax.eval_shape(lambda: rng))
+      if config.model.kind == mrsi_task.KIND:
+        create = lambda: mrsi_task.create_state(config, rng)
+      else:
+        create = lambda: step_lib.create_train_state(model, config, rng)
+      state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(lambda: rng))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise CheckpointError(f"{run_dir}: checkpoint {step} does not match the "
                             f"{config.model.kind!r} model its config describes "
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
   finally:
     checkpointer.close()
+  if isinstance(state, mrsi_step.GANState):  # the generator is the model; the critic only trains it
+    state = state.generator
   variables = {"params": state.params}
   if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
     variables["batch_stats"] = state.batch_stats

@@ -1,10 +1,19 @@
-"""The dMRI training loop: data, sharded steps, metrics, progress and resumable checkpoints."""
+"""The training loop: data, sharded steps, metrics, progress and resumable checkpoints.
+
+One loop serves every model kind; what differs is a `Task` (`make_task`): the
+batch sampler, the initial state and the pure train step. dMRI runs
+(`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the subjects;
+MRSI runs (`mrsi_unet`) on metabolite maps of one cross-validation fold
+(`jaxsr.train.mrsi_task`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -12,15 +21,47 @@ from tqdm import tqdm
 
 from jaxsr.data import pipeline, subjects as subjects_lib
 from jaxsr.models import build_model
-from jaxsr.train import step as step_lib
+from jaxsr.train import mrsi_task, step as step_lib
 from jaxsr.train.checkpoint import Checkpointer, run_dir
 from jaxsr.train.run_record import write_run_record
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What the loop trains.
+
+  Attributes:
+    sampler: `len()` training examples; `sampler(indices, rng)` -> numpy batch dict
+      with "hr" (the target, whose size counts the voxels/s).
+    create_state: rng -> initial train state (a pytree).
+    train_step: the pure `(state, batch, rng) -> (state, metrics)`.
+    description: one line on the data, printed when training starts.
+  """
+  sampler: Any
+  create_state: Callable[[jax.Array], Any]
+  train_step: Callable
+  description: str
 
 
 def make_sampler(config, train_subjects) -> pipeline.PatchSampler:
   d = config.data
   sizes = pipeline.hr_patch_sizes(d.lr_patch_size, d.scale_min, d.scale_max, d.num_scale_buckets)
   return pipeline.PatchSampler(train_subjects, sizes, patch_size=d.patch_size)
+
+
+def make_task(config) -> Task:
+  """The task of `config.model.kind`; bad data raises before anything is written."""
+  if config.model.kind == mrsi_task.KIND:
+    sampler, description = mrsi_task.make_sampler(config)
+    return Task(sampler, lambda rng: mrsi_task.create_state(config, rng),
+                mrsi_task.make_train_step(config), description)
+  splits = subjects_lib.load_subjects(config.data)
+  sampler = make_sampler(config, splits["train"])
+  model = build_model(config.model)
+  return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
+              step_lib.make_train_step(config),
+              f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
+              f"pairs; HR patch sizes {sampler.hr_sizes}")
 
 
 def per_process_batch_size(batch_size: int) -> int:
@@ -44,6 +85,12 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> float:
   return float(kept[-1].get("elapsed_s", 0.0)) if kept else 0.0
 
 
+def count_parameters(state) -> int:
+  """Trained parameters of a train state (of the generator for a GAN state)."""
+  params = state.generator.params if hasattr(state, "generator") else state.params
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
 def train(config, workdir: str | pathlib.Path) -> int:
   """Trains the model of `config`, resuming from the latest checkpoint in `workdir`.
 
@@ -51,8 +98,7 @@ def train(config, workdir: str | pathlib.Path) -> int:
   (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
   A run already at `train.num_steps` is left as it is. Returns the final step.
   """
-  splits = subjects_lib.load_subjects(config.data)  # bad data fails before DIR is touched
-  sampler = make_sampler(config, splits["train"])
+  task = make_task(config)  # bad data fails before DIR is touched
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
@@ -65,15 +111,14 @@ def train(config, workdir: str | pathlib.Path) -> int:
   if jax.process_index() == 0:
     write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
   iterator = pipeline.training_batches(
-      sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
+      task.sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
       shard_index=jax.process_index(), num_shards=jax.process_count(),
       num_threads=config.data.num_threads, prefetch=config.data.prefetch)
 
   mesh = step_lib.make_mesh()
-  model = build_model(config.model)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, rng = jax.random.split(rng)
-  state = step_lib.replicate(step_lib.create_train_state(model, config, init_rng), mesh)
+  state = step_lib.replicate(task.create_state(init_rng), mesh)
   rng = step_lib.replicate(rng, mesh)
   metrics_path = workdir / "metrics.jsonl"
   previous_seconds = 0.0  # training time of earlier processes of this run
@@ -83,13 +128,11 @@ def train(config, workdir: str | pathlib.Path) -> int:
     tqdm.write(f"Resumed from step {start_step} in {workdir}")
   elif metrics_path.exists():
     metrics_path.unlink()
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   if jax.process_index() == 0:
-    tqdm.write(f"{num_params:,} parameters; {len(splits['train'])} training subjects, "
-               f"{len(sampler)} (subject, volume) pairs; HR patch sizes {sampler.hr_sizes}; "
+    tqdm.write(f"{count_parameters(state):,} parameters; {task.description}; "
                f"{jax.device_count()} device(s)")
 
-  train_step = step_lib.compile_train_step(step_lib.make_train_step(config), mesh)
+  train_step = step_lib.compile_train_step(task.train_step, mesh)
   log_every = config.train.log_every_steps
   window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
   train_start = window_start
@@ -122,12 +165,15 @@ def train(config, workdir: str | pathlib.Path) -> int:
 
 
 def train_runs(config, workdir: str | pathlib.Path) -> None:
-  """Trains every run of a comparison config (`config.runs`) in turn, each in its own workdir.
+  """Trains every run of a comparison config in turn, each in its own workdir.
 
+  The runs are `config.runs` (the dMRI comparison), or those of an MRSI study
+  (`config.task == "mrsi"`, `jaxsr.train.mrsi_task.study_runs`: methods × folds).
   Run `name` lives in `config.run_dirs[name]` if set, else WORKDIR/name; finished
   runs are skipped and interrupted ones resume.
   """
-  for name, run_config in config.runs.items():
+  runs = mrsi_task.study_runs(config) if config.get("task") == "mrsi" else config.runs
+  for name, run_config in runs.items():
     directory = run_dir(config, workdir, name)
     tqdm.write(f"== {name} ({run_config.model.kind}) -> {directory}")
     train(run_config, directory)

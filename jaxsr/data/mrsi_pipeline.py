@@ -1,0 +1,120 @@
+"""MRSI examples and training batches: one metabolite map of one slice, normalised and augmented.
+
+An example is map m of slice s of a patient (`jaxsr.data.mrsi.Patient`) with
+the slice's T1, FLAIR and quality mask, all (64, 64). Maps are divided by their
+maximum inside the quality mask (`normalise_map`), so every map peaks at 1, the
+data range of PSNR, SSIM and MS-SSIM. Slices whose quality mask keeps fewer than
+`MIN_QUALITY_VOXELS` voxels are not used.
+
+Training batches (`MapSampler` + `jaxsr.data.pipeline.training_batches`, a
+seeded grain pipeline whose position is checkpointed): each example is flipped,
+rotated by a multiple of 90° and shifted by up to `max_shift` voxels (circularly,
+as k-space sampling is), the four images alike, and gets its own matrix size n
+drawn from `n_values`. The LR map is made from the HR one inside the train step
+(`jaxsr.data.kspace.truncate`), so the same code serves evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from jaxsr.data import mrsi
+
+MIN_QUALITY_VOXELS = 50
+
+
+def normalise_map(values: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, float]:
+  """(H, W) map in mM -> (map / max over the quality mask, that max); 0 outside the mask.
+
+  Raises:
+    ValueError: the mask is empty or the map's maximum there is not positive.
+  """
+  quality = np.asarray(quality, bool)
+  if not quality.any():
+    raise ValueError("the quality mask keeps no voxel")
+  peak = float(np.max(values[quality]))
+  if not peak > 0:
+    raise ValueError(f"the map's maximum inside the quality mask is {peak}, not positive")
+  return np.where(quality, values / peak, 0.0).astype(np.float32), peak
+
+
+def example_index(patients: Sequence[mrsi.Patient], metabolites: Sequence[int] | None = None
+                  ) -> np.ndarray:
+  """(K, 3) int rows (patient, slice, metabolite) of the usable maps, in a fixed order."""
+  metabolites = range(len(mrsi.METABOLITES)) if metabolites is None else metabolites
+  return np.array([(p, s, m) for p, patient in enumerate(patients)
+                   for s in range(patient.quality.shape[0])
+                   if patient.quality[s].sum() >= MIN_QUALITY_VOXELS
+                   for m in metabolites], dtype=np.int64).reshape(-1, 3)
+
+
+def example(patients: Sequence[mrsi.Patient], row: Sequence[int]) -> dict[str, np.ndarray]:
+  """The images of index row (patient, slice, metabolite): "hr", "t1", "flair", "mask" (64, 64)
+  float32 and "metabolite" (int32)."""
+  p, s, m = (int(v) for v in row)
+  patient = patients[p]
+  quality = patient.quality[s]
+  hr, _ = normalise_map(patient.maps[s, m], quality)
+  return {"hr": hr, "t1": patient.t1[s], "flair": patient.flair[s],
+          "mask": quality.astype(np.float32), "metabolite": np.int32(m)}
+
+
+def augment(images: dict[str, np.ndarray], rng: np.random.Generator, max_shift: int
+            ) -> dict[str, np.ndarray]:
+  """The same random flip, 90° rotation and circular shift (≤ max_shift voxels) of every (H, W) image."""
+  flips = rng.random(2) < 0.5
+  turns = int(rng.integers(4))
+  shift = rng.integers(-max_shift, max_shift + 1, size=2)
+
+  def transform(image):
+    for axis in np.flatnonzero(flips):
+      image = np.flip(image, axis)
+    return np.roll(np.rot90(image, turns), tuple(shift), axis=(0, 1))
+
+  return {k: (np.ascontiguousarray(transform(v)) if np.ndim(v) == 2 else v)
+          for k, v in images.items()}
+
+
+@dataclasses.dataclass
+class MapSampler:
+  """Turns a batch of example indices into a training batch (the sampler of `training_batches`).
+
+  Attributes:
+    patients: the training patients.
+    n_values: matrix sizes n (even, <= 64); each example draws one uniformly.
+    max_shift: largest augmentation shift in voxels (0: none).
+    augment: whether to flip/rotate/shift.
+    metabolites: metabolite indices used (default all of `mrsi.METABOLITES`).
+  """
+  patients: Sequence[mrsi.Patient]
+  n_values: Sequence[int]
+  max_shift: int = 4
+  augment: bool = True
+  metabolites: Sequence[int] | None = None
+
+  def __post_init__(self):
+    self.rows = example_index(self.patients, self.metabolites)
+    if not len(self.rows):
+      raise ValueError("no slice of the training patients has enough quality-filtered voxels")
+    size = self.patients[0].t1.shape[-1]
+    bad = [n for n in self.n_values if n % 2 or not 2 <= n <= size]
+    if bad or not len(self.n_values):
+      raise ValueError(f"n_values must be even matrix sizes in [2, {size}], got "
+                       f"{tuple(self.n_values)}")
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """{"hr", "t1", "flair", "mask": (B, 64, 64) float32, "n", "metabolite": (B,) int32}."""
+    examples = []
+    for index in np.asarray(indices):
+      images = example(self.patients, self.rows[index])
+      if self.augment:
+        images = augment(images, rng, self.max_shift)
+      images["n"] = np.int32(rng.choice(self.n_values))
+      examples.append(images)
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}

@@ -1,0 +1,400 @@
+"""MRSI evaluation from checkpoints: Table 1, Wilcoxon tests, condition studies, sharpness study.
+
+Protocol: for each fold of the study, every usable slice of the fold's test
+patients and each metabolite of `eval.metabolites` gives a normalised HR map
+(`jaxsr.data.mrsi_pipeline.example`); for each n of `data.n_values` its central
+n × n k-space is kept (`kspace.truncate`) and every method brings it back to
+64 × 64. PSNR and 2D SSIM (data range 1, the normalised maps' peak) are taken
+inside the quality mask. Methods: k-space zero-filling and the study's trained
+networks at λ = 0 (Single-scale: the network trained at that n).
+
+Condition studies (first fold): the Filter Scaling with Met network with its
+convolutions conditioned on another n or metabolite than the input's. Sharpness
+study (first fold): the adversarially trained network at each λ of
+`eval.sharpness_lambdas`, scored with PSNR, SSIM and two sharpness measures
+(`metrics.gradient_sharpness`, `metrics.high_frequency_ratio`; LPIPS, the
+paper's perceptual measure, needs pretrained weights that cannot be downloaded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxsr import figures, metrics, tables
+from jaxsr.data import kspace, mrsi, mrsi_pipeline
+from jaxsr.train.checkpoint import TrainedRun, load_run, run_dir
+from jaxsr.train.mrsi_task import study_runs
+from jaxsr.train.run_record import write_run_record
+
+LABELS = {
+    "zero_fill": "k-space zero-filling",
+    "single_scale": "Single-scale",
+    "unconditioned": "Unconditioned",
+    "amlayer": "AMLayer",
+    "hypernetwork": "Hypernetworks",
+    "filter_scaling": "Filter Scaling",
+    "filter_scaling_met": "Filter Scaling with Met",
+}
+PAPER_PARAMS = {"single_scale": 8.7e6, "unconditioned": 1.0e6, "amlayer": 1.5e6,
+                "hypernetwork": 26e6, "filter_scaling": 3.9e6, "filter_scaling_met": 6.9e6}
+CONDITION_METHOD = "filter_scaling_met"  # the network of the condition studies
+PAIR_KEYS = ("fold", "patient", "slice", "metabolite", "n")  # what Wilcoxon pairs match on
+
+
+@dataclasses.dataclass(frozen=True)
+class TestMaps:
+  """K normalised test maps: "hr", "t1", "flair", "mask" (K, 64, 64), and their identities."""
+  images: dict[str, np.ndarray]
+  metabolite: np.ndarray  # (K,) int32
+  patient: list[str]
+  slice: np.ndarray  # (K,) int
+
+  def __len__(self) -> int:
+    return len(self.metabolite)
+
+
+def test_maps(patients: list[mrsi.Patient], eval_config) -> TestMaps:
+  """The maps scored for `patients`: `eval.metabolites` of every usable slice (or of
+  `eval.max_slices_per_patient` slices spread over each patient's usable ones)."""
+  rows = mrsi_pipeline.example_index(patients, eval_config.metabolites)
+  limit = eval_config.max_slices_per_patient
+  if limit:
+    keep = set()
+    for p in range(len(patients)):
+      slices = np.unique(rows[rows[:, 0] == p, 1])
+      spread = np.linspace(0, len(slices) - 1, min(limit, len(slices))).round().astype(int)
+      keep |= {(p, int(s)) for s in slices[spread]}
+    rows = rows[[(int(p), int(s)) in keep for p, s, _ in rows]]
+  examples = [mrsi_pipeline.example(patients, r) for r in rows]
+  images = {k: np.stack([e[k] for e in examples]) for k in ("hr", "t1", "flair", "mask")}
+  return TestMaps(images, rows[:, 2].astype(np.int32), [patients[p].name for p in rows[:, 0]],
+                  rows[:, 1])
+
+
+class Generator:
+  """A trained MRSI network applied to `TestMaps` in fixed-size batches (one compilation)."""
+
+  def __init__(self, run: TrainedRun, batch_size: int):
+    self.run = run
+    self.batch_size = batch_size
+    self._apply = jax.jit(lambda variables, *inputs: run.model.apply(variables, *inputs))
+
+  def __call__(self, maps: TestMaps, n: int, *, sharpness: float = 0.0,
+               n_condition: int | None = None, metabolite: np.ndarray | None = None
+               ) -> np.ndarray:
+    """(K, 64, 64) outputs for input matrix size n at λ = `sharpness`, conditioned on
+    `n_condition` (default n) and `metabolite` (default the maps' own)."""
+    k, size = len(maps), self.batch_size
+    padded = -(-k // size) * size
+    pad = lambda a: np.concatenate([a, np.repeat(a[:1], padded - k, axis=0)])
+    images = {key: pad(v) for key, v in maps.images.items()}
+    condition = pad(maps.metabolite if metabolite is None else np.asarray(metabolite, np.int32))
+    full = lambda value: np.full(size, value)
+    outputs = []
+    for start in range(0, padded, size):
+      part = slice(start, start + size)
+      lr = kspace.truncate(jnp.asarray(images["hr"][part]), n)
+      outputs.append(np.asarray(self._apply(
+          self.run.variables, lr, images["t1"][part], images["flair"][part],
+          full(n).astype(np.int32), condition[part], full(sharpness).astype(np.float32),
+          images["mask"][part], full(n if n_condition is None else n_condition)
+          .astype(np.int32))))
+    return np.concatenate(outputs)[:k]
+
+
+def zero_fill(maps: TestMaps, n: int) -> np.ndarray:
+  """The k-space zero-filling baseline, masked like the networks' outputs."""
+  return np.asarray(kspace.truncate(jnp.asarray(maps.images["hr"]), n)) * maps.images["mask"]
+
+
+def score(outputs: np.ndarray, maps: TestMaps) -> tuple[np.ndarray, np.ndarray]:
+  """Per-map PSNR (dB) and SSIM inside the quality mask, data range 1."""
+  hr, mask = maps.images["hr"], maps.images["mask"] > 0
+  psnr = np.array([metrics.psnr(o, t, m, data_range=1.0) for o, t, m in zip(outputs, hr, mask)])
+  ssim = np.array([metrics.ssim(o, t, m, data_range=1.0) for o, t, m in zip(outputs, hr, mask)])
+  return psnr, ssim
+
+
+def _rows(method: str, fold: int, n: int, maps: TestMaps, psnr, ssim) -> list[dict]:
+  return [{"method": method, "fold": fold, "patient": maps.patient[i], "slice": int(maps.slice[i]),
+           "metabolite": mrsi.METABOLITES[maps.metabolite[i]], "n": n,
+           "psnr": float(psnr[i]), "ssim": float(ssim[i])} for i in range(len(maps))]
+
+
+def training_seconds(directory: pathlib.Path) -> float:
+  """Training time (s) of a run, from the last line of its metrics.jsonl (0 if none)."""
+  path = directory / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+
+
+def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
+  """Mean ± std of PSNR and SSIM per method over all its scored maps (folds, n, metabolites)."""
+  table = []
+  for method in methods:
+    sel = [r for r in rows if r["method"] == method]
+    entry = {"method": method, "num_maps": len(sel)}
+    for key in ("psnr", "ssim"):
+      values = np.array([r[key] for r in sel])
+      entry[key], entry[f"{key}_std"] = float(values.mean()), float(values.std())
+    table.append(entry)
+  return table
+
+
+def pairwise_wilcoxon(rows: list[dict], methods: list[str]) -> dict[str, dict[str, dict]]:
+  """{a: {b: {"psnr_p", "ssim_p", "num_pairs"}}}: signed-rank tests of a against b over maps
+  scored by both (matched on `PAIR_KEYS`)."""
+  scores = {m: {tuple(r[k] for k in PAIR_KEYS): r for r in rows if r["method"] == m}
+            for m in methods}
+  out = {}
+  for a in methods:
+    out[a] = {}
+    for b in methods:
+      if a == b:
+        continue
+      pairs = sorted(set(scores[a]) & set(scores[b]), key=str)
+      out[a][b] = {f"{key}_p": tables.signed_rank_p(
+          np.array([scores[a][p][key] - scores[b][p][key] for p in pairs]))
+          for key in ("psnr", "ssim")}
+      out[a][b]["num_pairs"] = len(pairs)
+  return out
+
+
+def _format_p(p: float) -> str:
+  """A p-value to 2 significant digits; one that underflowed to 0 as '< 1e-300'."""
+  return "< 1e-300" if p == 0 else f"{p:.2g}"
+
+
+def _format_params(count: float) -> str:
+  return f"{count / 1e6:.2f}M" if count else ""
+
+
+def _format_time(seconds: float) -> str:
+  return f"{seconds / 60:.1f} min" if seconds else ""
+
+
+def markdown_table1(table: list[dict], seconds: dict[str, float], params: dict[str, int],
+                    wilcoxon: dict) -> str:
+  """Table 1 (PSNR, SSIM mean ± std; training time; parameters beside the paper's) and the
+  Wilcoxon p-values of each method against Filter Scaling with Met."""
+  best = {key: max(r[key] for r in table) for key in ("psnr", "ssim")}
+  lines = ["| method | PSNR (dB) | SSIM | training time (all folds) | parameters | "
+           "paper's parameters |",
+           "|---|---|---|---|---|---|"]
+  for r in table:
+    m = r["method"]
+    cells = []
+    for key, digits in (("psnr", 2), ("ssim", 4)):
+      text = f"{r[key]:.{digits}f} ± {r[f'{key}_std']:.{digits}f}"
+      cells.append(f"**{text}**" if r[key] == best[key] else text)
+    paper = PAPER_PARAMS.get(m)
+    lines.append(f"| {LABELS.get(m, m)} | {' | '.join(cells)} | {_format_time(seconds.get(m, 0))} "
+                 f"| {_format_params(params.get(m, 0))} | "
+                 f"{_format_params(paper) if paper else ''} |")
+  text = "\n".join(lines) + "\n"
+  reference = CONDITION_METHOD
+  if reference in wilcoxon:
+    lines = [f"\n{LABELS[reference]} against each method (two-sided Wilcoxon signed-rank "
+             "test over paired maps):\n", "| method | PSNR p | SSIM p | pairs |", "|---|---|---|---|"]
+    for other, result in wilcoxon[reference].items():
+      p_values = [_format_p(result[f"{key}_p"]) for key in ("psnr", "ssim")]
+      lines.append(f"| {LABELS.get(other, other)} | {' | '.join(p_values)} | "
+                   f"{result['num_pairs']} |")
+    text += "\n".join(lines) + "\n"
+  return text
+
+
+def markdown_by_n(rows: list[dict], methods: list[str], n_values) -> str:
+  """Mean PSNR / SSIM per method and input matrix size n."""
+  lines = ["| method | " + " | ".join(f"n={n}" for n in n_values) + " |",
+           "|---" * (len(n_values) + 1) + "|"]
+  for m in methods:
+    cells = []
+    for n in n_values:
+      sel = [r for r in rows if r["method"] == m and r["n"] == n]
+      cells.append(f"{np.mean([r['psnr'] for r in sel]):.2f} / "
+                   f"{np.mean([r['ssim'] for r in sel]):.4f}" if sel else "")
+    lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def condition_study(generator: Generator, maps: TestMaps, n_values) -> dict[str, np.ndarray]:
+  """Mean SSIM with conditions differing from the input's.
+
+  Returns {"n": (len(n_values), len(n_values)) SSIM[conditioned n, input n] over all
+  maps, "metabolite": (M, M) SSIM[conditioned metabolite, input metabolite] over all n}
+  (M = metabolites present in `maps`, in `mrsi.METABOLITES` order).
+  """
+  by_n = np.zeros((len(n_values), len(n_values)))
+  for j, n_in in enumerate(n_values):
+    for i, n_cond in enumerate(n_values):
+      by_n[i, j] = score(generator(maps, n_in, n_condition=n_cond), maps)[1].mean()
+  present = np.unique(maps.metabolite)
+  by_met = np.zeros((len(present), len(present)))
+  for i, m_cond in enumerate(present):
+    ssim = np.mean([score(generator(maps, n, metabolite=np.full(len(maps), m_cond)), maps)[1]
+                    for n in n_values], axis=0)
+    for j, m_in in enumerate(present):
+      by_met[i, j] = ssim[maps.metabolite == m_in].mean()
+  return {"n": by_n, "metabolite": by_met, "metabolites": present}
+
+
+def sharpness_study(generator: Generator, maps: TestMaps, n_values, lambdas) -> list[dict]:
+  """Per λ: mean PSNR, SSIM, gradient sharpness and high-frequency ratio over maps and n."""
+  table = []
+  for lam in lambdas:
+    values = {"psnr": [], "ssim": [], "gradient_sharpness": [], "high_frequency_ratio": []}
+    for n in n_values:
+      outputs = generator(maps, n, sharpness=lam)
+      psnr, ssim = score(outputs, maps)
+      values["psnr"] += list(psnr)
+      values["ssim"] += list(ssim)
+      for o, t, m in zip(outputs, maps.images["hr"], maps.images["mask"] > 0):
+        values["gradient_sharpness"].append(metrics.gradient_sharpness(o, t, m))
+        values["high_frequency_ratio"].append(metrics.high_frequency_ratio(o, t, n))
+    table.append({"lambda": float(lam), **{k: float(np.mean(v)) for k, v in values.items()}})
+  return table
+
+
+def markdown_sharpness(table: list[dict]) -> str:
+  lines = ["| λ | PSNR (dB) | SSIM | gradient sharpness | high-frequency ratio |",
+           "|---|---|---|---|---|"]
+  lines += [f"| {r['lambda']:g} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+            f"{r['gradient_sharpness']:.3f} | {r['high_frequency_ratio']:.3f} |" for r in table]
+  return "\n".join(lines) + "\n"
+
+
+def _sharpness_examples(generator: Generator, maps: TestMaps, n_values, lambdas, path) -> None:
+  """Fig. 3: rows of (metabolite, n, patient) examples; zero-filling, λ values, truth, FLAIR."""
+  choices = []
+  for r, m in enumerate(np.unique(maps.metabolite)[:3]):
+    candidates = np.flatnonzero(maps.metabolite == m)
+    choices.append((int(candidates[len(candidates) // 2]), int(n_values[min(r, len(n_values) - 1)])))
+  rows = []
+  for index, n in choices:
+    single = TestMaps({k: v[index:index + 1] for k, v in maps.images.items()},
+                      maps.metabolite[index:index + 1], maps.patient[index:index + 1],
+                      maps.slice[index:index + 1])
+    truth, mask = single.images["hr"][0], single.images["mask"][0] > 0
+    panels = {"zero-filling": zero_fill(single, n)[0]}
+    panels.update({f"λ = {lam:g}": generator(single, n, sharpness=lam)[0] for lam in lambdas})
+    captions = {name: f"{metrics.psnr(img, truth, mask, 1.0):.1f} / "
+                      f"{metrics.ssim(img, truth, mask, 1.0):.3f} / "
+                      f"{metrics.gradient_sharpness(img, truth, mask):.2f}"
+                for name, img in panels.items()}
+    panels["truth"] = truth
+    panels["FLAIR"] = single.images["flair"][0]
+    rows.append((f"{mrsi.METABOLITES[single.metabolite[0]]}, n={n}, {single.patient[0]}",
+                 panels, captions))
+  figures.map_rows(rows, path, title="Sharpness: PSNR / SSIM / gradient sharpness under each map")
+
+
+def evaluate(config, workdir: str | pathlib.Path) -> str:
+  """Evaluates the study's runs in `workdir` and returns the Markdown it wrote.
+
+  Writes `WORKDIR/eval/`: `table1.md` (Table 1, Wilcoxon tests, per-n table,
+  condition and sharpness studies), `tables.json` (all numbers, per-map scores
+  included), `condition_n.png`, `condition_metabolite.png`, `sharpness.png`,
+  `sharpness_examples.png` and `run.json`.
+  """
+  workdir = pathlib.Path(workdir)
+  runs = study_runs(config)
+  n_values = tuple(int(n) for n in config.data.n_values)
+  out_dir = workdir / "eval"
+  rows, seconds, params, steps = [], {}, {}, {}
+  extras = {}
+  for f_index, fold in enumerate(config.folds):
+    data = config.data.to_dict() | {"fold": fold}
+    patients = mrsi.load_patients(data["cache_dir"], data["num_patients"], data["seed"])
+    split = mrsi.cross_validation_split(data["num_patients"], fold, data["num_folds"])
+    maps = test_maps([patients[i] for i in split["test"]], config.eval)
+    progress = tqdm(total=(len(config.methods) + 1) * len(n_values),
+                    desc=f"evaluate fold {fold}", dynamic_ncols=True)
+    with progress:
+      for n in n_values:
+        rows += _rows("zero_fill", fold, n, maps, *score(zero_fill(maps, n), maps))
+        progress.update()
+      generators = {}
+      for method in config.methods:
+        names = ([f"fold{fold}/single_scale_n{n}" for n in n_values] if method == "single_scale"
+                 else [f"fold{fold}/{method}"])
+        for name in names:
+          directory = run_dir(config, workdir, name)
+          run = load_run(directory)
+          steps[name] = run.step
+          seconds[method] = seconds.get(method, 0.0) + training_seconds(directory)
+          if f_index == 0:
+            params[method] = params.get(method, 0) + sum(
+                x.size for x in jax.tree_util.tree_leaves(run.variables))
+          generators[name] = Generator(run, config.eval.batch_size)
+        for n in n_values:
+          name = f"fold{fold}/single_scale_n{n}" if method == "single_scale" else names[0]
+          rows += _rows(method, fold, n, maps, *score(generators[name](maps, n), maps))
+          progress.update()
+    if f_index:
+      continue
+    if CONDITION_METHOD in config.methods:
+      study = condition_study(generators[f"fold{fold}/{CONDITION_METHOD}"], maps, n_values)
+      extras["condition_study"] = {"fold": fold, "n_values": list(n_values),
+                                   "ssim_by_n": study["n"].tolist(),
+                                   "metabolites": [mrsi.METABOLITES[m] for m in study["metabolites"]],
+                                   "ssim_by_metabolite": study["metabolite"].tolist()}
+      figures.condition_heatmap(study["n"], [str(n) for n in n_values], "input n",
+                                "conditioned n", out_dir / "condition_n.png",
+                                title=f"SSIM, {LABELS[CONDITION_METHOD]}, fold {fold}")
+      figures.condition_heatmap(study["metabolite"], extras["condition_study"]["metabolites"],
+                                "input metabolite", "conditioned metabolite",
+                                out_dir / "condition_metabolite.png",
+                                title=f"SSIM, {LABELS[CONDITION_METHOD]}, fold {fold}")
+    if config.sharpness_method:
+      name = f"fold{fold}/sharpness_{config.sharpness_method}"
+      run = load_run(run_dir(config, workdir, name))
+      steps[name] = run.step
+      generator = Generator(run, config.eval.batch_size)
+      sharpness = sharpness_study(generator, maps, n_values, config.eval.sharpness_lambdas)
+      extras["sharpness"] = {"fold": fold, "method": config.sharpness_method, "table": sharpness}
+      figures.sharpness_curves(sharpness, out_dir / "sharpness.png",
+                               title=f"{LABELS[config.sharpness_method]} + WGAN-GP, fold {fold}")
+      _sharpness_examples(generator, maps, n_values, config.eval.figure_lambdas,
+                          out_dir / "sharpness_examples.png")
+
+  methods = ["zero_fill", *config.methods]
+  table = summarise(rows, methods)
+  wilcoxon = pairwise_wilcoxon(rows, methods)
+  text = ("## Table 1: multi-scale MRSI super-resolution (λ = 0), mean ± std over folds "
+          f"{tuple(config.folds)}, n in {n_values} and maps\n\n"
+          + markdown_table1(table, seconds, params, wilcoxon)
+          + "\n### PSNR (dB) / SSIM by input matrix size n\n\n"
+          + markdown_by_n(rows, methods, n_values))
+  if "condition_study" in extras:
+    study = extras["condition_study"]
+    by_n, by_met = np.array(study["ssim_by_n"]), np.array(study["ssim_by_metabolite"])
+    offset = np.abs(by_n.argmax(0) - np.arange(len(by_n)))  # in steps of the n grid
+    text += (f"\n### Condition studies ({LABELS[CONDITION_METHOD]}, fold {study['fold']})\n\n"
+             f"The best conditioned n equals the input's for {np.sum(offset == 0)} of "
+             f"{len(by_n)} input n and is within one step of it for {np.sum(offset <= 1)}; the "
+             "best conditioned metabolite equals the input's for "
+             f"{np.sum(by_met.argmax(0) == np.arange(len(by_met)))} of {len(by_met)} metabolites. "
+             "Mean SSIM of matched conditions: "
+             f"{np.mean(np.diag(by_n)):.4f} (n), {np.mean(np.diag(by_met)):.4f} (metabolite); "
+             f"of mismatched ones: {by_n[~np.eye(len(by_n), dtype=bool)].mean():.4f}, "
+             f"{by_met[~np.eye(len(by_met), dtype=bool)].mean():.4f} "
+             "(condition_n.png, condition_metabolite.png).\n")
+  if "sharpness" in extras:
+    text += (f"\n### Sharpness against λ ({LABELS[extras['sharpness']['method']]} trained with "
+             f"the adversarial loss, fold {extras['sharpness']['fold']})\n\n"
+             + markdown_sharpness(extras["sharpness"]["table"]))
+  write_run_record(out_dir / "run.json", config, checkpoint_steps=steps)
+  (out_dir / "table1.md").write_text(text)
+  (out_dir / "tables.json").write_text(json.dumps(
+      {"table1": table, "training_seconds": seconds, "parameters": params,
+       "wilcoxon": wilcoxon, "checkpoint_steps": steps, **extras, "per_map": rows},
+      indent=2) + "\n")
+  return text
