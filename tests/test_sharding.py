@@ -65,7 +65,7 @@ MRSI_SCRIPT = textwrap.dedent("""
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = step_lib.make_mesh(devices)
       state = step_lib.replicate(create_gan_state(
-          MRSIUNet(channels=(4, 8)), Critic(channels=(4, 8), hidden=8), jax.random.PRNGKey(1),
+          MRSIUNet(channels=(4,)), Critic(channels=(4, 8), hidden=8), jax.random.PRNGKey(1),
           (16, 16), learning_rate=1e-3), mesh)
       train_step = step_lib.compile_train_step(step_fn, mesh)
       sharded = step_lib.shard_batch(batch, mesh)
