@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import re
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +31,7 @@ import numpy as np
 from jaxsr.data import mrsi, nifti, subjects
 from jaxsr.train.checkpoint import CheckpointError, load_run
 from jaxsr.train.mrsi_task import KIND
-from jaxsr.upsampling import UpsampleError
+from jaxsr.upsampling import UpsampleError, check_outputs, nifti_output
 
 # Other names of the metabolites in `mrsi.METABOLITES` (lower case).
 ALIASES = {"cho": "tCho", "gpc+pch": "tCho", "cr": "tCr", "cr+pcr": "tCr", "naa+naag": "NAA",
@@ -80,18 +77,11 @@ class MRSIUpsampleResult:
   seconds: float
 
 
-def _load_map(path: str | os.PathLike) -> tuple[nifti.LazyVolume, np.ndarray, np.ndarray]:
+def _load_map(path: str | os.PathLike) -> tuple[nifti.Volume, np.ndarray, np.ndarray]:
   """The map file, its (n, n, S) values (rejected voxels 0) and the valid-voxel mask."""
-  source = nifti.open_volume(path, ndim=3)
-  try:
-    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
-      warnings.simplefilter("ignore", RuntimeWarning)
-      values = source.image.get_fdata(dtype=np.float32).reshape(source.shape)
-  except Exception as e:
-    raise nifti.DataError(f"{source.path}: not a readable NIfTI file ({type(e).__name__}: {e})"
-                          ) from e
-  valid = np.isfinite(values)
-  return source, np.where(valid, values, 0.0).astype(np.float32), valid
+  source = nifti.load_volume(path, ndim=3, require_finite=False)
+  valid = np.isfinite(source.data)
+  return source, np.where(valid, source.data, 0.0).astype(np.float32), valid
 
 
 def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLike,
@@ -106,13 +96,8 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
       is written then (the output goes to a temporary name, renamed at the end).
   """
   start = time.perf_counter()
-  out = pathlib.Path(out)
-  if not re.search(r"\.nii(\.gz)?$", out.name):
-    raise UpsampleError(f"{out}: the output must be a .nii or .nii.gz file")
-  if not out.parent.is_dir():
-    raise UpsampleError(f"{out}: folder {out.parent} does not exist")
-  if out.exists() and not overwrite:
-    raise UpsampleError(f"{out}: already exists (use --overwrite to replace it)")
+  out = nifti_output(out)
+  check_outputs([out], overwrite)
   run = load_run(checkpoint)
   if run.config.model.kind != KIND:
     raise CheckpointError(f"{checkpoint}: a {run.config.model.kind!r} model; upsample-mrsi "
@@ -125,7 +110,7 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
         + (f"0 to {lambda_max:g}" if lambda_max else
            "0 only (trained without the adversarial loss; use a sharpness run)"))
   source, values, valid = _load_map(map_path)
-  n, n_y, num_slices = source.shape
+  n, n_y, num_slices = source.data.shape
   size = mrsi.MAP_SIZE
   n_values = tuple(run.config.data.n_values)
   if n != n_y or n % 2:
@@ -135,12 +120,7 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
     raise nifti.DataError(f"{source.path}: matrix {n} × {n}; the network in {checkpoint} was "
                           f"trained for n from {min(n_values)} to {max(n_values)}")
   if mask is not None:
-    mask_volume = nifti.load_volume(mask, ndim=3)
-    if mask_volume.data.shape == source.shape and np.allclose(mask_volume.affine, source.affine,
-                                                               atol=1e-3):
-      valid &= mask_volume.data > 0
-    else:
-      valid &= nifti.resample_to_grid(mask_volume, source.shape, source.affine, order=0) > 0
+    valid &= nifti.mask_on_grid(mask, source.data.shape, source.affine) > 0
   hr_affine = output_affine(source.affine, n, size)
   hr_shape = (size, size, num_slices)
   nearest = (np.arange(size) * n / size).round().astype(int).clip(0, n - 1)

@@ -36,7 +36,7 @@ import pathlib
 import re
 import shutil
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -332,6 +332,23 @@ def companion_path(out: str | os.PathLike, suffix: str) -> pathlib.Path:
   return out.with_name(stem + suffix)
 
 
+def nifti_output(out: str | os.PathLike) -> pathlib.Path:
+  """`out` as a path; UpsampleError unless it names a .nii or .nii.gz file."""
+  out = pathlib.Path(out)
+  if not re.search(r"\.nii(\.gz)?$", out.name):
+    raise UpsampleError(f"{out}: the output must be a .nii or .nii.gz file")
+  return out
+
+
+def check_outputs(targets: Iterable[pathlib.Path], overwrite: bool) -> None:
+  """UpsampleError unless each target's folder exists and, without `overwrite`, it does not."""
+  for target in targets:
+    if not target.parent.is_dir():
+      raise UpsampleError(f"{target}: folder {target.parent} does not exist")
+    if target.exists() and not overwrite:
+      raise UpsampleError(f"{target}: already exists (use --overwrite to replace it)")
+
+
 @dataclasses.dataclass(frozen=True)
 class UpsampleResult:
   """What `upsample_files` wrote: the files, the output grid, volumes, memory plan and seconds."""
@@ -362,9 +379,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
     DataError, CheckpointError, UpsampleError (grid request, size limit, output
     path), MemoryBudgetError: one line naming the problem.
   """
-  out = pathlib.Path(out)
-  if not re.search(r"\.nii(\.gz)?$", out.name):
-    raise UpsampleError(f"{out}: the output must be a .nii or .nii.gz file")
+  out = nifti_output(out)
   if preview is not None and pathlib.Path(preview).suffix.lower() != ".png":
     raise UpsampleError(f"{preview}: the preview must be a .png file")
   if (bvals is None) != (bvecs is None):
@@ -374,11 +389,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
     targets.update(bval=companion_path(out, ".bval"), bvec=companion_path(out, ".bvec"))
   if preview is not None:
     targets["preview"] = pathlib.Path(preview)
-  for target in targets.values():
-    if not target.parent.is_dir():
-      raise UpsampleError(f"{target}: folder {target.parent} does not exist")
-    if target.exists() and not overwrite:
-      raise UpsampleError(f"{target}: already exists (use --overwrite to replace it)")
+  check_outputs(targets.values(), overwrite)
   upsampler = _as_upsampler(checkpoint)
   check_t1(upsampler, t1)
   source = nifti.open_volume(dwi)
@@ -389,13 +400,8 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
                      max_output_voxels=max_output_voxels)
   mask_array = None
   if mask is not None:
-    mask_volume = nifti.load_volume(mask, ndim=3)
-    if (mask_volume.data.shape == lr_shape
-        and np.allclose(mask_volume.affine, source.affine, atol=1e-3)):
-      mask_array = mask_volume.data
-    else:  # another grid: nearest neighbour through the affines
-      mask_array = nifti.resample_to_grid(mask_volume, lr_shape, source.affine, order=0)
-    mask_array = _lr_mask(mask_array, lr_shape, os.fspath(mask))
+    mask_array = _lr_mask(nifti.mask_on_grid(mask, lr_shape, source.affine), lr_shape,
+                          os.fspath(mask))
   t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
   for index in range(source.num_volumes):  # every voxel is checked before any output is made
     source.volume(index)

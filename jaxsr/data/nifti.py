@@ -147,8 +147,10 @@ def open_volume(path: str | os.PathLike, ndim: int | None = None) -> LazyVolume:
   return LazyVolume(shape=shape, affine=affine, header=image.header, path=path, image=image)
 
 
-def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
-  """Loads a whole NIfTI-1/2 file as float32 (`open_volume`'s checks, then every voxel finite).
+def load_volume(path: str | os.PathLike, ndim: int | None = None, *,
+                require_finite: bool = True) -> Volume:
+  """Loads a whole NIfTI-1/2 file as float32 (`open_volume`'s checks, then every voxel finite
+  unless `require_finite` is False, for files that mark rejected voxels with NaN).
 
   Raises:
     DataError: as `open_volume`, or non-finite voxels.
@@ -160,8 +162,8 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
       data = lazy.image.get_fdata(dtype=np.float32).reshape(lazy.shape)
   except Exception as e:  # truncated or corrupt data
     raise DataError(f"{lazy.path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-  return Volume(data=_finite(data, lazy.path), affine=lazy.affine, header=lazy.header,
-                path=lazy.path)
+  return Volume(data=_finite(data, lazy.path) if require_finite else data, affine=lazy.affine,
+                header=lazy.header, path=lazy.path)
 
 
 def _load_table(path: str, dwi_path: str) -> np.ndarray:
@@ -252,6 +254,18 @@ def normalise_by_mean_b0(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray,
   out = np.zeros(shell.shape, np.float32)
   np.divide(shell, mean_b0[..., None], out=out, where=valid[..., None])
   return np.clip(out, 0.0, 1.0, out=out)
+
+
+def mask_on_grid(path: str | os.PathLike, shape: tuple[int, int, int],
+                 affine: np.ndarray) -> np.ndarray:
+  """A 3D mask file's values on the grid (shape, affine): as they are when it has that grid,
+  else resampled by nearest neighbour through the affines. Returns (X, Y, Z) float32."""
+  volume = load_volume(path, ndim=3)
+  if volume.data.shape == tuple(shape) and np.allclose(volume.affine, affine, atol=1e-3):
+    data = volume.data
+  else:
+    data = resample_to_grid(volume, tuple(shape), affine, order=0)
+  return data
 
 
 def resample_to_grid(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray,
