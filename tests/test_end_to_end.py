@@ -66,7 +66,7 @@ def test_smoke_train_and_evaluate_write_the_table(tmp_path, cache):
 
 
 def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
-  overrides = ("--config.train.num_steps=200", "--config.train.checkpoint_every_steps=10",
+  overrides = ("--config.train.num_steps=60", "--config.train.checkpoint_every_steps=10",
                "--config.train.log_every_steps=1")
   reference = tmp_path / "reference"
   run("train.py", reference, cache, *overrides)
@@ -81,13 +81,13 @@ def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
   process.wait()
   assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
   killed_at = checkpoint_steps(workdir)
-  assert killed_at and killed_at[-1] < 200
+  assert killed_at and killed_at[-1] < 60
 
   run("train.py", workdir, cache, *overrides)
   record = json.loads((workdir / "run.json").read_text())
   assert record["resumed_from_step"] == killed_at[-1]
   metrics = read_metrics(workdir)
-  assert [m["step"] for m in metrics] == list(range(1, 201))
+  assert [m["step"] for m in metrics] == list(range(1, 61))
   assert np.all(np.diff([m["elapsed_s"] for m in metrics]) > 0)  # training time adds up
   resumed = {m["step"]: m["loss"] for m in metrics if m["step"] > killed_at[-1]}
   np.testing.assert_allclose([resumed[s] for s in resumed], [expected[s] for s in resumed],

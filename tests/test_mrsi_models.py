@@ -55,7 +55,7 @@ def test_per_sample_convolution_equals_lax_convolution_in_values_and_gradients(k
 def test_filter_scaling_starts_as_the_plain_convolution(batch):
   x, condition = batch
   layer = ConditionedConv(5, "filter_scaling")
-  params = layer.init(jax.random.key(0), x, condition)["params"]
+  params = layer.init(jax.random.key(0, impl="rbg"), x, condition)["params"]
   np.testing.assert_allclose(layer.apply({"params": params}, x, condition),
                              plain_conv(x, params["kernel"], params["bias"]), atol=1e-5)
 
@@ -64,7 +64,7 @@ def test_filter_scaling_starts_as_the_plain_convolution(batch):
 def test_each_sample_uses_its_own_condition(batch, conditioning):
   x, condition = batch
   layer = ConditionedConv(5, conditioning)
-  params = layer.init(jax.random.key(0), x, condition)["params"]
+  params = layer.init(jax.random.key(0, impl="rbg"), x, condition)["params"]
   mlp = {"filter_scaling": "scale", "amlayer": "modulation", "hypernetwork": "hyper"}[conditioning]
   params = perturb(params, mlp)
   together = layer.apply({"params": params}, x, condition)
@@ -80,7 +80,7 @@ def test_filter_scaling_scales_each_filter(batch):
   """With the scale MLP's output fixed to S, the kernel used is kernel * S per (in, out) pair."""
   x, condition = batch
   layer = ConditionedConv(5, "filter_scaling")
-  params = layer.init(jax.random.key(0), x, condition)["params"]
+  params = layer.init(jax.random.key(0, impl="rbg"), x, condition)["params"]
   scales = np.random.default_rng(1).uniform(0.5, 1.5, (4, 5)).astype(np.float32)
   params["scale"]["out"]["bias"] = jnp.asarray(scales.ravel())
   expected = plain_conv(x, params["kernel"] * scales, params["bias"])
@@ -91,7 +91,7 @@ def test_conditional_instance_norm(batch):
   x, _ = batch
   lam = jnp.asarray([[0.0], [0.5], [1.0]])
   norm = ConditionalInstanceNorm()
-  params = norm.init(jax.random.key(0), x, lam)["params"]
+  params = norm.init(jax.random.key(0, impl="rbg"), x, lam)["params"]
   y = np.asarray(norm.apply({"params": params}, x, lam))
   np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-5)  # starts as instance norm
   np.testing.assert_allclose(y.std(axis=(1, 2)), 1.0, rtol=1e-3)
@@ -119,7 +119,7 @@ def maps():
 def test_unet_output_is_consistent_with_the_measured_k_space_and_masked(maps):
   lr, t1, flair, n, metabolite, lam = maps
   model = MRSIUNet(channels=TINY_CHANNELS)
-  params = model.init(jax.random.key(0), lr, t1, flair, n, metabolite, lam)["params"]
+  params = model.init(jax.random.key(0, impl="rbg"), lr, t1, flair, n, metabolite, lam)["params"]
   params = perturb(params, "head", seed=4)  # a residual that is not zero
   out = model.apply({"params": params}, lr, t1, flair, n, metabolite, lam)
   assert out.shape == (2, 16, 16) and out.dtype == jnp.float32
@@ -133,7 +133,7 @@ def test_unet_output_is_consistent_with_the_measured_k_space_and_masked(maps):
 def test_unet_starts_as_zero_filling_and_separates_conditioned_from_measured_n(maps):
   lr, t1, flair, n, metabolite, lam = maps
   model = MRSIUNet(channels=TINY_CHANNELS, conditioning="filter_scaling")
-  params = model.init(jax.random.key(0), lr, t1, flair, n, metabolite, lam)["params"]
+  params = model.init(jax.random.key(0, impl="rbg"), lr, t1, flair, n, metabolite, lam)["params"]
   np.testing.assert_allclose(model.apply({"params": params}, lr, t1, flair, n, metabolite, lam),
                              lr, atol=1e-5)  # zero head: the zero-filled input
   params = perturb(perturb(params, "head", seed=4), "scale", seed=6)
@@ -149,7 +149,7 @@ def test_unet_parameter_counts_order_as_the_conditionings_grow(maps):
   counts = {}
   for conditioning in CONDITIONINGS:
     model = MRSIUNet(channels=TINY_CHANNELS, conditioning=conditioning)
-    params = jax.eval_shape(model.init, jax.random.key(0), lr, t1, flair, n, metabolite,
+    params = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), lr, t1, flair, n, metabolite,
                             lam)["params"]
     counts[conditioning] = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
   assert (counts["none"] < counts["amlayer"] < counts["filter_scaling"]
@@ -157,4 +157,4 @@ def test_unet_parameter_counts_order_as_the_conditionings_grow(maps):
   assert counts["hypernetwork"] > counts["filter_scaling"], counts
   with pytest.raises(ValueError, match="conditioning must be one of"):
     MRSIUNet(channels=TINY_CHANNELS, conditioning="film").init(
-        jax.random.key(0), lr, t1, flair, n, metabolite, lam)
+        jax.random.key(0, impl="rbg"), lr, t1, flair, n, metabolite, lam)

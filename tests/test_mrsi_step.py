@@ -23,7 +23,7 @@ def tiny_batch(seed=0, size=16, batch=2):
 
 def tiny_state(seed=0):
   return create_gan_state(MRSIUNet(channels=(4, 8)), Critic(channels=(4, 8), hidden=8),
-                          jax.random.key(seed), (16, 16), learning_rate=1e-3)
+                          jax.random.key(seed, impl="rbg"), (16, 16), learning_rate=1e-3)
 
 
 def test_gradient_penalty_of_a_linear_critic():
@@ -32,7 +32,7 @@ def test_gradient_penalty_of_a_linear_critic():
   apply = lambda variables, x: jnp.sum(x * variables["params"], axis=(1, 2))
   real, fake = (jnp.asarray(np.random.default_rng(s).random((3, 4, 4)), jnp.float32)
                 for s in (2, 3))
-  penalty = gradient_penalty(apply, w, real, fake, jax.random.key(0))
+  penalty = gradient_penalty(apply, w, real, fake, jax.random.key(0, impl="rbg"))
   np.testing.assert_allclose(penalty, (jnp.linalg.norm(w) - 1) ** 2, rtol=1e-5)
 
 
@@ -41,11 +41,11 @@ def test_critic_and_generator_updates_are_one_jitted_program():
   state = step_lib.replicate(tiny_state(), mesh)
   train_step = step_lib.compile_train_step(make_mrsi_train_step(num_critic=3), mesh)
   batch = step_lib.shard_batch(tiny_batch(), mesh)
-  lowered = train_step.lower(state, batch, jax.random.key(1))
+  lowered = train_step.lower(state, batch, jax.random.key(1, impl="rbg"))
   text = lowered.as_text()
   assert text.count("func.func public @main") == 1 and "stablehlo.while" in text  # critic scan
   before = jax.device_get(state)
-  new_state, metrics = train_step(state, batch, jax.random.key(1))  # one call
+  new_state, metrics = train_step(state, batch, jax.random.key(1, impl="rbg"))  # one call
   assert int(new_state.critic.step) == 3 and int(new_state.generator.step) == 1
   for old, new in ((before.critic.params, new_state.critic.params),
                    (before.generator.params, new_state.generator.params)):
@@ -55,7 +55,7 @@ def test_critic_and_generator_updates_are_one_jitted_program():
                           "gradient_penalty", "grad_norm"}
   assert all(np.isfinite(float(v)) for v in metrics.values())
   # A second step reuses the compiled program.
-  train_step(new_state, batch, jax.random.key(2))
+  train_step(new_state, batch, jax.random.key(2, impl="rbg"))
   assert train_step._cache_size() == 1
 
 
@@ -66,7 +66,7 @@ def test_without_adversarial_loss_the_critic_is_left_alone_and_the_loss_falls():
   critic_before = jax.device_get(state.critic.params)
   losses = []
   for i in range(8):
-    state, metrics = train_step(state, batch, jax.random.key(i))
+    state, metrics = train_step(state, batch, jax.random.key(i, impl="rbg"))
     losses.append(float(metrics["loss"]))
   assert "adversarial" not in metrics and "critic_loss" not in metrics
   assert int(state.critic.step) == 0

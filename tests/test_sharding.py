@@ -30,12 +30,12 @@ SCRIPT = textwrap.dedent("""
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = step_lib.make_mesh(devices)
       state = step_lib.replicate(
-          step_lib.create_train_state(model, config, jax.random.PRNGKey(1)), mesh)
+          step_lib.create_train_state(model, config, jax.random.key(1, impl="rbg")), mesh)
       train_step = step_lib.compile_train_step(step_fn, mesh)
       sharded = step_lib.shard_batch(batch, mesh)
       assert len(sharded["hr"].sharding.device_set) == len(devices)
       for i in range(2):
-        state, metrics = train_step(state, sharded, jax.random.PRNGKey(i))
+        state, metrics = train_step(state, sharded, jax.random.key(i, impl="rbg"))
       stats = getattr(state, "batch_stats", {})
       results.append((jax.device_get((state.params, stats)), jax.device_get(metrics)))
     (p1, m1), (p4, m4) = results
@@ -65,13 +65,13 @@ MRSI_SCRIPT = textwrap.dedent("""
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = step_lib.make_mesh(devices)
       state = step_lib.replicate(create_gan_state(
-          MRSIUNet(channels=(4,)), Critic(channels=(4, 8), hidden=8), jax.random.PRNGKey(1),
+          MRSIUNet(channels=(4,)), Critic(channels=(4, 8), hidden=8), jax.random.key(1, impl="rbg"),
           (16, 16), learning_rate=1e-3), mesh)
       train_step = step_lib.compile_train_step(step_fn, mesh)
       sharded = step_lib.shard_batch(batch, mesh)
       assert len(sharded["hr"].sharding.device_set) == len(devices)
       for i in range(2):
-        state, metrics = train_step(state, sharded, jax.random.PRNGKey(i))
+        state, metrics = train_step(state, sharded, jax.random.key(i, impl="rbg"))
       results.append((jax.device_get(state), jax.device_get(metrics)))
     (s1, m1), (s4, m4) = results
     for key in ("loss", "l1", "ms_ssim", "adversarial", "grad_norm", "critic_loss",

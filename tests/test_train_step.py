@@ -23,7 +23,7 @@ def _batch(size, seed=0):
 def _state_and_step(config_module):
   config = config_module.get_config("smoke")
   model = build_model(config.model)
-  state = step_lib.create_train_state(model, config, jax.random.PRNGKey(0))
+  state = step_lib.create_train_state(model, config, jax.random.key(0, impl="rbg"))
   return config, state, jax.jit(step_lib.make_train_step(config))
 
 
@@ -35,7 +35,7 @@ def test_rescnn3d_with_zero_residual_starts_at_the_interpolation_error():
   batch = _batch(size)
   lr = degrade(batch["hr"], (config.data.lr_patch_size,) * 3)
   expected = jnp.mean(jnp.abs(tricubic_upsample(lr, (size,) * 3) - batch["hr"]))
-  _, metrics = train_step(state, batch, jax.random.PRNGKey(1))
+  _, metrics = train_step(state, batch, jax.random.key(1, impl="rbg"))
   assert float(metrics["l1"]) == pytest.approx(float(expected), rel=1e-5)
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)  # no FFT term
 
@@ -47,7 +47,7 @@ def test_dcsrn_step_updates_batch_statistics_and_lowers_the_loss():
   stats0 = jax.device_get(state.batch_stats)
   losses = []
   for i in range(30):
-    state, metrics = train_step(state, batch, jax.random.PRNGKey(i))
+    state, metrics = train_step(state, batch, jax.random.key(i, impl="rbg"))
     losses.append(float(metrics["loss"]))
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats0, state.batch_stats)
   assert min(jax.tree_util.tree_leaves(moved)) > 0  # every running mean/var was updated

@@ -2,11 +2,12 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state, data, config, meta}`. `state` holds
 `{'train_state': params + Adam state + step (for MRSI runs a `GANState`: generator
-and critic), 'rng': base PRNG key}`, `data` the
+and critic), 'rng': the base PRNG key's uint32 data}`, `data` the
 grain iterator state (its position in the seeded batch sequence), `config` the
 run's ConfigDict as JSON, so `evaluate.py`, `jaxsr upsample` and later runs can
-read it, and `meta` the checkpoint format and the jaxsr version that wrote it
-(checkpoints without `meta` predate it and are format 1).
+read it, and `meta` the checkpoint format, the key's PRNG implementation and the
+jaxsr version that wrote it (checkpoints without `meta` predate it and are format 1;
+format 1 keys are threefry keys).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import jaxsr
 from jaxsr.models import build_model
 from jaxsr.train import mrsi_step, mrsi_task, step as step_lib
 
-CHECKPOINT_FORMAT = 1  # bump when the saved items or the state's structure change
+CHECKPOINT_FORMAT = 2  # bump when the saved items or the state's structure change
+READABLE_FORMATS = (1, 2)  # 2 added meta.rng_impl; format 1 keys are threefry2x32
 
 
 class CheckpointError(ValueError):
@@ -58,25 +60,41 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, rng: Any, data_iterator: grain.DatasetIterator,
+  def save(self, step: int, state: Any, rng: jax.Array, data_iterator: grain.DatasetIterator,
            config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
-    """Saves at `step` if the save interval says so (or `force`); returns whether it saved."""
+    """Saves at `step` if the save interval says so (or `force`); returns whether it saved.
+
+    `rng` is a typed key (`jax.random.key`); its data and implementation are stored.
+    """
     return self.manager.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"train_state": state, "rng": rng}),
+        state=ocp.args.StandardSave({"train_state": state, "rng": jax.random.key_data(rng)}),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config.to_dict()),
         meta=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT,
+                                "rng_impl": str(jax.random.key_impl(rng)),
                                 "jaxsr_version": jaxsr.__version__})))
 
-  def restore(self, step: int, state: Any, rng: Any,
-              data_iterator: grain.DatasetIterator | None = None) -> tuple[Any, Any]:
-    """Restores (state, rng) shaped/sharded like the given ones; sets `data_iterator` in place."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"train_state": state, "rng": rng})
+  def rng_impl(self, step: int) -> str:
+    """PRNG implementation of the key saved at `step` (resumed runs keep drawing from it)."""
+    return self.restore_meta(step).get("rng_impl", "threefry2x32")
+
+  def restore(self, step: int, state: Any, rng: jax.Array,
+              data_iterator: grain.DatasetIterator | None = None) -> tuple[Any, jax.Array]:
+    """Restores (state, rng) shaped/sharded like the given ones; sets `data_iterator` in place.
+
+    `rng` is a typed key of the saved implementation (`rng_impl(step)`), concrete or
+    abstract (`jax.eval_shape`); the restored key is of that implementation.
+    """
+    rng_data = (jax.random.key_data(rng) if isinstance(rng, jax.Array)
+                else jax.eval_shape(jax.random.key_data, rng))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {"train_state": state, "rng": rng_data})
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored.state["train_state"], restored.state["rng"]
+    return (restored.state["train_state"],
+            jax.random.wrap_key_data(restored.state["rng"], impl=self.rng_impl(step)))
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
     step = self.latest_step() if step is None else step
@@ -124,23 +142,23 @@ def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
       raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
                             f"--workdir {run_dir}")
     meta = checkpointer.restore_meta(step)
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
       raise CheckpointError(
           f"{run_dir}: checkpoint format {meta.get('format')} (jaxsr "
           f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {jaxsr.__version__}, "
-          f"which reads format {CHECKPOINT_FORMAT}")
+          f"which reads formats {', '.join(map(str, READABLE_FORMATS))}")
     config = checkpointer.restore_config(step)
     if "kind" not in config.get("model", {}):
       raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
                             "jaxsr); retrain it")
     try:
       model = build_model(config.model)
-      rng = jax.random.PRNGKey(0)  # shapes only
+      rng = lambda: jax.random.key(0, impl=checkpointer.rng_impl(step))  # shapes only
       if config.model.kind == mrsi_task.KIND:
-        create = lambda: mrsi_task.create_state(config, rng)
+        create = lambda: mrsi_task.create_state(config, rng())
       else:
-        create = lambda: step_lib.create_train_state(model, config, rng)
-      state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(lambda: rng))
+        create = lambda: step_lib.create_train_state(model, config, rng())
+      state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(rng))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise CheckpointError(f"{run_dir}: checkpoint {step} does not match the "
                             f"{config.model.kind!r} model its config describes "
