@@ -15,9 +15,7 @@ with the machine and versions.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import platform
 import re
 import subprocess
 import sys
@@ -26,10 +24,10 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 
+from benchmarks import machine_report
 from configs import csr_dmri
 from jaxsr.data import synthetic
 from jaxsr.train import loop
-from jaxsr.train.run_record import package_versions
 
 LR_SHAPE, LR_VOXEL = (73, 87, 73), 2.5
 HR_SHAPE = (145, 174, 145)
@@ -72,14 +70,6 @@ def measure(command: list[str]) -> tuple[float, float]:
   return seconds, rss_kib / 1024
 
 
-def cpu_name() -> str:
-  try:
-    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-    return next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", default="runs/bench_upsample", type=pathlib.Path)
@@ -89,11 +79,7 @@ def main() -> None:
   args.workdir.mkdir(parents=True, exist_ok=True)
   run = default_model_run(args.workdir / "default_model")
   lr_path, t1_path = hcp_size_inputs(args.workdir)
-  devices = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"],
-                           capture_output=True, text=True).stdout.strip()
-  versions = package_versions()
-  print(f"machine: {cpu_name()}, {os.cpu_count()} cores; devices {devices}; "
-        f"jax {versions['jax']}, flax {versions['flax']}, python {versions['python']}")
+  print(machine_report())
   print(f"input {'×'.join(map(str, LR_SHAPE))} at {LR_VOXEL} mm + 1 mm T1 -> "
         f"{'×'.join(map(str, HR_SHAPE))}; default CSR-dMRI architecture\n")
   print("| --max-memory | wall time (s) | peak RSS (MiB) |\n|---|---|---|")

@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   #   from the nearest LR voxel centre: the same on patches and whole volumes, continuous across
   #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.models.csr_dmri
   c.model.dtype = "float32"
+  c.model.conv_impl = "auto"  # 3D convs: "auto" (2D-convolution form on CPU, native on GPU/TPU),
+  #   "xla" (native) or "depth_stacked"; see jaxsr.models.conv
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 200_000

@@ -26,7 +26,8 @@ SCALE = 2.0
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = csr_dmri.get_config(arg)
   c.model = ml_collections.ConfigDict(
-      {"kind": "dcsrn", "in_channels": 1, "growth": 24, "num_units": 4, "dtype": "float32"})
+      {"kind": "dcsrn", "in_channels": 1, "growth": 24, "num_units": 4, "dtype": "float32",
+       "conv_impl": "auto"})
   c.data.scale_min = c.data.scale_max = SCALE
   c.data.num_scale_buckets = 1
   c.train.fft_weight = 0.0

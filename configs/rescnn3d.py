@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = csr_dmri.get_config(arg)
   c.model = ml_collections.ConfigDict(
       {"kind": "rescnn3d", "in_channels": 1, "num_features": 64, "num_layers": 10,
-       "dtype": "float32"})
+       "dtype": "float32", "conv_impl": "auto"})
   c.data.scale_min = c.data.scale_max = SCALE
   c.data.num_scale_buckets = 1
   c.train.fft_weight = 0.0

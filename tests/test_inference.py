@@ -116,12 +116,12 @@ def test_memory_plan_fits_the_budget_or_says_what_it_needs():
   lr_shape, hr_shape = (40, 48, 40), (80, 96, 80)
   roomy = plan_memory(model, params, 2, lr_shape, hr_shape, 8 * 2**30, runtime_bytes=0)
   assert roomy.tile == lr_shape and roomy.peak_bytes <= 8 * 2**30
-  budget = roomy.fixed_bytes + roomy.encoder_bytes // 2
+  budget = roomy.fixed_bytes + int(0.6 * roomy.encoder_bytes)
   tight = plan_memory(model, params, 2, lr_shape, hr_shape, budget, runtime_bytes=0)
   assert tight.tile != lr_shape and tight.peak_bytes <= budget
   assert tight.chunk_size < roomy.chunk_size
-  # The cheapest tiling that fits: two slabs (each widened by the 8-voxel radius), whereas
-  # near-cubic tiles of the same window would encode over 4 times the volume.
+  # The cheapest tiling that fits: slabs across one axis (each widened by the 8-voxel
+  # radius), whereas near-cubic tiles of the same window would encode over 4 times the volume.
   window, work = tiling_work(lr_shape, tight.tile, model.receptive_radius)
   assert work <= 3 * math.prod(lr_shape)
   edge = max(c for c in range(1, 41) if math.prod(min(n, c + 16) for n in lr_shape) <= window)

@@ -131,3 +131,29 @@ def test_local_offsets_do_not_depend_on_the_grid_size():
   a = sampling.local_offsets(point_in_patch, (4, 4, 4))[0, 0]
   b = sampling.local_offsets(point_in_volume, (12, 4, 4))[0, 0]
   assert float(a) == pytest.approx(float(b), abs=1e-5) and float(a) == pytest.approx(-0.4, abs=1e-5)
+
+
+@pytest.mark.parametrize("lr_shape,hr_shape", [((4, 5, 3), (8, 10, 6)), ((5, 4, 6), (12, 9, 13)),
+                                               ((6, 6, 6), (3, 6, 4)), ((1, 3, 2), (2, 7, 5))])
+def test_grid_sampling_equals_the_gathers_at_every_voxel_centre(lr_shape, hr_shape):
+  rng = np.random.default_rng(sum(hr_shape))
+  features = jnp.asarray(rng.standard_normal((2, *lr_shape, 3)), jnp.float32)
+  coords = jnp.broadcast_to(sampling.grid_coordinates(hr_shape).reshape(1, -1, 3),
+                            (2, int(np.prod(hr_shape)), 3))
+  expected = sampling.sample_trilinear_batched(features, coords).reshape(2, *hr_shape, 3)
+  got = sampling.sample_trilinear_grid(features, hr_shape)
+  assert got.shape == (2, *hr_shape, 3)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+  grad = jax.grad(lambda f: jnp.sum(weights * sampling.sample_trilinear_grid(f, hr_shape)))
+  grad_gather = jax.grad(lambda f: jnp.sum(
+      weights * sampling.sample_trilinear_batched(f, coords).reshape(expected.shape)))
+  np.testing.assert_allclose(grad(features), grad_gather(features), rtol=1e-4, atol=1e-4)
+
+
+def test_interpolation_matrix_rows_are_partitions_of_unity_with_two_neighbours():
+  matrix = sampling.interpolation_matrix(10, 4)
+  np.testing.assert_allclose(matrix.sum(axis=1), 1, atol=1e-6)
+  assert ((matrix > 0).sum(axis=1) <= 2).all()
+  np.testing.assert_allclose(matrix[0], [1, 0, 0, 0])  # clamped at the outermost centre
+  np.testing.assert_allclose(sampling.interpolation_matrix(4, 4), np.eye(4), atol=1e-6)

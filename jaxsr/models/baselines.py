@@ -12,6 +12,8 @@ and return the HR estimate on the same grid, (B, X, Y, Z, 1):
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,10 +41,12 @@ class DCSRN(nn.Module):
     growth: k, channels added by each unit.
     num_units: units in the densely connected block.
     dtype: computation dtype (parameters stay float32; outputs are float32).
+    conv_impl: 3D convolution implementation (`jaxsr.models.conv.CONV_IMPLS`).
   """
   growth: int = 24
   num_units: int = 4
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @property
   def receptive_radius(self) -> int:
@@ -51,13 +55,14 @@ class DCSRN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    features = [conv3d(2 * self.growth, 3, self.dtype, name="input")(x)]
+    conv = functools.partial(conv3d, kernel=3, dtype=self.dtype, impl=self.conv_impl)
+    features = [conv(2 * self.growth, name="input")(x)]
     for i in range(self.num_units):
       h = jnp.concatenate(features, axis=-1)
       h = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                        name=f"bn_{i}")(h)
-      features.append(conv3d(self.growth, 3, self.dtype, name=f"unit_{i}")(nn.elu(h)))
-    out = conv3d(1, 3, self.dtype, name="output")(jnp.concatenate(features, axis=-1))
+      features.append(conv(self.growth, name=f"unit_{i}")(nn.elu(h)))
+    out = conv(1, name="output")(jnp.concatenate(features, axis=-1))
     return out.astype(jnp.float32)
 
 
@@ -74,10 +79,12 @@ class ResCNN3D(nn.Module):
     num_features: F, channels of the hidden layers.
     num_layers: total conv layers, including the first and the output conv (>= 2).
     dtype: computation dtype (parameters stay float32; outputs are float32).
+    conv_impl: 3D convolution implementation (`jaxsr.models.conv.CONV_IMPLS`).
   """
   num_features: int = 64
   num_layers: int = 10
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @property
   def receptive_radius(self) -> int:
@@ -89,8 +96,9 @@ class ResCNN3D(nn.Module):
     del train
     if self.num_layers < 2:
       raise ValueError(f"ResCNN3D needs num_layers >= 2, got {self.num_layers}")
+    conv = functools.partial(conv3d, kernel=3, dtype=self.dtype, impl=self.conv_impl)
     h = x
     for i in range(self.num_layers - 1):
-      h = nn.relu(conv3d(self.num_features, 3, self.dtype, name=f"conv_{i}")(h))
-    residual = conv3d(1, 3, self.dtype, name="output")(h)
+      h = nn.relu(conv(self.num_features, name=f"conv_{i}")(h))
+    residual = conv(1, name="output")(h)
     return x.astype(jnp.float32) + residual.astype(jnp.float32)

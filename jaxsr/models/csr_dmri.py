@@ -16,7 +16,8 @@ from flax.typing import Dtype
 
 from jaxsr.models.mlp import ImplicitMLP
 from jaxsr.models.rdn import RDN3D
-from jaxsr.models.sampling import local_offsets, sample_trilinear_batched
+from jaxsr.models.sampling import (grid_coordinates, local_offsets, sample_trilinear_batched,
+                                   sample_trilinear_grid)
 
 COORDINATE_INPUTS = ("local", "periodic", "global")
 
@@ -35,6 +36,7 @@ class CSRdMRI(nn.Module):
       axis (6 inputs): the same information, but continuous across the faces
       between LR voxels, where the local offset jumps from +1 to -1.
     dtype: computation dtype (parameters stay float32; outputs are float32).
+    conv_impl: the encoder's 3D convolution implementation (`jaxsr.models.conv.CONV_IMPLS`).
   """
   num_features: int = 64
   growth: int = 64
@@ -46,10 +48,11 @@ class CSRdMRI(nn.Module):
   mlp_skip_after: int = 4
   coordinates: str = "periodic"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   def setup(self):
     self.encoder = RDN3D(self.num_features, self.growth, self.num_blocks, self.num_layers,
-                         self.latent_features, self.dtype)
+                         self.latent_features, self.dtype, self.conv_impl)
     self.mlp = ImplicitMLP(self.mlp_depth, self.mlp_width, self.mlp_skip_after, self.dtype)
 
   @property
@@ -64,17 +67,38 @@ class CSRdMRI(nn.Module):
 
   def decode(self, latent: jax.Array, coords: jax.Array) -> jax.Array:
     """Latent (B, x, y, z, L) and coordinates (B, Q, 3) in [-1, 1] -> float32 intensities (B, Q)."""
-    features = sample_trilinear_batched(latent, coords)
+    return self._intensity(sample_trilinear_batched(latent, coords), coords, latent.shape[1:4])
+
+  def decode_grid(self, latent: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    """Latent (B, x, y, z, L) -> float32 (B, X, Y, Z): `decode` at every voxel centre of a grid.
+
+    The X × Y × Z grid covers the latent's field of view (HR voxel centres, as
+    `grid_coordinates(shape)`); features are interpolated by
+    `sampling.sample_trilinear_grid` (matrix products instead of gathers), the
+    same values as `decode` at those coordinates.
+    """
+    coords = grid_coordinates(shape)
+    features = sample_trilinear_grid(latent, shape)
+    return self._intensity(features, coords, latent.shape[1:4])
+
+  def _intensity(self, features: jax.Array, coords: jax.Array,
+                 latent_shape: tuple[int, int, int]) -> jax.Array:
+    """MLP([position(coords), features]) -> (...,) float32; features (..., L), coords (..., 3)."""
     if self.coordinates not in COORDINATE_INPUTS:
       raise ValueError(f"coordinates must be one of {COORDINATE_INPUTS}, got {self.coordinates!r}")
     if self.coordinates == "global":
       position = coords
     else:
-      position = local_offsets(coords, latent.shape[1:4])
+      position = local_offsets(coords, latent_shape)
       if self.coordinates == "periodic":
         position = jnp.concatenate([jnp.sin(jnp.pi * position), jnp.cos(jnp.pi * position)], -1)
+    position = jnp.broadcast_to(position, features.shape[:-1] + position.shape[-1:])
     inputs = jnp.concatenate([position.astype(features.dtype), features], axis=-1)
     return self.mlp(inputs)[..., 0].astype(jnp.float32)
+
+  def reconstruct_grid(self, lr: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    """(B, x, y, z, C_in) LR volumes -> (B, X, Y, Z): `decode_grid(encode(lr), shape)`."""
+    return self.decode_grid(self.encode(lr), shape)
 
   def __call__(self, lr: jax.Array, coords: jax.Array) -> jax.Array:
     """(B, x, y, z, C_in), (B, Q, 3) -> (B, Q): `decode(encode(lr), coords)`."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxsr.models.baselines import DCSRN, ResCNN3D
+from jaxsr.models.conv import resolve_conv_impl
 from jaxsr.models.csr_dmri import CSRdMRI
 from jaxsr.models.mrsi_unet import MRSIUNet
 
@@ -43,14 +44,19 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
       raise ValueError("model.kind='mrsi_unet' computes in float32 only")
     return MRSIUNet(channels=tuple(config.channels), conditioning=config.conditioning,
                     num_metabolites=config.num_metabolites)
+  conv_impl = config.get("conv_impl", "auto")  # runs saved before the field existed: auto
+  resolve_conv_impl(conv_impl)  # a bad value fails here, not inside a trace
   if is_implicit(config.kind):
     return CSRdMRI(
         num_features=config.num_features, growth=config.growth, num_blocks=config.num_blocks,
         num_layers=config.num_layers, latent_features=config.latent_features,
         mlp_depth=config.mlp_depth, mlp_width=config.mlp_width,
-        mlp_skip_after=config.mlp_skip_after, coordinates=config.coordinates, dtype=dtype)
+        mlp_skip_after=config.mlp_skip_after, coordinates=config.coordinates, dtype=dtype,
+        conv_impl=conv_impl)
   if config.in_channels != 1:
     raise ValueError(f"model.kind={config.kind!r} takes the DWI only: in_channels must be 1")
   if config.kind == "dcsrn":
-    return DCSRN(growth=config.growth, num_units=config.num_units, dtype=dtype)
-  return ResCNN3D(num_features=config.num_features, num_layers=config.num_layers, dtype=dtype)
+    return DCSRN(growth=config.growth, num_units=config.num_units, dtype=dtype,
+                 conv_impl=conv_impl)
+  return ResCNN3D(num_features=config.num_features, num_layers=config.num_layers, dtype=dtype,
+                  conv_impl=conv_impl)

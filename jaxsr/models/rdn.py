@@ -14,10 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
+from jaxsr.models.conv import Conv3D
 
-def conv3d(features: int, kernel: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
+
+def conv3d(features: int, kernel: int, dtype: Dtype, name: str | None = None,
+           impl: str = "auto") -> Conv3D:
   """A 'SAME'-padded (zero) kernel^3 convolution computing in `dtype`, float32 params."""
-  return nn.Conv(features, (kernel,) * 3, padding="SAME", dtype=dtype, name=name)
+  return Conv3D(features, kernel, dtype, impl, name=name)
 
 
 class ResidualDenseBlock(nn.Module):
@@ -30,14 +33,16 @@ class ResidualDenseBlock(nn.Module):
   growth: int
   num_layers: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = [x]
-    for _ in range(self.num_layers):
+    for c in range(self.num_layers):  # named as nn.Conv auto-named them: older checkpoints load
       h = jnp.concatenate(features, axis=-1)
-      features.append(nn.relu(conv3d(self.growth, 3, self.dtype)(h)))
-    fused = conv3d(x.shape[-1], 1, self.dtype, name="local_fusion")(
+      features.append(nn.relu(conv3d(self.growth, 3, self.dtype, name=f"Conv_{c}",
+                                     impl=self.conv_impl)(h)))
+    fused = conv3d(x.shape[-1], 1, self.dtype, name="local_fusion", impl=self.conv_impl)(
         jnp.concatenate(features, axis=-1))
     return x + fused
 
@@ -58,6 +63,7 @@ class RDN3D(nn.Module):
     num_layers: C, conv layers per block.
     out_features: channels of the output feature map.
     dtype: computation dtype (parameters stay float32).
+    conv_impl: 3D convolution implementation (`jaxsr.models.conv.CONV_IMPLS`).
   """
   num_features: int = 64
   growth: int = 64
@@ -65,6 +71,7 @@ class RDN3D(nn.Module):
   num_layers: int = 3
   out_features: int = 128
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @property
   def receptive_radius(self) -> int:
@@ -78,12 +85,13 @@ class RDN3D(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(conv3d, dtype=self.dtype)
+    conv = functools.partial(conv3d, dtype=self.dtype, impl=self.conv_impl)
     sfe1 = conv(self.num_features, 3, name="sfe1")(x)
     h = conv(self.num_features, 3, name="sfe2")(sfe1)
     block_outputs = []
     for i in range(self.num_blocks):
-      h = ResidualDenseBlock(self.growth, self.num_layers, self.dtype, name=f"rdb_{i}")(h)
+      h = ResidualDenseBlock(self.growth, self.num_layers, self.dtype, self.conv_impl,
+                             name=f"rdb_{i}")(h)
       block_outputs.append(h)
     h = conv(self.num_features, 1, name="gff_1x1")(jnp.concatenate(block_outputs, axis=-1))
     h = conv(self.num_features, 3, name="gff_3x3")(h)

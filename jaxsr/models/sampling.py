@@ -30,6 +30,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _centre(index: jax.Array, n: int) -> jax.Array:
@@ -119,3 +120,35 @@ def sample_trilinear(features: jax.Array, coords: jax.Array) -> jax.Array:
 def sample_trilinear_batched(features: jax.Array, coords: jax.Array) -> jax.Array:
   """Batched `sample_trilinear`: (B, X, Y, Z, C), (B, Q, 3) -> (B, Q, C)."""
   return jax.vmap(sample_trilinear)(features, coords)
+
+
+def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """(n_out, n_in) float32 weights of `sample_trilinear` along one axis, at voxel centres.
+
+  Row j holds the linear-interpolation weights that the centre of voxel j of an
+  n_out-voxel axis gets from the n_in voxels of the same field of view (clamped
+  at the outermost centres, as `sample_trilinear`).
+  """
+  centres = (2 * np.arange(n_out) + 1 - n_out) / n_out
+  x = np.clip(((centres + 1) * n_in - 1) / 2, 0, n_in - 1)
+  lower = np.clip(np.floor(x).astype(np.int64), 0, max(n_in - 2, 0))
+  upper = np.minimum(lower + 1, n_in - 1)
+  matrix = np.zeros((n_out, n_in), np.float64)
+  np.add.at(matrix, (np.arange(n_out), lower), 1 - (x - lower))
+  np.add.at(matrix, (np.arange(n_out), upper), x - lower)
+  return matrix.astype(np.float32)
+
+
+def sample_trilinear_grid(features: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Trilinear samples at every voxel centre of a grid: (B, x, y, z, C) -> (B, X, Y, Z, C).
+
+  Equals `sample_trilinear_batched(features, grid_coordinates(shape))` (reshaped),
+  but trilinear interpolation onto a regular grid is separable, so it is three
+  matrix products with `interpolation_matrix`s: no gathers forward and no
+  scatter-adds backward, which is what the train step (every HR voxel of a
+  patch) and slab decoding need. `shape` is static (X, Y, Z).
+  """
+  for axis, n in zip((1, 2, 3), shape):
+    matrix = jnp.asarray(interpolation_matrix(int(n), features.shape[axis]), features.dtype)
+    features = jnp.moveaxis(jnp.tensordot(matrix, features, axes=([1], [axis])), 0, axis)
+  return features

@@ -3,7 +3,8 @@
 `train_step(state, batch, rng) -> (state, metrics)` makes the LR input from the
 HR crops (anti-aliased cubic degradation of the DWI and the T1 alike) and takes
 one Adam step on L1 + fft_weight · mean|FFT(pred) − FFT(target)|. Implicit
-models (`model.kind` csr_dmri) are queried at every HR voxel centre; fixed-scale
+models (`model.kind` csr_dmri) are queried at every HR voxel centre
+(`CSRdMRI.reconstruct_grid`: separable interpolation, no gathers); fixed-scale
 models (dcsrn, rescnn3d) map the LR DWI interpolated back onto the HR crop's
 grid to the HR crop, and their state carries BatchNorm statistics.
 
@@ -28,7 +29,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxsr import losses
 from jaxsr.data.degrade import degrade, tricubic_upsample
 from jaxsr.models import is_implicit
-from jaxsr.models.sampling import grid_coordinates
 
 DATA_AXIS = "data"
 TrainState = train_state.TrainState
@@ -102,9 +102,7 @@ def make_train_step(config) -> Callable[[TrainState, dict, jax.Array], tuple[Tra
 
   def implicit_loss(params, state, hr, batch):
     lr = make_lr_input(batch, lr_size, use_t1)
-    coords = grid_coordinates(hr.shape[1:]).reshape(1, -1, 3)
-    coords = jnp.broadcast_to(coords, (hr.shape[0],) + coords.shape[1:])
-    pred = state.apply_fn({"params": params}, lr, coords).reshape(hr.shape)
+    pred = state.apply_fn({"params": params}, lr, hr.shape[1:], method="reconstruct_grid")
     loss, parts = losses.csr_dmri_loss(pred, hr, fft_weight)
     return loss, (parts, {})
 

@@ -1,0 +1,157 @@
+"""Whole-volume super-resolution: jaxsr's planned reconstruction against PyTorch slice-wise decoding.
+
+  python -m benchmarks.infer_volume [--hr-shape 145,174,145] [--scale 2] [--max-memory 4G]
+                                    [--sizes 0.5,0.75]
+
+The default CSR-dMRI architecture (random weights: time and memory do not depend
+on them) super-resolves a random LR volume of round(N / s) voxels per axis, with
+its T1 channel, onto the HR grid. Each measurement is one child process, so its
+peak resident memory (`ru_maxrss`) is its own:
+
+* JAX: `jaxsr.inference.plan_memory` under `--max-memory`, then `reconstruct`
+  (encoder in one pass or tiles, decoder in chunks), as `jaxsr upsample` does for
+  one volume: the wall time includes planning and compilation;
+* PyTorch eager (`benchmarks.torch_reference`): the ArSSR-style loop, the encoder
+  on the whole LR volume, then the decoder one HR slice (X index) at a time, under
+  `torch.inference_mode`.
+
+`--sizes` adds JAX runs at fractions of the output voxels (each axis scaled by
+the cube root) to show how peak memory grows with output size. The last line
+is the ratio of JAX to PyTorch throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import machine_report
+
+IN_CHANNELS = 2
+
+
+def parse_bytes(text: str) -> int:
+  units = {"K": 2**10, "M": 2**20, "G": 2**30}
+  return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+def inputs(hr_shape, scale):
+  from jaxsr.data.degrade import lr_shape_for_scale
+  lr_shape = lr_shape_for_scale(hr_shape, scale)
+  return np.random.default_rng(0).random(lr_shape + (IN_CHANNELS,), dtype=np.float32)
+
+
+def run_jax(hr_shape, scale, max_bytes) -> dict:
+  import jax
+  from configs import csr_dmri
+  from jaxsr import inference
+  from jaxsr.models import build_model
+  from jaxsr.models.csr_dmri import init_params
+  from jaxsr.train.loop import RNG_IMPL
+  model = build_model(csr_dmri.get_config().model)
+  params = init_params(model, jax.random.key(0, impl=RNG_IMPL), IN_CHANNELS)
+  lr = inputs(hr_shape, scale)
+  start = time.perf_counter()
+  plan = inference.plan_memory(model, params, IN_CHANNELS, lr.shape[:3], hr_shape, max_bytes)
+  plan_s = time.perf_counter() - start
+  out = inference.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile)
+  seconds = time.perf_counter() - start
+  assert out.shape == tuple(hr_shape) and np.isfinite(out).all()
+  return {"seconds": seconds, "plan_s": plan_s, "tile": plan.tile,
+          "chunk_size": plan.chunk_size, "estimate_mib": plan.peak_bytes / 2**20}
+
+
+def run_torch(hr_shape, scale) -> dict:
+  import torch
+  from benchmarks import torch_reference
+  torch.manual_seed(0)
+  model = torch_reference.CSRdMRI(IN_CHANNELS).eval()
+  lr = torch.from_numpy(inputs(hr_shape, scale)).permute(3, 0, 1, 2)[None]
+  out = np.empty(hr_shape, np.float32)
+  start = time.perf_counter()
+  with torch.inference_mode():
+    latent = model.encoder(lr)
+    plane = torch_reference.grid_coordinates((1,) + tuple(hr_shape[1:]))
+    for x in range(hr_shape[0]):
+      coords = plane.clone()
+      coords[:, 0] = (2 * x + 1 - hr_shape[0]) / hr_shape[0]
+      out[x] = model.decode(latent, coords[None])[0].reshape(hr_shape[1:]).numpy()
+  seconds = time.perf_counter() - start
+  assert np.isfinite(out).all()
+  return {"seconds": seconds}
+
+
+def child(args) -> None:
+  hr_shape = tuple(int(n) for n in args.hr_shape.split(","))
+  result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory)) if args.child == "jax"
+            else run_torch(hr_shape, args.scale))
+  result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps(result))
+
+
+def measure(kind: str, hr_shape, args) -> dict:
+  command = [sys.executable, "-m", "benchmarks.infer_volume", "--child", kind,
+             "--hr-shape", ",".join(map(str, hr_shape)), "--scale", str(args.scale),
+             "--max-memory", args.max_memory]
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode != 0:
+    raise RuntimeError(f"{kind} run failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--hr-shape", default="145,174,145", help="output grid X,Y,Z (voxels)")
+  parser.add_argument("--scale", type=float, default=2.0)
+  parser.add_argument("--max-memory", default="4G", help="JAX memory budget (jaxsr upsample's)")
+  parser.add_argument("--sizes", default="0.5,0.75",
+                      help="extra JAX runs at these fractions of the output voxels ('' for none)")
+  parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.child:
+    return child(args)
+
+  hr_shape = tuple(int(n) for n in args.hr_shape.split(","))
+  voxels = math.prod(hr_shape)
+  print(machine_report())
+  print(f"default CSR-dMRI architecture, {IN_CHANNELS} input channels; output "
+        f"{'×'.join(map(str, hr_shape))} ({voxels:,} voxels) at s = {args.scale:g}; "
+        f"JAX budget {args.max_memory}\n")
+  results = {"jax": measure("jax", hr_shape, args), "torch": measure("torch", hr_shape, args)}
+  print("| implementation | wall time (s) | output voxels/s | peak RSS (MiB) |")
+  print("|---|---|---|---|")
+  for name, label in (("jax", "JAX (jaxsr reconstruct)"), ("torch", "PyTorch eager, per slice")):
+    r = results[name]
+    print(f"| {label} | {r['seconds']:.1f} | {voxels / r['seconds']:,.0f} | "
+          f"{r['peak_rss_mib']:,.0f} |")
+  jax_plan = results["jax"]
+  print(f"\nJAX plan ({jax_plan['plan_s']:.1f} s of the wall time, compiling the encoder "
+        f"and decoder to measure them): encoder tile {jax_plan['tile']}, decoder chunk "
+        f"{jax_plan['chunk_size']:,}; estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
+  fractions = [float(f) for f in args.sizes.split(",") if f]
+  if fractions:
+    print("\n| output voxels | JAX peak RSS (MiB) | MiB per million output voxels |\n|---|---|---|")
+    rows = []
+    for fraction in sorted(fractions) + [1.0]:
+      shape = tuple(max(1, round(n * fraction ** (1 / 3))) for n in hr_shape)
+      r = jax_plan if fraction == 1.0 else measure("jax", shape, args)
+      rows.append((math.prod(shape), r["peak_rss_mib"]))
+      print(f"| {math.prod(shape):,} ({'×'.join(map(str, shape))}) | {r['peak_rss_mib']:,.0f} | "
+            f"{r['peak_rss_mib'] / (math.prod(shape) / 1e6):,.0f} |")
+    (v0, m0), (v1, m1) = rows[0], rows[-1]
+    print(f"growth from the smallest to the largest: {m1 - m0:,.0f} MiB for "
+          f"{(v1 - v0) / 1e6:.2f} M more voxels ({(m1 - m0) / ((v1 - v0) / 1e6):,.0f} MiB per "
+          "million; linear growth keeps this per-million figure constant)")
+  print(f"JAX/PyTorch volume-inference throughput: "
+        f"{results['torch']['seconds'] / results['jax']['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,149 @@
+"""Train-step throughput: jaxsr's jitted CSR-dMRI step against the same model in PyTorch eager.
+
+  python -m benchmarks.train_step [--variant default] [--conv-impl auto] [--scale 2.5] [--rounds 5]
+
+The default configuration (RDN 64/64/8×3 → 128, MLP 8×256, DWI + T1, batch 9, LR
+10³ patches, every HR voxel of the (10·s)³ patch queried) at one scale s. Both
+take the same random (B, M, M, M) HR and T1 crops; each makes the LR input,
+runs forward, L1 + FFT loss, backward and an Adam update. After warm-up, rounds
+alternate: `--steps` JAX steps, then as many PyTorch steps (`benchmarks.torch_reference`,
+same shapes and parameter count, asserted). Reported: compile time, steps/s and
+HR voxels/s of each (median over rounds), and the compiled step shapes a whole
+run with random scales needs (`data.num_scale_buckets`, counted in the jit cache
+over a run of the smoke-sized model). The last line is the ratio of JAX to
+PyTorch throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import machine_report
+from configs import csr_dmri
+from jaxsr.data import pipeline
+from jaxsr.models import build_model
+from jaxsr.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxsr.train import step as step_lib
+from jaxsr.train.loop import RNG_IMPL, count_parameters
+
+
+def jax_step(config, hr_size: int):
+  """(run one step, compile seconds, parameter count) of jaxsr's sharded, jitted train step."""
+  mesh = step_lib.make_mesh()
+  model = build_model(config.model)
+  rng = jax.random.key(config.seed, impl=RNG_IMPL)
+  state = step_lib.replicate(step_lib.create_train_state(model, config, rng), mesh)
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(config), mesh)
+  data = np.random.default_rng(0)
+  batch = step_lib.shard_batch(
+      {k: data.random((config.batch_size,) + (hr_size,) * 3, dtype=np.float32)
+       for k in ("hr", "t1")}, mesh)
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready(metrics["loss"])
+
+  return run, compile_s, count_parameters(state)
+
+
+def torch_step(config, hr_size: int):
+  """(run one step, parameter count) of the PyTorch eager reference."""
+  import torch
+  from benchmarks import torch_reference
+  torch.manual_seed(0)
+  m = config.model
+  model = torch_reference.CSRdMRI(m.in_channels, m.num_features, m.growth, m.num_blocks,
+                                  m.num_layers, m.latent_features, m.mlp_depth, m.mlp_width,
+                                  m.mlp_skip_after)
+  step = torch_reference.make_train_step(model, config.train.learning_rate,
+                                         config.data.lr_patch_size, config.train.fft_weight)
+  data = np.random.default_rng(0)
+  hr, t1 = (torch.from_numpy(data.random((config.batch_size,) + (hr_size,) * 3,
+                                         dtype=np.float32)) for _ in range(2))
+  return (lambda: float(step(hr, t1))), torch_reference.count_parameters(model)
+
+
+def compiled_step_shapes(config, num_steps: int) -> tuple[int, int]:
+  """(HR patch sizes drawn, step programs compiled) over `num_steps` batches of a run's scales.
+
+  The run's scale schedule with the smoke-sized model on random volumes: the jit
+  cache of the sharded step is counted after every batch has gone through it.
+  """
+  small = csr_dmri.get_config("smoke")
+  small.data.update({k: config.data[k] for k in ("lr_patch_size", "scale_min", "scale_max",
+                                                 "num_scale_buckets")})
+  sizes = pipeline.hr_patch_sizes(small.data.lr_patch_size, small.data.scale_min,
+                                  small.data.scale_max, small.data.num_scale_buckets)
+  mesh = step_lib.make_mesh()
+  rng = jax.random.key(0, impl=RNG_IMPL)
+  state = step_lib.replicate(
+      step_lib.create_train_state(build_model(small.model), small, rng), mesh)
+  train_step = step_lib.compile_train_step(step_lib.make_train_step(small), mesh)
+  draws = np.random.default_rng(0)
+  seen = set()
+  for _ in range(num_steps):
+    size = int(draws.choice(sizes))  # as PatchSampler draws it for each batch
+    seen.add(size)
+    batch = {k: np.zeros((small.batch_size,) + (size,) * 3, np.float32) for k in ("hr", "t1")}
+    state, _ = train_step(state, step_lib.shard_batch(batch, mesh), rng)
+  return len(seen), train_step._cache_size()  # noqa: SLF001 (jit's own count of programs)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--variant", default="default", help="configs/csr_dmri.py variant")
+  parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS,
+                      help="JAX 3D convolution (model.conv_impl)")
+  parser.add_argument("--scale", type=float, default=2.5, help="s: HR patches of (10·s)³")
+  parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
+  parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
+  parser.add_argument("--run-steps", type=int, default=300,
+                      help="batches of the random-scale run whose compiled shapes are counted")
+  args = parser.parse_args(argv)
+
+  config = csr_dmri.get_config(args.variant)
+  config.model.conv_impl = args.conv_impl
+  hr_size = int(round(config.data.lr_patch_size * args.scale))
+  voxels = config.batch_size * hr_size ** 3
+  print(machine_report())
+  print(f"config {args.variant}: batch {config.batch_size}, LR {config.data.lr_patch_size}³ -> "
+        f"HR {hr_size}³ (s = {hr_size / config.data.lr_patch_size:g}), "
+        f"conv_impl {args.conv_impl} ({resolve_conv_impl(args.conv_impl)})")
+  run_jax, compile_s, jax_params = jax_step(config, hr_size)
+  run_torch, torch_params = torch_step(config, hr_size)
+  assert jax_params == torch_params, f"parameter counts differ: {jax_params} vs {torch_params}"
+  print(f"parameters: {jax_params:,} (JAX) = {torch_params:,} (PyTorch)")
+  print(f"JAX compile: {compile_s:.1f} s")
+  run_jax(), run_torch()  # warm-up
+  times = {"jax": [], "torch": []}
+  for _ in range(args.rounds):
+    for name, run in (("jax", run_jax), ("torch", run_torch)):
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        run()
+      times[name].append((time.perf_counter() - start) / args.steps)
+  rows = {}
+  for name, label in (("jax", "JAX (jit)"), ("torch", "PyTorch eager")):
+    step_s = statistics.median(times[name])
+    rows[name] = 1 / step_s
+    print(f"{label:14s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
+          f"{voxels / step_s:12,.0f} HR voxels/s  (rounds: "
+          f"{', '.join(f'{t:.3f}' for t in times[name])} s/step)")
+  sizes, programs = compiled_step_shapes(config, args.run_steps)
+  print(f"compiled step programs over {args.run_steps} random-scale steps: {programs} "
+        f"({sizes} HR patch sizes drawn, data.num_scale_buckets = "
+        f"{config.data.num_scale_buckets})")
+  print(f"JAX/PyTorch train-step throughput: {rows['jax'] / rows['torch']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
