@@ -35,8 +35,14 @@ from jaxsr.models.sampling import chunk_coordinates
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def encode(model: nn.Module, params, lr: jax.Array) -> jax.Array:
-  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map."""
-  return model.apply({"params": params}, lr[None], method=model.encode)[0]
+  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map.
+
+  Always with the native 3D convolution (`conv_impl="xla"`, the same values): the
+  CPU training form holds depth-stacked copies of each layer's input, about 1.5x
+  the encoder's memory, which would make whole volumes tile under budgets where
+  one pass fits (an HCP-size volume at `jaxsr upsample`'s 4 GB default).
+  """
+  return model.clone(conv_impl="xla").apply({"params": params}, lr[None], method="encode")[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "hr_shape", "chunk_size"))

@@ -133,8 +133,8 @@ def test_local_offsets_do_not_depend_on_the_grid_size():
   assert float(a) == pytest.approx(float(b), abs=1e-5) and float(a) == pytest.approx(-0.4, abs=1e-5)
 
 
-@pytest.mark.parametrize("lr_shape,hr_shape", [((4, 5, 3), (8, 10, 6)), ((5, 4, 6), (12, 9, 13)),
-                                               ((6, 6, 6), (3, 6, 4)), ((1, 3, 2), (2, 7, 5))])
+@pytest.mark.parametrize("lr_shape,hr_shape", [((5, 4, 6), (12, 9, 13)), ((6, 6, 6), (3, 6, 4)),
+                                               ((1, 3, 2), (2, 7, 5))])
 def test_grid_sampling_equals_the_gathers_at_every_voxel_centre(lr_shape, hr_shape):
   rng = np.random.default_rng(sum(hr_shape))
   features = jnp.asarray(rng.standard_normal((2, *lr_shape, 3)), jnp.float32)
