@@ -8,7 +8,8 @@ one 2D convolution: the k depth-shifted copies of the zero-padded input are
 stacked on the channel axis, the depth axis is folded into the batch, and the
 (k, k, k, Cin, Cout) kernel becomes a (k, k, k·Cin, Cout) one over (y, z). Its
 gradients are those of a 2D convolution, by automatic differentiation. On GPU
-and TPU the native 3D convolution is used.
+and TPU the native 3D convolution is used; whole-volume inference
+(`jaxsr.inference.encode`) uses it everywhere, as the stacked copies cost memory.
 """
 
 from __future__ import annotations
