@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jaxsr.models.critic import Critic
 from jaxsr.models.mrsi_unet import MRSIUNet
