@@ -195,9 +195,9 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
                 max_chunk_size: int = 1 << 18) -> MemoryPlan:
   """The largest encoder tile and decoder chunk whose memory fits `max_bytes` in all.
 
-  Encoder and decoder memory are measured from XLA's compiled programs: on two
-  probe tiles (a fixed part plus activations growing linearly with the tile's
-  voxels) and a probe chunk, then on the chosen tile and chunk. Of the tilings that fit, the one that encodes the
+  Encoder and decoder memory are measured from XLA's compiled programs: once on
+  a probe tile (activations grow linearly with the tile's voxels), then on the
+  chosen tile and chunk. Of the tilings that fit, the one that encodes the
   fewest voxels in all (windows overlap by the receptive radius) is taken: the
   whole volume in one pass when it fits, slabs or blocks otherwise.
   `runtime_bytes` defaults to the process's resident memory now.
@@ -230,16 +230,9 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
                            jax.ShapeDtypeStruct((), jnp.int32), hr_shape, count)
 
   halo = model.receptive_radius
-  # Encoder memory is affine in the window's voxels (fixed buffers + activations): fitted
-  # on two probe tiles, as a ratio of one it would overstate large windows.
-  small, large = (tuple(min(n, edge) for n in lr_shape) for edge in (8, 16))
-  small_bytes, large_bytes = encoder_bytes(small), encoder_bytes(large)
-  if math.prod(large) > math.prod(small):
-    per_voxel = max((large_bytes - small_bytes) / (math.prod(large) - math.prod(small)), 1.0)
-  else:
-    per_voxel = small_bytes / math.prod(small)
-  base = max(0.0, small_bytes - per_voxel * math.prod(small))
-  limit = (available - base) / per_voxel  # window voxels that fit
+  probe = tuple(min(n, 8) for n in lr_shape)
+  per_voxel = encoder_bytes(probe) / math.prod(probe)
+  limit = available / per_voxel  # window voxels that fit
   while True:  # the linear estimate is checked on the real tile shape
     core = _cheapest_core(lr_shape, halo, limit, MAX_RECOMPUTE)
     if core is None:
@@ -248,7 +241,7 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
           f"a memory budget of {format_bytes(max_bytes)} is too small for this model's encoder "
           f"on a {lr_shape} input: its tiles overlap by {halo} voxels on each side, and tiling "
           f"within {MAX_RECOMPUTE}x the work needs at least "
-          f"{format_bytes(runtime_bytes + fixed + base + per_voxel * least)}")
+          f"{format_bytes(runtime_bytes + fixed + per_voxel * least)}")
     encoder = encoder_bytes(window_shape(lr_shape, core, halo))
     if encoder <= available:
       break
