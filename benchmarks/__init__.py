@@ -6,6 +6,9 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import statistics
+import time
+from typing import Callable
 
 import jax
 
@@ -31,3 +34,63 @@ def machine_report() -> str:
                      if k in versions)
   return (f"machine: {cpu_name()}, {os.cpu_count()} cores; JAX devices {jax.devices()}; "
           f"{listed}; commit {git_commit()}")
+
+
+def time_alternating(runs: dict[str, Callable[[], object]], rounds: int,
+                     steps: int) -> dict[str, list[float]]:
+  """Seconds per call of each of `runs`, one list entry per round.
+
+  One warm-up call each, then `rounds` rounds; in each, every run is called
+  `steps` times in turn, so that load changes on a shared machine touch all of
+  them alike (compare their medians as ratios).
+  """
+  for run in runs.values():
+    run()
+  times = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        run()
+      times[name].append((time.perf_counter() - start) / steps)
+  return times
+
+
+def race_steps(run_jax: Callable[[], object], run_torch: Callable[[], object], *,
+               jax_params: int, torch_params: int, compile_s: float, rounds: int, steps: int,
+               work: float, work_unit: str) -> float:
+  """Times two equal train steps alternately and prints them; returns JAX/PyTorch throughput.
+
+  Asserts equal parameter counts. `work` is what one step processes (HR voxels,
+  maps), printed per second as `work_unit`.
+  """
+  assert jax_params == torch_params, f"parameter counts differ: {jax_params} vs {torch_params}"
+  print(f"parameters: {jax_params:,} (JAX) = {torch_params:,} (PyTorch)")
+  print(f"JAX compile: {compile_s:.1f} s")
+  times = time_alternating({"jax": run_jax, "torch": run_torch}, rounds, steps)
+  rates = {}
+  for name, label in (("jax", "JAX (jit)"), ("torch", "PyTorch eager")):
+    step_s = statistics.median(times[name])
+    rates[name] = 1 / step_s
+    print(f"{label:14s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
+          f"{work / step_s:12,.1f} {work_unit}/s  (rounds: "
+          f"{', '.join(f'{t:.3f}' for t in times[name])} s/step)")
+  return rates["jax"] / rates["torch"]
+
+
+def compiled_step(train_step, state, batch, rng) -> tuple[Callable[[], None], float]:
+  """(run one step in place, compile seconds) for a jitted `train_step(state, batch, rng)`.
+
+  Compiles once ahead of time (`lower().compile()`, timed); each call of `run`
+  advances the held state and waits for the step's loss.
+  """
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready(metrics["loss"])
+
+  return run, compile_s

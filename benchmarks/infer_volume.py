@@ -71,13 +71,14 @@ def run_jax(hr_shape, scale, max_bytes) -> dict:
 def run_torch(hr_shape, scale) -> dict:
   import torch
   from benchmarks import torch_reference
+  from configs import csr_dmri
   torch.manual_seed(0)
-  model = torch_reference.CSRdMRI(IN_CHANNELS).eval()
+  model = torch_reference.CSRdMRI.from_config(csr_dmri.get_config().model).eval()
   lr = torch.from_numpy(inputs(hr_shape, scale)).permute(3, 0, 1, 2)[None]
   out = np.empty(hr_shape, np.float32)
   start = time.perf_counter()
   with torch.inference_mode():
-    latent = model.encoder(lr)
+    latent = model.encode(lr)
     plane = torch_reference.grid_coordinates((1,) + tuple(hr_shape[1:]))
     for x in range(hr_shape[0]):
       coords = plane.clone()

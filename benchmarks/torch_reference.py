@@ -86,11 +86,26 @@ class CSRdMRI(nn.Module):
   """`jaxsr.models.csr_dmri.CSRdMRI` (periodic position input) in PyTorch."""
 
   def __init__(self, in_channels=2, num_features=64, growth=64, num_blocks=8, num_layers=3,
-               latent_features=128, mlp_depth=8, mlp_width=256, mlp_skip_after=4):
+               latent_features=128, mlp_depth=8, mlp_width=256, mlp_skip_after=4,
+               predict_residual=False):
     super().__init__()
+    self.predict_residual = predict_residual
     self.encoder = RDN3D(in_channels, num_features, growth, num_blocks, num_layers,
                          latent_features)
-    self.mlp = ImplicitMLP(6 + latent_features, mlp_depth, mlp_width, mlp_skip_after)
+    self.mlp = ImplicitMLP(6 + latent_features + int(predict_residual), mlp_depth, mlp_width,
+                           mlp_skip_after)
+
+  @classmethod
+  def from_config(cls, m) -> "CSRdMRI":
+    """The model of a jaxsr config's `model` section (`configs/csr_dmri.py`)."""
+    return cls(m.in_channels, m.num_features, m.growth, m.num_blocks, m.num_layers,
+               m.latent_features, m.mlp_depth, m.mlp_width, m.mlp_skip_after,
+               m.predict_residual)
+
+  def encode(self, lr):
+    """lr (B, C_in, x, y, z) -> latent (B, L, x, y, z); the LR DWI appended with predict_residual."""
+    latent = self.encoder(lr)
+    return torch.cat([latent, lr[:, :1]], 1) if self.predict_residual else latent
 
   def decode(self, latent, coords):
     """latent (B, L, x, y, z), coords (B, Q, 3) in [-1, 1] (x, y, z order) -> (B, Q)."""
@@ -101,10 +116,11 @@ class CSRdMRI(nn.Module):
     index = ((coords + 1) * sizes - 1) / 2
     offset = 2 * (index - torch.round(index))
     position = torch.cat([torch.sin(math.pi * offset), torch.cos(math.pi * offset)], -1)
-    return self.mlp(torch.cat([position, features], -1))[..., 0]
+    intensity = self.mlp(torch.cat([position, features], -1))[..., 0]
+    return intensity + features[..., -1] if self.predict_residual else intensity
 
   def forward(self, lr, coords):
-    return self.decode(self.encoder(lr), coords)
+    return self.decode(self.encode(lr), coords)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -17,13 +17,11 @@ PyTorch throughput.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
 
-from benchmarks import machine_report
+from benchmarks import compiled_step, machine_report, race_steps
 from configs import csr_dmri
 from jaxsr.data import pipeline
 from jaxsr.models import build_model
@@ -43,15 +41,7 @@ def jax_step(config, hr_size: int):
   batch = step_lib.shard_batch(
       {k: data.random((config.batch_size,) + (hr_size,) * 3, dtype=np.float32)
        for k in ("hr", "t1")}, mesh)
-  start = time.perf_counter()
-  compiled = train_step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
-  holder = {"state": state}
-
-  def run():
-    holder["state"], metrics = compiled(holder["state"], batch, rng)
-    jax.block_until_ready(metrics["loss"])
-
+  run, compile_s = compiled_step(train_step, state, batch, rng)
   return run, compile_s, count_parameters(state)
 
 
@@ -60,10 +50,7 @@ def torch_step(config, hr_size: int):
   import torch
   from benchmarks import torch_reference
   torch.manual_seed(0)
-  m = config.model
-  model = torch_reference.CSRdMRI(m.in_channels, m.num_features, m.growth, m.num_blocks,
-                                  m.num_layers, m.latent_features, m.mlp_depth, m.mlp_width,
-                                  m.mlp_skip_after)
+  model = torch_reference.CSRdMRI.from_config(config.model)
   step = torch_reference.make_train_step(model, config.train.learning_rate,
                                          config.data.lr_patch_size, config.train.fft_weight)
   data = np.random.default_rng(0)
@@ -120,29 +107,14 @@ def main(argv=None):
         f"conv_impl {args.conv_impl} ({resolve_conv_impl(args.conv_impl)})")
   run_jax, compile_s, jax_params = jax_step(config, hr_size)
   run_torch, torch_params = torch_step(config, hr_size)
-  assert jax_params == torch_params, f"parameter counts differ: {jax_params} vs {torch_params}"
-  print(f"parameters: {jax_params:,} (JAX) = {torch_params:,} (PyTorch)")
-  print(f"JAX compile: {compile_s:.1f} s")
-  run_jax(), run_torch()  # warm-up
-  times = {"jax": [], "torch": []}
-  for _ in range(args.rounds):
-    for name, run in (("jax", run_jax), ("torch", run_torch)):
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        run()
-      times[name].append((time.perf_counter() - start) / args.steps)
-  rows = {}
-  for name, label in (("jax", "JAX (jit)"), ("torch", "PyTorch eager")):
-    step_s = statistics.median(times[name])
-    rows[name] = 1 / step_s
-    print(f"{label:14s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
-          f"{voxels / step_s:12,.0f} HR voxels/s  (rounds: "
-          f"{', '.join(f'{t:.3f}' for t in times[name])} s/step)")
+  ratio = race_steps(run_jax, run_torch, jax_params=jax_params, torch_params=torch_params,
+                     compile_s=compile_s, rounds=args.rounds, steps=args.steps, work=voxels,
+                     work_unit="HR voxels")
   sizes, programs = compiled_step_shapes(config, args.run_steps)
   print(f"compiled step programs over {args.run_steps} random-scale steps: {programs} "
         f"({sizes} HR patch sizes drawn, data.num_scale_buckets = "
         f"{config.data.num_scale_buckets})")
-  print(f"JAX/PyTorch train-step throughput: {rows['jax'] / rows['torch']:.2f}")
+  print(f"JAX/PyTorch train-step throughput: {ratio:.2f}")
 
 
 if __name__ == "__main__":

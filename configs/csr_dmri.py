@@ -2,7 +2,8 @@
 
 Variants (`--config configs/csr_dmri.py:VARIANT`):
   default  the paper's setting: RDN 64/64/8×3 → 128 latent, MLP 8×256, batch 9,
-           LR 10³ patches, s ~ U(2, 3), Adam 1e-4 halved five times over training;
+           LR 10³ patches, s ~ U(2, 3), Adam 1e-4 halved five times over training
+           (the decoder's position input and global residual are jaxsr's: README);
            embedded data at HCP's 1.25 mm (or point `data.source=hcp`, `data.root`
            at real subjects).
   quick    what the README's main line runs: a small model on 2 mm embedded data,
@@ -88,6 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.coordinates = "periodic"  # MLP position input: "periodic" (sin, cos of the offset
   #   from the nearest LR voxel centre: the same on patches and whole volumes, continuous across
   #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.models.csr_dmri
+  c.model.predict_residual = True  # the MLP predicts the difference from the trilinear
+  #   interpolation of the LR DWI (a global residual, not in the paper: False is the paper's
+  #   decoder); see jaxsr.models.csr_dmri and the README
   c.model.dtype = "float32"
   c.model.conv_impl = "auto"  # 3D convs: "auto" (2D-convolution form on CPU, native on GPU/TPU),
   #   "xla" (native) or "depth_stacked"; see jaxsr.models.conv

@@ -173,6 +173,38 @@ def test_periodic_position_is_continuous_across_lr_voxel_faces():
   assert jumps["periodic"] < 1e-3 < jumps["local"], jumps
 
 
+def test_residual_model_predicts_the_difference_from_trilinear_interpolation_of_the_dwi():
+  """With `predict_residual` and a zero MLP head, decoding is the trilinear interpolation of the
+  LR DWI channel (exact for a linear ramp); a non-zero head adds the MLP's output to it; the
+  latent map carries the DWI as an extra channel, so grid decoding still equals point decoding."""
+  model = CSRdMRI(**TINY, predict_residual=True)
+  lr_shape = (4, 5, 3)
+  centres = grid_coordinates(lr_shape)  # (4, 5, 3, 3) in [-1, 1]
+  ramp = 0.3 + centres @ jnp.array([0.5, -0.25, 0.125])  # linear in the coordinates
+  rng = np.random.default_rng(3)
+  lr = jnp.stack([ramp, jnp.asarray(rng.normal(size=lr_shape), jnp.float32)], -1)[None]
+  # Inside the outermost LR voxel centres, where trilinear interpolation of a ramp is exact.
+  coords = jnp.asarray(rng.uniform(-0.6, 0.6, (1, 50, 3)) * np.array([1.0, 1.0, 0.4]), jnp.float32)
+  params = random_params(model, lr, coords)
+  assert params["mlp"]["hidden_0"]["kernel"].shape[0] == 6 + TINY["latent_features"] + 1
+  latent = model.apply({"params": params}, lr, method="encode")
+  assert latent.shape == (1, *lr_shape, TINY["latent_features"] + 1)
+  np.testing.assert_array_equal(latent[..., -1], lr[..., 0])
+  silent = jax.tree.map(jnp.zeros_like, params["mlp"]["head"])
+  silent_params = {**params, "mlp": {**params["mlp"], "head": silent}}
+  out = model.apply({"params": silent_params}, lr, coords)
+  expected = 0.3 + coords[0] @ jnp.array([0.5, -0.25, 0.125])
+  np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-5)
+  plain = CSRdMRI(**TINY, predict_residual=False)
+  mlp_only = plain.apply({"params": params}, latent, coords, method="decode")
+  np.testing.assert_allclose(model.apply({"params": params}, lr, coords),
+                             mlp_only + expected[None], rtol=1e-5, atol=1e-5)
+  hr_shape = (8, 10, 6)
+  grid = model.apply({"params": params}, lr, hr_shape, method="reconstruct_grid")
+  points = model.apply({"params": params}, lr, grid_coordinates(hr_shape).reshape(1, -1, 3))
+  np.testing.assert_allclose(grid.reshape(1, -1), points, rtol=1e-5, atol=1e-5)
+
+
 def test_single_channel_input():
   model = CSRdMRI(**TINY)
   params = random_params(model, jnp.ones((1, 3, 3, 3, 1)), jnp.zeros((1, 1, 3)))

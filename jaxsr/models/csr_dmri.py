@@ -2,7 +2,9 @@
 
 The LR input (DWI and, optionally, T1 as channels) is encoded once into a latent
 map at LR resolution; the intensity at any coordinate c in [-1, 1]^3 (see
-`jaxsr.models.sampling` for the convention) is MLP([c, trilinear(latent, c)]).
+`jaxsr.models.sampling` for the convention) is MLP([c, trilinear(latent, c)]),
+or, with `predict_residual`, that plus the trilinear interpolation of the LR DWI
+at c.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class CSRdMRI(nn.Module):
       on a whole volume; or "periodic", (sin, cos) of pi times that offset per
       axis (6 inputs): the same information, but continuous across the faces
       between LR voxels, where the local offset jumps from +1 to -1.
+    predict_residual: the MLP predicts the difference between the intensity and
+      the trilinear interpolation of the LR DWI (input channel 0) at c, a global
+      residual as in ResCNN3D (not in the CSR-dMRI paper, whose MLP predicts the
+      intensity). The latent map then carries the LR DWI as its last channel
+      (latent_features + 1 channels), so the MLP also sees the interpolated value
+      and tiled encoding and chunked decoding need nothing else.
     dtype: computation dtype (parameters stay float32; outputs are float32).
     conv_impl: the encoder's 3D convolution implementation (`jaxsr.models.conv.CONV_IMPLS`).
   """
@@ -47,6 +55,7 @@ class CSRdMRI(nn.Module):
   mlp_width: int = 256
   mlp_skip_after: int = 4
   coordinates: str = "periodic"
+  predict_residual: bool = False
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
@@ -62,8 +71,14 @@ class CSRdMRI(nn.Module):
                  self.latent_features).receptive_radius
 
   def encode(self, lr: jax.Array) -> jax.Array:
-    """(B, x, y, z, C_in) LR volumes (C_in = 2: DWI, T1; or 1: DWI) -> (B, x, y, z, latent)."""
-    return self.encoder(lr)
+    """(B, x, y, z, C_in) LR volumes (C_in = 2: DWI, T1; or 1: DWI) -> (B, x, y, z, channels).
+
+    channels = latent_features, plus 1 (the LR DWI, float32) with `predict_residual`.
+    """
+    latent = self.encoder(lr)
+    if self.predict_residual:
+      latent = jnp.concatenate([latent.astype(jnp.float32), lr[..., :1].astype(jnp.float32)], -1)
+    return latent
 
   def decode(self, latent: jax.Array, coords: jax.Array) -> jax.Array:
     """Latent (B, x, y, z, L) and coordinates (B, Q, 3) in [-1, 1] -> float32 intensities (B, Q)."""
@@ -83,7 +98,8 @@ class CSRdMRI(nn.Module):
 
   def _intensity(self, features: jax.Array, coords: jax.Array,
                  latent_shape: tuple[int, int, int]) -> jax.Array:
-    """MLP([position(coords), features]) -> (...,) float32; features (..., L), coords (..., 3)."""
+    """MLP([position(coords), features]) (+ the DWI channel of `features` with
+    `predict_residual`) -> (...,) float32; features (..., L), coords (..., 3)."""
     if self.coordinates not in COORDINATE_INPUTS:
       raise ValueError(f"coordinates must be one of {COORDINATE_INPUTS}, got {self.coordinates!r}")
     if self.coordinates == "global":
@@ -93,8 +109,11 @@ class CSRdMRI(nn.Module):
       if self.coordinates == "periodic":
         position = jnp.concatenate([jnp.sin(jnp.pi * position), jnp.cos(jnp.pi * position)], -1)
     position = jnp.broadcast_to(position, features.shape[:-1] + position.shape[-1:])
-    inputs = jnp.concatenate([position.astype(features.dtype), features], axis=-1)
-    return self.mlp(inputs)[..., 0].astype(jnp.float32)
+    inputs = jnp.concatenate([position, features], axis=-1).astype(self.dtype)
+    intensity = self.mlp(inputs)[..., 0].astype(jnp.float32)
+    if self.predict_residual:
+      intensity = intensity + features[..., -1].astype(jnp.float32)
+    return intensity
 
   def reconstruct_grid(self, lr: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
     """(B, x, y, z, C_in) LR volumes -> (B, X, Y, Z): `decode_grid(encode(lr), shape)`."""

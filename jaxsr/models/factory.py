@@ -51,8 +51,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         num_features=config.num_features, growth=config.growth, num_blocks=config.num_blocks,
         num_layers=config.num_layers, latent_features=config.latent_features,
         mlp_depth=config.mlp_depth, mlp_width=config.mlp_width,
-        mlp_skip_after=config.mlp_skip_after, coordinates=config.coordinates, dtype=dtype,
-        conv_impl=conv_impl)
+        mlp_skip_after=config.mlp_skip_after, coordinates=config.coordinates,
+        predict_residual=config.get("predict_residual", False),  # older runs: the field's absence
+        dtype=dtype, conv_impl=conv_impl)
   if config.in_channels != 1:
     raise ValueError(f"model.kind={config.kind!r} takes the DWI only: in_channels must be 1")
   if config.kind == "dcsrn":

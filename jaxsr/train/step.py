@@ -124,7 +124,7 @@ def make_train_step(config) -> Callable[[TrainState, dict, jax.Array], tuple[Tra
     new_state = state.apply_gradients(grads=grads)
     if not implicit:
       new_state = new_state.replace(batch_stats=updates.get("batch_stats", {}))
-    metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
                "learning_rate": schedule(state.step)}
     return new_state, metrics
 
