@@ -16,8 +16,9 @@ peak resident memory (`ru_maxrss`) is its own:
   `torch.inference_mode`.
 
 `--sizes` adds JAX runs at fractions of the output voxels (each axis scaled by
-the cube root) to show how peak memory grows with output size. The last line
-is the ratio of JAX to PyTorch throughput.
+the cube root), with the encoder convolution the full size's plan chose, to show
+how peak memory grows with output size. The last line is the ratio of JAX to
+PyTorch throughput.
 """
 
 from __future__ import annotations
@@ -48,24 +49,28 @@ def inputs(hr_shape, scale):
   return np.random.default_rng(0).random(lr_shape + (IN_CHANNELS,), dtype=np.float32)
 
 
-def run_jax(hr_shape, scale, max_bytes) -> dict:
+def run_jax(hr_shape, scale, max_bytes, conv_impl: str) -> dict:
   import jax
   from configs import csr_dmri
   from jaxsr import inference
   from jaxsr.models import build_model
   from jaxsr.models.csr_dmri import init_params
   from jaxsr.train.loop import RNG_IMPL
-  model = build_model(csr_dmri.get_config().model)
+  config = csr_dmri.get_config()
+  config.model.conv_impl = conv_impl
+  model = build_model(config.model)
   params = init_params(model, jax.random.key(0, impl=RNG_IMPL), IN_CHANNELS)
   lr = inputs(hr_shape, scale)
   start = time.perf_counter()
   plan = inference.plan_memory(model, params, IN_CHANNELS, lr.shape[:3], hr_shape, max_bytes)
   plan_s = time.perf_counter() - start
-  out = inference.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile)
+  out = inference.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile,
+                              conv_impl=plan.conv_impl)
   seconds = time.perf_counter() - start
   assert out.shape == tuple(hr_shape) and np.isfinite(out).all()
   return {"seconds": seconds, "plan_s": plan_s, "tile": plan.tile,
-          "chunk_size": plan.chunk_size, "estimate_mib": plan.peak_bytes / 2**20}
+          "chunk_size": plan.chunk_size, "conv_impl": plan.conv_impl,
+          "estimate_mib": plan.peak_bytes / 2**20}
 
 
 def run_torch(hr_shape, scale) -> dict:
@@ -91,16 +96,16 @@ def run_torch(hr_shape, scale) -> dict:
 
 def child(args) -> None:
   hr_shape = tuple(int(n) for n in args.hr_shape.split(","))
-  result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory)) if args.child == "jax"
-            else run_torch(hr_shape, args.scale))
+  result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory), args.conv_impl)
+            if args.child == "jax" else run_torch(hr_shape, args.scale))
   result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(result))
 
 
-def measure(kind: str, hr_shape, args) -> dict:
+def measure(kind: str, hr_shape, args, conv_impl: str = "auto") -> dict:
   command = [sys.executable, "-m", "benchmarks.infer_volume", "--child", kind,
              "--hr-shape", ",".join(map(str, hr_shape)), "--scale", str(args.scale),
-             "--max-memory", args.max_memory]
+             "--max-memory", args.max_memory, "--conv-impl", conv_impl]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     raise RuntimeError(f"{kind} run failed:\n{result.stderr[-3000:]}")
@@ -115,6 +120,7 @@ def main(argv=None) -> None:
   parser.add_argument("--sizes", default="0.5,0.75",
                       help="extra JAX runs at these fractions of the output voxels ('' for none)")
   parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--conv-impl", default="auto", help=argparse.SUPPRESS)  # model.conv_impl
   args = parser.parse_args(argv)
   if args.child:
     return child(args)
@@ -134,18 +140,23 @@ def main(argv=None) -> None:
           f"{r['peak_rss_mib']:,.0f} |")
   jax_plan = results["jax"]
   print(f"\nJAX plan ({jax_plan['plan_s']:.1f} s of the wall time, compiling the encoder "
-        f"and decoder to measure them): encoder tile {jax_plan['tile']}, decoder chunk "
+        f"and decoder to measure them): encoder tile {jax_plan['tile']} "
+        f"({jax_plan['conv_impl']} convolution), decoder chunk "
         f"{jax_plan['chunk_size']:,}; estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
   fractions = [float(f) for f in args.sizes.split(",") if f]
   if fractions:
-    print("\n| output voxels | JAX peak RSS (MiB) | MiB per million output voxels |\n|---|---|---|")
+    # The smaller outputs keep the full size's encoder convolution: the plan would take the
+    # faster, larger form wherever it fits, which is a different memory line.
+    print(f"\n{jax_plan['conv_impl']} convolution in every run:\n"
+          "| output voxels | JAX peak RSS (MiB) | estimated peak (MiB) | wall time (s) |\n"
+          "|---|---|---|---|")
     rows = []
     for fraction in sorted(fractions) + [1.0]:
       shape = tuple(max(1, round(n * fraction ** (1 / 3))) for n in hr_shape)
-      r = jax_plan if fraction == 1.0 else measure("jax", shape, args)
+      r = jax_plan if fraction == 1.0 else measure("jax", shape, args, jax_plan["conv_impl"])
       rows.append((math.prod(shape), r["peak_rss_mib"]))
       print(f"| {math.prod(shape):,} ({'×'.join(map(str, shape))}) | {r['peak_rss_mib']:,.0f} | "
-            f"{r['peak_rss_mib'] / (math.prod(shape) / 1e6):,.0f} |")
+            f"{r['estimate_mib']:,.0f} | {r['seconds']:.1f} |")
     (v0, m0), (v1, m1) = rows[0], rows[-1]
     print(f"growth from the smallest to the largest: {m1 - m0:,.0f} MiB for "
           f"{(v1 - v0) / 1e6:.2f} M more voxels ({(m1 - m0) / ((v1 - v0) / 1e6):,.0f} MiB per "

@@ -30,19 +30,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.data.degrade import resize_spatial, tricubic_upsample
+from jaxsr.models.conv import resolve_conv_impl
 from jaxsr.models.sampling import chunk_coordinates
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def encode(model: nn.Module, params, lr: jax.Array) -> jax.Array:
+def forward_conv_impl(model_impl: str) -> str:
+  """The encoder convolution for forward passes over whole volumes, given `model.conv_impl`.
+
+  "auto" on CPU is "depth_summed": on an HCP-size volume (72 × 87 × 72 LR voxels,
+  default model) its encoder pass took 48 s against 81 s for the training form
+  and 99 s for the native one, with 1.2x the native one's memory. Elsewhere
+  `resolve_conv_impl(model_impl)`.
+  """
+  if model_impl == "auto" and jax.default_backend() == "cpu":
+    return "depth_summed"
+  return resolve_conv_impl(model_impl)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "conv_impl"))
+def encode(model: nn.Module, params, lr: jax.Array, conv_impl: str = "xla") -> jax.Array:
   """(x, y, z, C) LR input -> (x, y, z, F) latent feature map.
 
-  Always with the native 3D convolution (`conv_impl="xla"`, the same values): the
-  CPU training form holds depth-stacked copies of each layer's input, about 1.5x
-  the encoder's memory, which would make whole volumes tile under budgets where
-  one pass fits (an HCP-size volume at `jaxsr upsample`'s 4 GB default).
+  `conv_impl` is the encoder's convolution (`jaxsr.models.conv.CONV_IMPLS`; all
+  give the same values). The native one by default; the faster 2D forms on CPU
+  need more memory (`forward_conv_impl`), so `plan_memory` chooses one only
+  where the whole volume still fits in one pass with it.
   """
-  return model.clone(conv_impl="xla").apply({"params": params}, lr[None], method="encode")[0]
+  return model.clone(conv_impl=conv_impl).apply({"params": params}, lr[None], method="encode")[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "hr_shape", "chunk_size"))
@@ -81,7 +95,8 @@ def window_shape(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[
 
 
 def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
-                 progress: Callable[[int], object] | None = None) -> jax.Array:
+                 progress: Callable[[int], object] | None = None,
+                 conv_impl: str = "xla") -> jax.Array:
   """The latent map (x, y, z, F) of `lr` (x, y, z, C), encoded over overlapping tiles.
 
   Tiles have cores of `core` LR voxels per axis and are widened by the encoder's
@@ -94,7 +109,7 @@ def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
   out = None
   for tile in itertools.product(*tiles):
     source = tuple(slice(first, first + w) for (first, _, _), w in zip(tile, window))
-    values = encode(model, params, jnp.asarray(lr[source], jnp.float32))
+    values = encode(model, params, jnp.asarray(lr[source], jnp.float32), conv_impl)
     if out is None:
       out = np.empty(lr.shape[:3] + values.shape[-1:], np.float32)
     inner = tuple(slice(start - first, stop - first) for first, start, stop in tile)
@@ -106,21 +121,23 @@ def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
 
 def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int],
                 chunk_size: int = 65536, tile: Sequence[int] | None = None,
-                progress: Callable[[int], object] | None = None) -> np.ndarray:
+                progress: Callable[[int], object] | None = None,
+                conv_impl: str = "xla") -> np.ndarray:
   """Super-resolves `lr` (x, y, z, C) onto an HR grid of `hr_shape` voxels over the same field of view.
 
-  Returns a float32 (X, Y, Z) array. The encoder runs on the whole volume, or
-  over tiles with cores of `tile` LR voxels per axis (`encode_tiled`, same
-  result); then `chunk_size` HR voxels are decoded at a time. `progress(n)` is
-  called after each tile and each chunk (see `num_passes`).
+  Returns a float32 (X, Y, Z) array. The encoder (convolution `conv_impl`, see
+  `encode`) runs on the whole volume, or over tiles with cores of `tile` LR
+  voxels per axis (`encode_tiled`, same result); then `chunk_size` HR voxels are
+  decoded at a time. `progress(n)` is called after each tile and each chunk (see
+  `num_passes`). A `MemoryPlan` gives `chunk_size`, `tile` and `conv_impl`.
   """
   hr_shape = tuple(int(n) for n in hr_shape)
   if tile is None or tuple(tile) == tuple(lr.shape[:3]):
-    latent = encode(model, params, jnp.asarray(lr, jnp.float32))
+    latent = encode(model, params, jnp.asarray(lr, jnp.float32), conv_impl)
     if progress is not None:
       progress(1)
   else:
-    latent = encode_tiled(model, params, lr, tile, progress)
+    latent = encode_tiled(model, params, lr, tile, progress, conv_impl)
   total = math.prod(hr_shape)
   chunk_size = min(chunk_size, total)
   out = np.empty(total, np.float32)
@@ -153,6 +170,7 @@ class MemoryPlan:
       host copies), the LR input and a few HR volumes (output, back-projection).
     runtime_bytes: the process's resident memory before reconstructing (interpreter,
       libraries, JAX runtime), counted against the budget.
+    conv_impl: the encoder's convolution (see `encode`).
   """
   tile: tuple[int, int, int]
   chunk_size: int
@@ -160,6 +178,7 @@ class MemoryPlan:
   decoder_bytes: int
   fixed_bytes: int
   runtime_bytes: int
+  conv_impl: str = "xla"
 
   @property
   def peak_bytes(self) -> int:
@@ -199,7 +218,9 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
   a probe tile (activations grow linearly with the tile's voxels), then on the
   chosen tile and chunk. Of the tilings that fit, the one that encodes the
   fewest voxels in all (windows overlap by the receptive radius) is taken: the
-  whole volume in one pass when it fits, slabs or blocks otherwise.
+  whole volume in one pass when it fits, slabs or blocks otherwise. In one pass,
+  the faster convolution form `forward_conv_impl(model.conv_impl)` (on CPU a 2D
+  form that needs more memory) replaces the native one when it fits too.
   `runtime_bytes` defaults to the process's resident memory now.
 
   Raises:
@@ -246,6 +267,13 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
     if encoder <= available:
       break
     limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
+  conv_impl = "xla"
+  own = forward_conv_impl(model.conv_impl)
+  if own != "xla" and core == lr_shape:
+    own_bytes = _compiled_bytes(encode, model, params,
+                                jax.ShapeDtypeStruct((*lr_shape, in_channels), jnp.float32), own)
+    if own_bytes <= available:
+      conv_impl, encoder = own, own_bytes
   probe_chunk = min(4096, hr_voxels)
   per_query = decoder_bytes(probe_chunk) / probe_chunk
   chunk = min(hr_voxels, max_chunk_size, int(available // per_query) // 1024 * 1024)
@@ -260,7 +288,7 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
         f"a memory budget of {format_bytes(max_bytes)} is too small to reconstruct a "
         f"{hr_shape} output from a {lr_shape} input with this model; it needs at least "
         f"{format_bytes(least)}")
-  return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes)
+  return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes, conv_impl)
 
 
 def tiling_work(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[int, int]:

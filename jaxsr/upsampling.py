@@ -184,7 +184,8 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
   def super_resolve(x: np.ndarray, bar: tqdm) -> np.ndarray:
     inputs = np.stack([x, *channels], axis=-1).astype(np.float32)
     out = reconstruct(upsampler.model, upsampler.params, inputs, hr_shape,
-                      chunk_size=plan.chunk_size, tile=plan.tile, progress=bar.update)
+                      chunk_size=plan.chunk_size, tile=plan.tile, progress=bar.update,
+                      conv_impl=plan.conv_impl)
     return np.clip(back_project(out, x, back_projection), 0.0, 1.0)
 
   def intensity(volume: np.ndarray, bar: tqdm) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The CPU 3D-convolution form equals lax.conv_general_dilated in values and gradients."""
+"""The CPU 3D-convolution forms equal lax.conv_general_dilated in values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,11 @@ def lax_conv(x, kernel):
                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
+@pytest.mark.parametrize("impl", ["depth_stacked", "depth_summed"])
 @pytest.mark.parametrize("shape,k,c_out", [((2, 5, 4, 6, 3), 3, 7), ((1, 3, 7, 2, 8), 3, 2),
-                                           ((2, 6, 5, 4, 2), 5, 3), ((1, 4, 4, 4, 5), 1, 6)])
-def test_depth_stacked_convolution_equals_lax_in_values_and_gradients(shape, k, c_out):
+                                           ((2, 6, 5, 4, 2), 5, 3), ((1, 4, 4, 4, 5), 1, 6),
+                                           ((1, 2, 5, 4, 3), 5, 2)])  # taps beyond the depth
+def test_2d_forms_of_the_convolution_equal_lax_in_values_and_gradients(impl, shape, k, c_out):
   rng = np.random.default_rng(k + c_out)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((k, k, k, shape[-1], c_out)), jnp.float32)
@@ -26,10 +28,10 @@ def test_depth_stacked_convolution_equals_lax_in_values_and_gradients(shape, k, 
     return lambda x, kernel: jnp.sum(weights * jnp.tanh(conv(x, kernel)))
 
   expected = lax_conv(x, kernel)
-  got = conv3d_same(x, kernel, "depth_stacked")
+  got = conv3d_same(x, kernel, impl)
   assert got.shape == expected.shape
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
-  grads = jax.grad(loss(lambda x, w: conv3d_same(x, w, "depth_stacked")), argnums=(0, 1))(x, kernel)
+  grads = jax.grad(loss(lambda x, w: conv3d_same(x, w, impl)), argnums=(0, 1))(x, kernel)
   expected_grads = jax.grad(loss(lax_conv), argnums=(0, 1))(x, kernel)
   for g, e in zip(grads, expected_grads):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)

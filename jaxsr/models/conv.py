@@ -3,13 +3,22 @@
 XLA's CPU backend runs 3D convolutions (forward and both gradients) far slower
 than its 2D ones: at the RDN's layer shapes (batch 9, 10^3 voxels, 64-192 -> 64
 channels) 1.6-2x, at the `quick` model's (16-48 -> 16 channels) about 4.5x
-(docs/benchmarks.md). The "depth_stacked" form computes the same convolution as
-one 2D convolution: the k depth-shifted copies of the zero-padded input are
-stacked on the channel axis, the depth axis is folded into the batch, and the
-(k, k, k, Cin, Cout) kernel becomes a (k, k, k·Cin, Cout) one over (y, z). Its
-gradients are those of a 2D convolution, by automatic differentiation. On GPU
-and TPU the native 3D convolution is used; whole-volume inference
-(`jaxsr.inference.encode`) uses it everywhere, as the stacked copies cost memory.
+(docs/benchmarks.md). Two forms compute the same convolution with 2D ones, the
+depth axis folded into the batch and the (k, k, k, Cin, Cout) kernel split by
+depth tap:
+
+  depth_stacked  the k depth-shifted copies of the zero-padded input stacked on
+                 the channel axis, one 2D convolution with a (k, k, k·Cin, Cout)
+                 kernel over (y, z): the fastest for training (forward and
+                 backward, by automatic differentiation), on CPU what "auto" means;
+  depth_summed   one 2D convolution per depth tap on the unshifted input, the
+                 outputs shifted along depth and summed: no stacked copies, so
+                 less memory, and on whole volumes the fastest forward pass on
+                 CPU (`jaxsr.inference.forward_conv_impl`).
+
+On GPU and TPU "auto" is the native 3D convolution. Whole-volume inference
+(`jaxsr.inference.plan_memory`) uses a 2D form only where the whole volume fits
+in one pass with it.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-CONV_IMPLS = ("auto", "xla", "depth_stacked")
+CONV_IMPLS = ("auto", "xla", "depth_stacked", "depth_summed")
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -52,13 +61,29 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Arra
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
   batch, depth, height, width, c_in = x.shape
   r = k // 2
+
+  def conv2d(volumes, kernel_2d):  # (B, D', Y, Z, C) -> (B, D', Y, Z, Cout), over (y, z)
+    out = jax.lax.conv_general_dilated(volumes.reshape(-1, height, width, volumes.shape[-1]),
+                                       kernel_2d, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out.reshape(batch, volumes.shape[1], height, width, -1)
+
+  if resolve_conv_impl(impl) == "depth_summed":
+    # Depth tap i adds conv2d(x[d + s]) to output depth d, s = i - r: the 2D convolution
+    # of the input depths that exist, padded with zeros at the other end by |s|.
+    out = conv2d(x, kernel[r])
+    for i in range(k):
+      shift = i - r
+      if i == r or abs(shift) >= depth:
+        continue
+      part = conv2d(x[:, max(shift, 0):depth + min(shift, 0)], kernel[i])
+      pad = ((0, 0), (max(-shift, 0), max(shift, 0)), (0, 0), (0, 0), (0, 0))
+      out = out + jnp.pad(part, pad)
+    return out
   padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
   stacked = jnp.concatenate([padded[:, i:i + depth] for i in range(k)], axis=-1)
   kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(k, k, k * c_in, -1)
-  out = jax.lax.conv_general_dilated(stacked.reshape(batch * depth, height, width, k * c_in),
-                                     kernel_2d, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return out.reshape(batch, depth, height, width, -1)
+  return conv2d(stacked, kernel_2d)
 
 
 class Conv3D(nn.Module):
