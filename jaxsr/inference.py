@@ -151,6 +151,9 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
 
 
 MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxels (overlaps)
+# Inputs smaller than this (32^3 voxels) keep the native convolution: their encoder pass is
+# short, and measuring the 2D form's memory would cost one more compilation than it saves.
+MIN_VOXELS_FOR_2D_FORM = 1 << 15
 
 
 class MemoryBudgetError(ValueError):
@@ -218,9 +221,10 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
   a probe tile (activations grow linearly with the tile's voxels), then on the
   chosen tile and chunk. Of the tilings that fit, the one that encodes the
   fewest voxels in all (windows overlap by the receptive radius) is taken: the
-  whole volume in one pass when it fits, slabs or blocks otherwise. In one pass,
-  the faster convolution form `forward_conv_impl(model.conv_impl)` (on CPU a 2D
-  form that needs more memory) replaces the native one when it fits too.
+  whole volume in one pass when it fits, slabs or blocks otherwise. In one pass
+  over an input of at least `MIN_VOXELS_FOR_2D_FORM` voxels, the faster
+  convolution form `forward_conv_impl(model.conv_impl)` (on CPU a 2D form that
+  needs more memory) replaces the native one when it fits too.
   `runtime_bytes` defaults to the process's resident memory now.
 
   Raises:
@@ -269,7 +273,7 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
     limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
   conv_impl = "xla"
   own = forward_conv_impl(model.conv_impl)
-  if own != "xla" and core == lr_shape:
+  if own != "xla" and core == lr_shape and lr_voxels >= MIN_VOXELS_FOR_2D_FORM:
     own_bytes = _compiled_bytes(encode, model, params,
                                 jax.ShapeDtypeStruct((*lr_shape, in_channels), jnp.float32), own)
     if own_bytes <= available:

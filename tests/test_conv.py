@@ -14,10 +14,11 @@ def lax_conv(x, kernel):
                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
-@pytest.mark.parametrize("impl", ["depth_stacked", "depth_summed"])
-@pytest.mark.parametrize("shape,k,c_out", [((2, 5, 4, 6, 3), 3, 7), ((1, 3, 7, 2, 8), 3, 2),
-                                           ((2, 6, 5, 4, 2), 5, 3), ((1, 4, 4, 4, 5), 1, 6),
-                                           ((1, 2, 5, 4, 3), 5, 2)])  # taps beyond the depth
+@pytest.mark.parametrize("impl,shape,k,c_out", [
+    ("depth_stacked", (2, 5, 4, 6, 3), 3, 7), ("depth_stacked", (1, 3, 7, 2, 8), 3, 2),
+    ("depth_stacked", (2, 6, 5, 4, 2), 5, 3), ("depth_stacked", (1, 4, 4, 4, 5), 1, 6),
+    ("depth_summed", (2, 5, 4, 6, 3), 3, 7), ("depth_summed", (2, 6, 5, 4, 2), 5, 3),
+    ("depth_summed", (1, 2, 5, 4, 3), 5, 2)])  # taps that reach beyond the depth
 def test_2d_forms_of_the_convolution_equal_lax_in_values_and_gradients(impl, shape, k, c_out):
   rng = np.random.default_rng(k + c_out)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
