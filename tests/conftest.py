@@ -1,6 +1,22 @@
 """Shared fixtures: smoke-trained runs (embedded data, tiny models) reused across test modules."""
 
+import atexit
+import functools
+import os
 import pathlib
+import shutil
+import tempfile
+
+# The tests' tiny models compile for far longer than they run, and many tests (and the
+# train.py / evaluate.py processes they start, which inherit the environment) compile the
+# same programs: one persistent XLA compilation cache per test session serves them all
+# (on 2 cores: 10 min 45 s for the suite instead of 12 min 30 s).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="jaxsr-tests-xla-")
+  atexit.register(functools.partial(shutil.rmtree, _cache, ignore_errors=True))
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest
 
