@@ -94,5 +94,6 @@ def main(argv=None):
                      work=config.batch_size, work_unit="maps")
   print(f"JAX/PyTorch MRSI train-step throughput: {ratio:.2f}")
 
+
 if __name__ == "__main__":
   main()

@@ -178,7 +178,8 @@ def _upsample(args: argparse.Namespace) -> str:
   return (f"wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
           f"{'×'.join(map(str, result.grid.shape))} voxels of {voxel} mm "
           f"in {result.seconds:.1f} s (encoder tiles of {'×'.join(map(str, plan.tile))} input "
-          f"voxels with the {plan.conv_impl} convolution, decoder chunks of {plan.chunk_size:,} output voxels, estimated peak "
+          f"voxels with the {plan.conv_impl} convolution, decoder chunks of "
+          f"{plan.chunk_size:,} output voxels, estimated peak "
           f"{format_bytes(plan.peak_bytes)} of {format_bytes(args.max_memory)})")
 
 

@@ -156,6 +156,17 @@ MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxel
 MIN_VOXELS_FOR_2D_FORM = 1 << 15
 
 
+def whole_volume_conv_impl(model: nn.Module, lr_shape: Sequence[int]) -> str:
+  """The fastest encoder convolution for one pass over an `lr_shape` input, memory aside.
+
+  `forward_conv_impl(model.conv_impl)` for inputs of at least
+  `MIN_VOXELS_FOR_2D_FORM` voxels, the native one below.
+  """
+  if math.prod(lr_shape) < MIN_VOXELS_FOR_2D_FORM:
+    return "xla"
+  return forward_conv_impl(model.conv_impl)
+
+
 class MemoryBudgetError(ValueError):
   """The memory budget cannot hold even the smallest tile or chunk of a reconstruction."""
 
@@ -272,8 +283,8 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
       break
     limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
   conv_impl = "xla"
-  own = forward_conv_impl(model.conv_impl)
-  if own != "xla" and core == lr_shape and lr_voxels >= MIN_VOXELS_FOR_2D_FORM:
+  own = whole_volume_conv_impl(model, lr_shape)
+  if own != "xla" and core == lr_shape:
     own_bytes = _compiled_bytes(encode, model, params,
                                 jax.ShapeDtypeStruct((*lr_shape, in_channels), jnp.float32), own)
     if own_bytes <= available:

@@ -9,7 +9,8 @@ from configs.csr_dmri import get_config
 from jaxsr.data.degrade import resize_spatial, tricubic_upsample
 from jaxsr.inference import (MemoryBudgetError, MemoryPlan, apply_fixed_scale, apply_tiled,
                              axis_tiles, encode, encode_tiled, forward_conv_impl, plan_memory,
-                             reconstruct, reconstruct_fixed_scale, tiling_work)
+                             reconstruct, reconstruct_fixed_scale, tiling_work,
+                             whole_volume_conv_impl)
 from jaxsr.models import DCSRN, ResCNN3D, build_model, init_params
 from jaxsr.models.sampling import grid_coordinates
 
@@ -80,6 +81,9 @@ def test_forward_passes_take_the_summed_2d_form_on_cpu_unless_told_otherwise():
   assert forward_conv_impl("auto") == ("depth_summed" if cpu else "xla")
   assert forward_conv_impl("xla") == "xla"
   assert forward_conv_impl("depth_stacked") == "depth_stacked"
+  model, _ = _tiny_implicit()  # conv_impl "auto"
+  assert whole_volume_conv_impl(model, (40, 48, 40)) == forward_conv_impl("auto")
+  assert whole_volume_conv_impl(model, (10, 12, 10)) == "xla"  # below MIN_VOXELS_FOR_2D_FORM
 
 
 def test_receptive_radius_counts_the_encoder_convolutions():

@@ -56,7 +56,8 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Arra
     raise ValueError(f"conv3d_same needs an odd cubic kernel, got shape {kernel.shape}")
   if k == 1:
     return jnp.einsum("bxyzc,co->bxyzo", x, kernel[0, 0, 0])
-  if resolve_conv_impl(impl) == "xla":
+  impl = resolve_conv_impl(impl)
+  if impl == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
   batch, depth, height, width, c_in = x.shape
@@ -68,7 +69,7 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Arra
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out.reshape(batch, volumes.shape[1], height, width, -1)
 
-  if resolve_conv_impl(impl) == "depth_summed":
+  if impl == "depth_summed":
     # Depth tap i adds conv2d(x[d + s]) to output depth d, s = i - r: the 2D convolution
     # of the input depths that exist, padded with zeros at the other end by |s|.
     out = conv2d(x, kernel[r])
