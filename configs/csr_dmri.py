@@ -25,7 +25,7 @@ VARIANTS = {
         "model.num_features": 16, "model.growth": 16, "model.num_blocks": 3,
         "model.num_layers": 3, "model.latent_features": 32,
         "model.mlp_depth": 6, "model.mlp_width": 64, "model.mlp_skip_after": 3,
-        "train.num_steps": 1200, "train.learning_rate": 1e-3, "train.lr_decay_steps": 400,
+        "train.num_steps": 2400, "train.learning_rate": 1e-3, "train.lr_decay_steps": 800,
         "train.log_every_steps": 50, "train.checkpoint_every_steps": 400,
         "eval.num_volumes": 2,
     },
