@@ -10,7 +10,8 @@ import tempfile
 # The tests' tiny models compile for far longer than they run, and many tests (and the
 # train.py / evaluate.py processes they start, which inherit the environment) compile the
 # same programs: one persistent XLA compilation cache per test session serves them all
-# (on 2 cores: 10 min 45 s for the suite instead of 12 min 30 s).
+# (on 2 cores: 10 min 45 s for the suite instead of 12 min 30 s). Set here, in the process
+# that starts the test workers, so that they share it too.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxsr-tests-xla-")
   atexit.register(functools.partial(shutil.rmtree, _cache, ignore_errors=True))
