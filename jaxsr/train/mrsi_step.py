@@ -5,7 +5,7 @@ the step by keeping each map's central n × n k-space (`kspace.truncate`, n per
 sample); λ is drawn per sample from U(0, λ_max) and fed to the generator's
 conditional instance norms. Then
 
-  critic    `num_critic` WGAN-GP updates (`lax.scan`): D(fake) − D(real) +
+  critic    `num_critic` WGAN-GP updates (an unrolled `lax.scan`): D(fake) − D(real) +
             gp_weight · (‖∇D(x̂)‖ − 1)², x̂ on random lines between real and fake;
   generator one update of (1 − α)·L1 + α·(1 − MS-SSIM) + mean_i λ_i · (−D(fake_i)),
             inside the quality mask.
@@ -104,9 +104,11 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
     if adversarial:
       fake = jax.lax.stop_gradient(generate(state.generator.params, state, batch, lr, lam))
       real = critic_inputs(batch, lr, hr * batch["mask"])
+      # Unrolled: the same updates, but as a loop on XLA's CPU backend the whole step ran
+      # 1.8x slower (default MRSI configuration, 2 cores: 0.98 against 0.55 s per step).
       (critic, _, _), critic_metrics = jax.lax.scan(
           critic_step, (critic, real, critic_inputs(batch, lr, fake)),
-          jax.random.split(critic_rng, num_critic))
+          jax.random.split(critic_rng, num_critic), unroll=True)
       metrics.update({k: v[-1] for k, v in critic_metrics.items()})
 
     def generator_loss(params):
