@@ -15,10 +15,11 @@ def lax_conv(x, kernel):
 
 
 @pytest.mark.parametrize("impl,shape,k,c_out", [
-    ("depth_stacked", (2, 5, 4, 6, 3), 3, 7), ("depth_stacked", (1, 3, 7, 2, 8), 3, 2),
-    ("depth_stacked", (2, 6, 5, 4, 2), 5, 3), ("depth_stacked", (1, 4, 4, 4, 5), 1, 6),
+    ("depth_taps", (2, 5, 4, 6, 3), 3, 7), ("depth_taps", (1, 3, 7, 2, 8), 3, 2),
+    ("depth_taps", (2, 6, 5, 4, 2), 5, 3), ("depth_taps", (1, 4, 4, 4, 5), 1, 6),
+    ("depth_taps", (1, 1, 5, 4, 3), 3, 2), ("depth_taps", (1, 2, 5, 4, 3), 5, 2),
     ("depth_summed", (2, 5, 4, 6, 3), 3, 7), ("depth_summed", (2, 6, 5, 4, 2), 5, 3),
-    ("depth_summed", (1, 2, 5, 4, 3), 5, 2)])  # taps that reach beyond the depth
+    ("depth_summed", (1, 2, 5, 4, 3), 5, 2)])  # (1, 1, ...), (1, 2, ...): taps beyond the depth
 def test_2d_forms_of_the_convolution_equal_lax_in_values_and_gradients(impl, shape, k, c_out):
   rng = np.random.default_rng(k + c_out)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
@@ -41,16 +42,16 @@ def test_2d_forms_of_the_convolution_equal_lax_in_values_and_gradients(impl, sha
 
 def test_rdn_gives_the_same_features_and_gradients_with_either_convolution():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 5, 4, 2)), jnp.float32)
-  models = {impl: RDN3D(8, 4, 1, 2, 6, conv_impl=impl) for impl in ("xla", "depth_stacked")}
+  models = {impl: RDN3D(8, 4, 1, 2, 6, conv_impl=impl) for impl in ("xla", "depth_taps")}
   params = models["xla"].init(jax.random.key(0, impl="rbg"), x)
   # Same parameter tree as flax nn.Conv layers had (older checkpoints load).
   assert set(params["params"]["rdb_0"]) == {"Conv_0", "Conv_1", "local_fusion"}
   assert set(params["params"]["rdb_0"]["Conv_0"]) == {"kernel", "bias"}
   outputs = {i: m.apply(params, x) for i, m in models.items()}
-  np.testing.assert_allclose(outputs["depth_stacked"], outputs["xla"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(outputs["depth_taps"], outputs["xla"], rtol=1e-4, atol=1e-5)
   grads = {i: jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params) for i, m in models.items()}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
-               grads["depth_stacked"], grads["xla"])
+               grads["depth_taps"], grads["xla"])
 
 
 def test_conv_module_computes_in_its_dtype_with_float32_parameters():
@@ -62,7 +63,7 @@ def test_conv_module_computes_in_its_dtype_with_float32_parameters():
 
 
 def test_auto_picks_the_2d_form_on_cpu_and_bad_names_are_refused():
-  assert resolve_conv_impl("auto") == ("depth_stacked" if jax.default_backend() == "cpu" else "xla")
+  assert resolve_conv_impl("auto") == ("depth_taps" if jax.default_backend() == "cpu" else "xla")
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     resolve_conv_impl("cudnn")
   with pytest.raises(ValueError, match="odd cubic kernel"):

@@ -80,7 +80,7 @@ def test_forward_passes_take_the_summed_2d_form_on_cpu_unless_told_otherwise():
   cpu = jax.default_backend() == "cpu"
   assert forward_conv_impl("auto") == ("depth_summed" if cpu else "xla")
   assert forward_conv_impl("xla") == "xla"
-  assert forward_conv_impl("depth_stacked") == "depth_stacked"
+  assert forward_conv_impl("depth_taps") == "depth_taps"
   model, _ = _tiny_implicit()  # conv_impl "auto"
   assert whole_volume_conv_impl(model, (40, 48, 40)) == forward_conv_impl("auto")
   assert whole_volume_conv_impl(model, (10, 12, 10)) == "xla"  # below MIN_VOXELS_FOR_2D_FORM
@@ -107,7 +107,7 @@ def test_tiled_encoder_and_reconstruction_equal_one_pass():
   out = reconstruct(model, params, lr, hr_shape, chunk_size=5000, tile=(5, 4, 3),
                     progress=calls.append)
   np.testing.assert_allclose(out, reconstruct(model, params, lr, hr_shape), rtol=1e-5, atol=1e-6)
-  for conv_impl in ("depth_stacked", "depth_summed"):
+  for conv_impl in ("depth_taps", "depth_summed"):
     np.testing.assert_allclose(reconstruct(model, params, lr, hr_shape, conv_impl=conv_impl),
                                out, rtol=1e-5, atol=1e-5)
   plan = MemoryPlan((5, 4, 3), 5000, 0, 0, 0, 0)

@@ -1,20 +1,20 @@
 """3D 'SAME' convolutions with a per-backend implementation.
 
 XLA's CPU backend runs 3D convolutions (forward and both gradients) far slower
-than its 2D ones: at the RDN's layer shapes (batch 9, 10^3 voxels, 64-192 -> 64
-channels) 1.6-2x, at the `quick` model's (16-48 -> 16 channels) about 4.5x
-(docs/benchmarks.md). Two forms compute the same convolution with 2D ones, the
-depth axis folded into the batch and the (k, k, k, Cin, Cout) kernel split by
-depth tap:
+than its 2D ones (docs/benchmarks.md). Two forms compute the same convolution
+with 2D ones over (y, z), the depth axis folded into the batch and the
+(k, k, k, Cin, Cout) kernel split by depth tap:
 
-  depth_stacked  the k depth-shifted copies of the zero-padded input stacked on
-                 the channel axis, one 2D convolution with a (k, k, k·Cin, Cout)
-                 kernel over (y, z): the fastest for training (forward and
-                 backward, by automatic differentiation), on CPU what "auto" means;
-  depth_summed   one 2D convolution per depth tap on the unshifted input, the
-                 outputs shifted along depth and summed: no stacked copies, so
-                 less memory, and on whole volumes the fastest forward pass on
-                 CPU (`jaxsr.inference.forward_conv_impl`).
+  depth_taps     one 2D convolution whose k·Cout output channels are the k depth
+                 taps, each tap's outputs shifted along depth and summed; its
+                 input gradient is the same form on the output gradient with the
+                 flipped, transposed kernel (a custom VJP), its kernel gradient
+                 that of the 2D convolution. The fastest for training (forward and
+                 backward), on CPU what "auto" means;
+  depth_summed   one 2D convolution per depth tap (Cout outputs each), shifted and
+                 summed: as fast as `depth_taps` forward on whole volumes and with
+                 less memory outside XLA's own buffers, so whole-volume inference
+                 uses it on CPU (`jaxsr.inference.forward_conv_impl`).
 
 On GPU and TPU "auto" is the native 3D convolution. Whole-volume inference
 (`jaxsr.inference.plan_memory`) uses a 2D form only where the whole volume fits
@@ -28,15 +28,15 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-CONV_IMPLS = ("auto", "xla", "depth_stacked", "depth_summed")
+CONV_IMPLS = ("auto", "xla", "depth_taps", "depth_summed")
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """"auto" -> "depth_stacked" on the CPU backend, "xla" elsewhere; others unchanged."""
+  """"auto" -> "depth_taps" on the CPU backend, "xla" elsewhere; others unchanged."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "depth_stacked" if jax.default_backend() == "cpu" else "xla"
+    return "depth_taps" if jax.default_backend() == "cpu" else "xla"
   return impl
 
 
@@ -60,31 +60,72 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Arra
   if impl == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  if impl == "depth_taps":
+    return _depth_taps_conv(x, kernel)
+  return _depth_summed_conv(x, kernel)
+
+
+def _conv2d_over_depth(x: jax.Array, kernel_2d: jax.Array) -> jax.Array:
+  """(B, D, Y, Z, C), (k, k, C, C') -> (B, D, Y, Z, C'): a 'SAME' 2D convolution over (y, z)."""
   batch, depth, height, width, c_in = x.shape
+  out = jax.lax.conv_general_dilated(x.reshape(-1, height, width, c_in), kernel_2d, (1, 1),
+                                     "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return out.reshape(batch, depth, height, width, -1)
+
+
+def _depth_summed_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`conv3d_same` as one 2D convolution per depth tap, outputs shifted along depth and summed.
+
+  Tap i (depth offset s = i - k//2) adds the 2D convolution of the input depths
+  that exist, zero-padded by |s| at the other end.
+  """
+  depth, k = x.shape[1], kernel.shape[0]
   r = k // 2
+  out = _conv2d_over_depth(x, kernel[r])
+  for i in range(k):
+    shift = i - r
+    if i == r or abs(shift) >= depth:
+      continue
+    part = _conv2d_over_depth(x[:, max(shift, 0):depth + min(shift, 0)], kernel[i])
+    out = out + jnp.pad(part, ((0, 0), (max(-shift, 0), max(shift, 0)), (0, 0), (0, 0), (0, 0)))
+  return out
 
-  def conv2d(volumes, kernel_2d):  # (B, D', Y, Z, C) -> (B, D', Y, Z, Cout), over (y, z)
-    out = jax.lax.conv_general_dilated(volumes.reshape(-1, height, width, volumes.shape[-1]),
-                                       kernel_2d, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return out.reshape(batch, volumes.shape[1], height, width, -1)
 
-  if impl == "depth_summed":
-    # Depth tap i adds conv2d(x[d + s]) to output depth d, s = i - r: the 2D convolution
-    # of the input depths that exist, padded with zeros at the other end by |s|.
-    out = conv2d(x, kernel[r])
-    for i in range(k):
-      shift = i - r
-      if i == r or abs(shift) >= depth:
-        continue
-      part = conv2d(x[:, max(shift, 0):depth + min(shift, 0)], kernel[i])
-      pad = ((0, 0), (max(-shift, 0), max(shift, 0)), (0, 0), (0, 0), (0, 0))
-      out = out + jnp.pad(part, pad)
-    return out
-  padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
-  stacked = jnp.concatenate([padded[:, i:i + depth] for i in range(k)], axis=-1)
-  kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(k, k, k * c_in, -1)
-  return conv2d(stacked, kernel_2d)
+def _depth_taps_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`conv3d_same` as one 2D convolution with the k depth taps as output channels.
+
+  Tap i (depth offset s = i - k//2) adds its 2D convolution of input depth d + s
+  to output depth d: the taps' outputs, zero-padded along depth, are summed
+  with shifts. (B, X, Y, Z, Cin), (k, k, k, Cin, Cout) -> (B, X, Y, Z, Cout).
+  """
+  depth, c_in = x.shape[1], x.shape[-1]
+  k, c_out = kernel.shape[0], kernel.shape[-1]
+  r = k // 2
+  kernel_2d = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(k, k, c_in, k * c_out)
+  taps = jnp.pad(_conv2d_over_depth(x, kernel_2d), ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
+  return sum(taps[:, i:i + depth, ..., i * c_out:(i + 1) * c_out] for i in range(k))
+
+
+@jax.custom_vjp
+def _depth_taps_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _depth_taps_forward(x, kernel)
+
+
+def _depth_taps_conv_fwd(x, kernel):
+  return _depth_taps_forward(x, kernel), (x, kernel)
+
+
+def _depth_taps_conv_bwd(residuals, grad):
+  x, kernel = residuals
+  # A 'SAME' convolution's input gradient: the convolution of the output gradient
+  # with the kernel flipped in space and its channel axes swapped.
+  transposed = jnp.flip(kernel, (0, 1, 2)).transpose(0, 1, 2, 4, 3)
+  grad_x = _depth_taps_forward(grad, transposed)
+  grad_kernel = jax.vjp(lambda w: _depth_taps_forward(x, w), kernel)[1](grad)[0]
+  return grad_x, grad_kernel
+
+
+_depth_taps_conv.defvjp(_depth_taps_conv_fwd, _depth_taps_conv_bwd)
 
 
 class Conv3D(nn.Module):
