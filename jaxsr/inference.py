@@ -38,10 +38,10 @@ def forward_conv_impl(model_impl: str) -> str:
   """The encoder convolution for forward passes over whole volumes, given `model.conv_impl`.
 
   "auto" on CPU is "depth_summed": on an HCP-size volume (72 × 87 × 72 LR voxels,
-  default model) its encoder pass took 48 s against 99 s for the native one, as
-  long as the training form `depth_taps`, whose 2D convolutions hold about
-  200 MiB more outside XLA's buffers at that size (an estimate the memory plan
-  would miss). Elsewhere `resolve_conv_impl(model_impl)`.
+  default model) its encoder pass took 48 s against 99 s for the native one. The
+  training form `depth_taps` took as long, but its 2D convolutions held about
+  200 MiB more memory outside XLA's buffers there, memory the plan's estimate
+  (`plan_memory`) would not see. Elsewhere `resolve_conv_impl(model_impl)`.
   """
   if model_impl == "auto" and jax.default_backend() == "cpu":
     return "depth_summed"
