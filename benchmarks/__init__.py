@@ -58,11 +58,14 @@ def time_alternating(runs: dict[str, Callable[[], object]], rounds: int,
 
 def race_steps(run_jax: Callable[[], object], run_torch: Callable[[], object], *,
                jax_params: int, torch_params: int, compile_s: float, rounds: int, steps: int,
-               work: float, work_unit: str) -> float:
+               work: float, work_unit: str, flops: float | None = None,
+               peak_flops: float | None = None) -> float:
   """Times two equal train steps alternately and prints them; returns JAX/PyTorch throughput.
 
   Asserts equal parameter counts. `work` is what one step processes (HR voxels,
-  maps), printed per second as `work_unit`.
+  maps), printed per second as `work_unit`. With `flops` (model FLOPs of one
+  step) the achieved FLOP/s are printed too, and with `peak_flops` (the
+  device's peak FLOP/s) the model FLOPs utilisation.
   """
   assert jax_params == torch_params, f"parameter counts differ: {jax_params} vs {torch_params}"
   print(f"parameters: {jax_params:,} (JAX) = {torch_params:,} (PyTorch)")
@@ -75,6 +78,9 @@ def race_steps(run_jax: Callable[[], object], run_torch: Callable[[], object], *
     print(f"{label:14s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
           f"{work / step_s:12,.1f} {work_unit}/s  (rounds: "
           f"{', '.join(f'{t:.3f}' for t in times[name])} s/step)")
+    if flops:
+      utilisation = f", MFU {flops / step_s / peak_flops:.1%}" if peak_flops else ""
+      print(f"{'':14s} model FLOP/s {flops / step_s / 1e12:.3f} T{utilisation}")
   return rates["jax"] / rates["torch"]
 
 

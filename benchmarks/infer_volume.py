@@ -10,14 +10,14 @@ peak resident memory (`ru_maxrss`) is its own:
 
 * JAX: `jaxsr.inference.plan_memory` under `--max-memory`, then `reconstruct`
   (encoder in one pass or tiles, decoder in chunks), as `jaxsr upsample` does for
-  one volume: the wall time includes planning and compilation;
+  one volume: the wall time includes planning and compilation, and is split into
+  planning, encoder and decoder;
 * PyTorch eager (`benchmarks.torch_reference`): the ArSSR-style loop, the encoder
   on the whole LR volume, then the decoder one HR slice (X index) at a time, under
   `torch.inference_mode`.
 
 `--sizes` adds JAX runs at fractions of the output voxels (each axis scaled by
-the cube root), with the encoder convolution the full size's plan chose, to show
-how peak memory grows with output size. The last line is the ratio of JAX to
+the cube root), to show how peak memory grows with output size. The last line is the ratio of JAX to
 PyTorch throughput.
 """
 
@@ -49,28 +49,31 @@ def inputs(hr_shape, scale):
   return np.random.default_rng(0).random(lr_shape + (IN_CHANNELS,), dtype=np.float32)
 
 
-def run_jax(hr_shape, scale, max_bytes, conv_impl: str) -> dict:
+def run_jax(hr_shape, scale, max_bytes) -> dict:
   import jax
   from configs import csr_dmri
   from jaxsr import inference
   from jaxsr.models import build_model
   from jaxsr.models.csr_dmri import init_params
   from jaxsr.train.loop import RNG_IMPL
-  config = csr_dmri.get_config()
-  config.model.conv_impl = conv_impl
-  model = build_model(config.model)
+  model = build_model(csr_dmri.get_config().model)
   params = init_params(model, jax.random.key(0, impl=RNG_IMPL), IN_CHANNELS)
   lr = inputs(hr_shape, scale)
   start = time.perf_counter()
   plan = inference.plan_memory(model, params, IN_CHANNELS, lr.shape[:3], hr_shape, max_bytes)
   plan_s = time.perf_counter() - start
+  passes = []  # the time of each encoder tile and decoder chunk, in order
   out = inference.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile,
+                              progress=lambda _: passes.append(time.perf_counter()),
                               conv_impl=plan.conv_impl)
   seconds = time.perf_counter() - start
   assert out.shape == tuple(hr_shape) and np.isfinite(out).all()
-  return {"seconds": seconds, "plan_s": plan_s, "tile": plan.tile,
-          "chunk_size": plan.chunk_size, "conv_impl": plan.conv_impl,
-          "estimate_mib": plan.peak_bytes / 2**20}
+  tiles = len(passes) - math.ceil(math.prod(hr_shape) / plan.chunk_size)
+  encoder_s = passes[tiles - 1] - start - plan_s
+  return {"seconds": seconds, "plan_s": plan_s, "encoder_s": encoder_s,
+          "decoder_s": seconds - plan_s - encoder_s, "tile": plan.tile,
+          "conv_impl": plan.conv_impl,
+          "chunk_size": plan.chunk_size, "estimate_mib": plan.peak_bytes / 2**20}
 
 
 def run_torch(hr_shape, scale) -> dict:
@@ -84,6 +87,7 @@ def run_torch(hr_shape, scale) -> dict:
   start = time.perf_counter()
   with torch.inference_mode():
     latent = model.encode(lr)
+    encoder_s = time.perf_counter() - start
     plane = torch_reference.grid_coordinates((1,) + tuple(hr_shape[1:]))
     for x in range(hr_shape[0]):
       coords = plane.clone()
@@ -91,21 +95,21 @@ def run_torch(hr_shape, scale) -> dict:
       out[x] = model.decode(latent, coords[None])[0].reshape(hr_shape[1:]).numpy()
   seconds = time.perf_counter() - start
   assert np.isfinite(out).all()
-  return {"seconds": seconds}
+  return {"seconds": seconds, "encoder_s": encoder_s, "decoder_s": seconds - encoder_s}
 
 
 def child(args) -> None:
   hr_shape = tuple(int(n) for n in args.hr_shape.split(","))
-  result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory), args.conv_impl)
+  result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory))
             if args.child == "jax" else run_torch(hr_shape, args.scale))
   result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(result))
 
 
-def measure(kind: str, hr_shape, args, conv_impl: str = "auto") -> dict:
+def measure(kind: str, hr_shape, args) -> dict:
   command = [sys.executable, "-m", "benchmarks.infer_volume", "--child", kind,
              "--hr-shape", ",".join(map(str, hr_shape)), "--scale", str(args.scale),
-             "--max-memory", args.max_memory, "--conv-impl", conv_impl]
+             "--max-memory", args.max_memory]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     raise RuntimeError(f"{kind} run failed:\n{result.stderr[-3000:]}")
@@ -120,7 +124,6 @@ def main(argv=None) -> None:
   parser.add_argument("--sizes", default="0.5,0.75",
                       help="extra JAX runs at these fractions of the output voxels ('' for none)")
   parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
-  parser.add_argument("--conv-impl", default="auto", help=argparse.SUPPRESS)  # model.conv_impl
   args = parser.parse_args(argv)
   if args.child:
     return child(args)
@@ -132,28 +135,26 @@ def main(argv=None) -> None:
         f"{'×'.join(map(str, hr_shape))} ({voxels:,} voxels) at s = {args.scale:g}; "
         f"JAX budget {args.max_memory}\n")
   results = {"jax": measure("jax", hr_shape, args), "torch": measure("torch", hr_shape, args)}
-  print("| implementation | wall time (s) | output voxels/s | peak RSS (MiB) |")
-  print("|---|---|---|---|")
+  print("| implementation | wall time (s) | encoder (s) | decoder (s) | output voxels/s "
+        "| peak RSS (MiB) |")
+  print("|---|---|---|---|---|---|")
   for name, label in (("jax", "JAX (jaxsr reconstruct)"), ("torch", "PyTorch eager, per slice")):
     r = results[name]
-    print(f"| {label} | {r['seconds']:.1f} | {voxels / r['seconds']:,.0f} | "
-          f"{r['peak_rss_mib']:,.0f} |")
+    print(f"| {label} | {r['seconds']:.1f} | {r['encoder_s']:.1f} | {r['decoder_s']:.1f} | "
+          f"{voxels / r['seconds']:,.0f} | {r['peak_rss_mib']:,.0f} |")
   jax_plan = results["jax"]
   print(f"\nJAX plan ({jax_plan['plan_s']:.1f} s of the wall time, compiling the encoder "
-        f"and decoder to measure them): encoder tile {jax_plan['tile']} "
-        f"({jax_plan['conv_impl']} convolution), decoder chunk "
-        f"{jax_plan['chunk_size']:,}; estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
+        f"and decoder to measure them; encoder and decoder times include compiling them): "
+        f"encoder tile {jax_plan['tile']} ({jax_plan['conv_impl']} convolution), decoder chunk {jax_plan['chunk_size']:,}; "
+        f"estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
   fractions = [float(f) for f in args.sizes.split(",") if f]
   if fractions:
-    # The smaller outputs keep the full size's encoder convolution: the plan would take the
-    # faster, larger form wherever it fits, which is a different memory line.
-    print(f"\n{jax_plan['conv_impl']} convolution in every run:\n"
-          "| output voxels | JAX peak RSS (MiB) | estimated peak (MiB) | wall time (s) |\n"
+    print("\n| output voxels | JAX peak RSS (MiB) | estimated peak (MiB) | wall time (s) |\n"
           "|---|---|---|---|")
     rows = []
     for fraction in sorted(fractions) + [1.0]:
       shape = tuple(max(1, round(n * fraction ** (1 / 3))) for n in hr_shape)
-      r = jax_plan if fraction == 1.0 else measure("jax", shape, args, jax_plan["conv_impl"])
+      r = jax_plan if fraction == 1.0 else measure("jax", shape, args)
       rows.append((math.prod(shape), r["peak_rss_mib"]))
       print(f"| {math.prod(shape):,} ({'×'.join(map(str, shape))}) | {r['peak_rss_mib']:,.0f} | "
             f"{r['estimate_mib']:,.0f} | {r['seconds']:.1f} |")

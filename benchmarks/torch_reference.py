@@ -112,7 +112,7 @@ class CSRdMRI(nn.Module):
     grid = coords.flip(-1)[:, :, None, None, :]  # grid_sample wants (z, y, x) for (D, H, W) = (x, y, z)
     features = F.grid_sample(latent, grid, mode="bilinear", padding_mode="border",
                              align_corners=False)[:, :, :, 0, 0].transpose(1, 2)
-    sizes = torch.tensor(latent.shape[2:], dtype=coords.dtype)
+    sizes = torch.tensor(latent.shape[2:], dtype=coords.dtype, device=coords.device)
     index = ((coords + 1) * sizes - 1) / 2
     offset = 2 * (index - torch.round(index))
     position = torch.cat([torch.sin(math.pi * offset), torch.cos(math.pi * offset)], -1)
@@ -138,7 +138,7 @@ def resize_matrix(n_in: int, n_out: int, antialias: bool) -> torch.Tensor:
 def resize_3d(volumes: torch.Tensor, shape, antialias: bool = True) -> torch.Tensor:
   """Cubic resize of the last three axes of (..., X, Y, Z), as `jaxsr.data.degrade.resize_spatial`."""
   for axis, n_out in zip((-3, -2, -1), shape):
-    matrix = resize_matrix(volumes.shape[axis], n_out, antialias)
+    matrix = resize_matrix(volumes.shape[axis], n_out, antialias).to(volumes.device)
     volumes = torch.movedim(torch.tensordot(volumes, matrix, dims=([axis], [1])), -1, axis)
   return volumes
 
@@ -149,16 +149,23 @@ def grid_coordinates(shape) -> torch.Tensor:
   return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
 
-def make_train_step(model: CSRdMRI, learning_rate: float, lr_size: int, fft_weight: float):
-  """The step of `jaxsr.train.step.make_train_step` for implicit models, in PyTorch eager."""
+def make_train_step(model: CSRdMRI, learning_rate: float, lr_size: int, fft_weight: float,
+                    compute_dtype: torch.dtype | None = None):
+  """The step of `jaxsr.train.step.make_train_step` for implicit models, in PyTorch eager.
+
+  With `compute_dtype` (e.g. torch.bfloat16) the model runs under `torch.autocast`
+  in it, with float32 parameters and loss, like jaxsr's `model.dtype`. The step
+  runs on the device of the model and the crops.
+  """
   optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
 
   def train_step(hr: torch.Tensor, t1: torch.Tensor) -> float:
     """hr, t1 (B, M, M, M) -> loss; one Adam update."""
     lr = torch.stack([resize_3d(hr, (lr_size,) * 3), resize_3d(t1, (lr_size,) * 3)], 1)
-    coords = grid_coordinates(hr.shape[1:]).expand(hr.shape[0], -1, -1)
-    pred = model(lr, coords).reshape(hr.shape)
-    diff = pred - hr
+    coords = grid_coordinates(hr.shape[1:]).to(hr.device).expand(hr.shape[0], -1, -1)
+    with torch.autocast(hr.device.type, dtype=compute_dtype, enabled=compute_dtype is not None):
+      pred = model(lr, coords).reshape(hr.shape)
+    diff = pred.float() - hr
     loss = diff.abs().mean() + fft_weight * torch.fft.fftn(diff, dim=(-3, -2, -1)).abs().mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,6 +1,7 @@
 """Train-step throughput: jaxsr's jitted CSR-dMRI step against the same model in PyTorch eager.
 
   python -m benchmarks.train_step [--variant default] [--conv-impl auto] [--scale 2.5] [--rounds 5]
+                                  [--dtype float32] [--torch-device cpu] [--peak-tflops T]
 
 The default configuration (RDN 64/64/8×3 → 128, MLP 8×256, DWI + T1, batch 9, LR
 10³ patches, every HR voxel of the (10·s)³ patch queried) at one scale s. Both
@@ -10,8 +11,12 @@ alternate: `--steps` JAX steps, then as many PyTorch steps (`benchmarks.torch_re
 same shapes and parameter count, asserted). Reported: compile time, steps/s and
 HR voxels/s of each (median over rounds), and the compiled step shapes a whole
 run with random scales needs (`data.num_scale_buckets`, counted in the jit cache
-over a run of the smoke-sized model). The last line is the ratio of JAX to
-PyTorch throughput.
+over a run of the smoke-sized model), and the model FLOP/s of each: 3 × the
+forward pass's FLOPs (XLA's cost analysis of the model with native convolutions),
+per second; with `--peak-tflops` (the device's peak for the compute dtype) also
+the model FLOPs utilisation. `--dtype bfloat16` computes in bfloat16 with float32
+parameters and loss, in both (`model.dtype`; PyTorch under `torch.autocast`).
+The last line is the ratio of JAX to PyTorch throughput.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from benchmarks import compiled_step, machine_report, race_steps
 from configs import csr_dmri
 from jaxsr.data import pipeline
-from jaxsr.models import build_model
+from jaxsr.models import build_model, init_params
 from jaxsr.models.conv import CONV_IMPLS, resolve_conv_impl
 from jaxsr.train import step as step_lib
 from jaxsr.train.loop import RNG_IMPL, count_parameters
@@ -45,18 +50,36 @@ def jax_step(config, hr_size: int):
   return run, compile_s, count_parameters(state)
 
 
-def torch_step(config, hr_size: int):
-  """(run one step, parameter count) of the PyTorch eager reference."""
+def torch_step(config, hr_size: int, device: str):
+  """(run one step, parameter count) of the PyTorch eager reference on `device`."""
   import torch
   from benchmarks import torch_reference
   torch.manual_seed(0)
-  model = torch_reference.CSRdMRI.from_config(config.model)
+  model = torch_reference.CSRdMRI.from_config(config.model).to(device)
+  compute_dtype = None if config.model.dtype == "float32" else getattr(torch, config.model.dtype)
   step = torch_reference.make_train_step(model, config.train.learning_rate,
-                                         config.data.lr_patch_size, config.train.fft_weight)
+                                         config.data.lr_patch_size, config.train.fft_weight,
+                                         compute_dtype)
   data = np.random.default_rng(0)
   hr, t1 = (torch.from_numpy(data.random((config.batch_size,) + (hr_size,) * 3,
-                                         dtype=np.float32)) for _ in range(2))
+                                         dtype=np.float32)).to(device) for _ in range(2))
   return (lambda: float(step(hr, t1))), torch_reference.count_parameters(model)
+
+
+def model_flops(config, hr_size: int) -> float:
+  """Model FLOPs of one train step: 3 × the forward pass's (forward, and backward at twice it).
+
+  The forward pass (`reconstruct_grid` of the batch's LR input, native
+  convolutions) as XLA's cost analysis counts it before backend-specific rewrites.
+  """
+  model = build_model(config.model).clone(conv_impl="xla")
+  lr = jax.ShapeDtypeStruct((config.batch_size,) + (config.data.lr_patch_size,) * 3
+                            + (config.model.in_channels,), np.float32)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0, impl=RNG_IMPL),
+                                              config.model.in_channels))
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, (hr_size,) * 3,
+                                             method="reconstruct_grid"))
+  return 3 * float(forward.lower(params, lr).cost_analysis()["flops"])
 
 
 def compiled_step_shapes(config, num_steps: int) -> tuple[int, int]:
@@ -91,6 +114,13 @@ def main(argv=None):
   parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS,
                       help="JAX 3D convolution (model.conv_impl)")
   parser.add_argument("--scale", type=float, default=2.5, help="s: HR patches of (10·s)³")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of both models (parameters and loss stay float32)")
+  parser.add_argument("--torch-device", default=None,
+                      help="PyTorch device (default: cuda when PyTorch sees one, else cpu)")
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="the device's peak TFLOP/s in the compute dtype, for model FLOPs "
+                           "utilisation")
   parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
   parser.add_argument("--run-steps", type=int, default=300,
@@ -99,17 +129,25 @@ def main(argv=None):
 
   config = csr_dmri.get_config(args.variant)
   config.model.conv_impl = args.conv_impl
+  config.model.dtype = args.dtype
+  if args.torch_device is None:
+    import torch
+    args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
   hr_size = int(round(config.data.lr_patch_size * args.scale))
   voxels = config.batch_size * hr_size ** 3
   print(machine_report())
   print(f"config {args.variant}: batch {config.batch_size}, LR {config.data.lr_patch_size}³ -> "
         f"HR {hr_size}³ (s = {hr_size / config.data.lr_patch_size:g}), "
-        f"conv_impl {args.conv_impl} ({resolve_conv_impl(args.conv_impl)})")
+        f"conv_impl {args.conv_impl} ({resolve_conv_impl(args.conv_impl)}), compute dtype "
+        f"{args.dtype}; PyTorch on {args.torch_device}")
+  flops = model_flops(config, hr_size)
+  print(f"model FLOPs per step: {flops / 1e9:,.1f} G (3 × the forward pass's)")
   run_jax, compile_s, jax_params = jax_step(config, hr_size)
-  run_torch, torch_params = torch_step(config, hr_size)
+  run_torch, torch_params = torch_step(config, hr_size, args.torch_device)
   ratio = race_steps(run_jax, run_torch, jax_params=jax_params, torch_params=torch_params,
                      compile_s=compile_s, rounds=args.rounds, steps=args.steps, work=voxels,
-                     work_unit="HR voxels")
+                     work_unit="HR voxels", flops=flops,
+                     peak_flops=args.peak_tflops and args.peak_tflops * 1e12)
   sizes, programs = compiled_step_shapes(config, args.run_steps)
   print(f"compiled step programs over {args.run_steps} random-scale steps: {programs} "
         f"({sizes} HR patch sizes drawn, data.num_scale_buckets = "

@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   #   decoder); see jaxsr.models.csr_dmri and the README
   c.model.dtype = "float32"
   c.model.conv_impl = "auto"  # 3D convs: "auto" (2D-convolution form on CPU, native on GPU/TPU),
-  #   "xla" (native), "depth_taps" or "depth_summed" (2D-convolution forms); see jaxsr.models.conv
+  #   "xla" (native) or "depth_taps" (the 2D-convolution form); see jaxsr.models.conv
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 200_000

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from jaxsr import dti, figures, metrics, tables
 from jaxsr.data import subjects as subjects_lib
 from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
-from jaxsr.inference import reconstruct, reconstruct_fixed_scale, whole_volume_conv_impl
+from jaxsr.inference import reconstruct, reconstruct_fixed_scale
 from jaxsr.models import is_implicit
 from jaxsr.train.checkpoint import TrainedRun, load_run, run_dir
 from jaxsr.train.run_record import write_run_record
@@ -75,8 +75,7 @@ def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
   if is_implicit(model_config.kind):
     def predict(lr, lr_t1, hr_shape, scale):
       inputs = np.stack([lr, lr_t1] if t1 else [lr], axis=-1)
-      return reconstruct(model, variables["params"], inputs, hr_shape, eval_config.chunk_size,
-                         conv_impl=whole_volume_conv_impl(model, inputs.shape[:3]))
+      return reconstruct(model, variables["params"], inputs, hr_shape, eval_config.chunk_size)
     return Method(name, predict, uses_t1=t1, t1=t1, fft_loss=fft_loss)
   data = run.config.data
   if data.scale_min != data.scale_max:

@@ -7,7 +7,9 @@ voxel centres in fixed-size chunks of flat voxel indices. Peak memory is the
 latent map plus one tile's or one chunk's activations, whatever the output size;
 `plan_memory` picks the largest tile and chunk that fit a byte budget, from the
 sizes XLA reports for the compiled programs. There is one compiled encoder per
-tile shape and one decoder per (latent shape, HR shape).
+tile shape and one decoder per (latent shape, HR shape). Forward passes over
+volumes (the encoder, fixed-scale CNNs) compile with
+`jaxsr.models.conv.forward_compiler_options`.
 
 Fixed-scale CNNs (`reconstruct_fixed_scale`): the LR volume is interpolated onto
 the grid of the model's training scale and the CNN runs over overlapping slabs
@@ -30,34 +32,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.data.degrade import resize_spatial, tricubic_upsample
-from jaxsr.models.conv import resolve_conv_impl
+from jaxsr.models.conv import forward_compiler_options, resolve_conv_impl
 from jaxsr.models.sampling import chunk_coordinates
 
 
-def forward_conv_impl(model_impl: str) -> str:
-  """The encoder convolution for forward passes over whole volumes, given `model.conv_impl`.
+class ForwardProgram:
+  """`jax.jit(function, static_argnames=...)` compiled with `forward_compiler_options()`.
 
-  "auto" on CPU is "depth_summed": on an HCP-size volume (72 × 87 × 72 LR voxels,
-  default model) its encoder pass took 48 s against 99 s for the native one. The
-  training form `depth_taps` took as long, but its 2D convolutions held about
-  200 MiB more memory outside XLA's buffers there, memory the plan's estimate
-  (`plan_memory`) would not see. Elsewhere `resolve_conv_impl(model_impl)`.
+  The options depend on the backend, which is only asked on first use (importing
+  this module does not initialise JAX's backends). Call it as the jitted
+  function; `lower` is the jitted function's. Compiler options belong to whole
+  programs, so it cannot be called inside another jit (trace `__wrapped__` there).
   """
-  if model_impl == "auto" and jax.default_backend() == "cpu":
-    return "depth_summed"
-  return resolve_conv_impl(model_impl)
+
+  def __init__(self, function: Callable, static_argnames: Sequence[str]):
+    self._function = function
+    self._static_argnames = tuple(static_argnames)
+    functools.update_wrapper(self, function)
+
+  @functools.cached_property
+  def jitted(self) -> Callable:
+    return jax.jit(self._function, static_argnames=self._static_argnames,
+                   compiler_options=forward_compiler_options())
+
+  def __call__(self, *args, **kwargs):
+    return self.jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self.jitted.lower(*args, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "conv_impl"))
-def encode(model: nn.Module, params, lr: jax.Array, conv_impl: str = "xla") -> jax.Array:
-  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map.
-
-  `conv_impl` is the encoder's convolution (`jaxsr.models.conv.CONV_IMPLS`; all
-  give the same values). The native one by default; the faster 2D forms on CPU
-  need more memory (`forward_conv_impl`), so `plan_memory` chooses one only
-  where the whole volume still fits in one pass with it.
-  """
-  return model.clone(conv_impl=conv_impl).apply({"params": params}, lr[None], method="encode")[0]
+@functools.partial(ForwardProgram, static_argnames=("model",))
+def encode(model: nn.Module, params, lr: jax.Array) -> jax.Array:
+  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map, with the model's convolution."""
+  return model.apply({"params": params}, lr[None], method="encode")[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "hr_shape", "chunk_size"))
@@ -96,8 +104,7 @@ def window_shape(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[
 
 
 def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
-                 progress: Callable[[int], object] | None = None,
-                 conv_impl: str = "xla") -> jax.Array:
+                 progress: Callable[[int], object] | None = None) -> jax.Array:
   """The latent map (x, y, z, F) of `lr` (x, y, z, C), encoded over overlapping tiles.
 
   Tiles have cores of `core` LR voxels per axis and are widened by the encoder's
@@ -110,7 +117,7 @@ def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
   out = None
   for tile in itertools.product(*tiles):
     source = tuple(slice(first, first + w) for (first, _, _), w in zip(tile, window))
-    values = encode(model, params, jnp.asarray(lr[source], jnp.float32), conv_impl)
+    values = encode(model, params, jnp.asarray(lr[source], jnp.float32))
     if out is None:
       out = np.empty(lr.shape[:3] + values.shape[-1:], np.float32)
     inner = tuple(slice(start - first, stop - first) for first, start, stop in tile)
@@ -123,22 +130,25 @@ def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
 def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int],
                 chunk_size: int = 65536, tile: Sequence[int] | None = None,
                 progress: Callable[[int], object] | None = None,
-                conv_impl: str = "xla") -> np.ndarray:
+                conv_impl: str | None = None) -> np.ndarray:
   """Super-resolves `lr` (x, y, z, C) onto an HR grid of `hr_shape` voxels over the same field of view.
 
-  Returns a float32 (X, Y, Z) array. The encoder (convolution `conv_impl`, see
-  `encode`) runs on the whole volume, or over tiles with cores of `tile` LR
-  voxels per axis (`encode_tiled`, same result); then `chunk_size` HR voxels are
-  decoded at a time. `progress(n)` is called after each tile and each chunk (see
-  `num_passes`). A `MemoryPlan` gives `chunk_size`, `tile` and `conv_impl`.
+  Returns a float32 (X, Y, Z) array. The encoder runs on the whole volume, or
+  over tiles with cores of `tile` LR voxels per axis (`encode_tiled`, same
+  result), with the convolution `conv_impl` (`jaxsr.models.conv.CONV_IMPLS`; by
+  default the model's); then `chunk_size` HR voxels are decoded at a time.
+  `progress(n)` is called after each tile and each chunk (see `num_passes`). A
+  `MemoryPlan` gives `chunk_size`, `tile` and `conv_impl`.
   """
   hr_shape = tuple(int(n) for n in hr_shape)
+  encoder = model if conv_impl is None else model.clone(conv_impl=conv_impl)
   if tile is None or tuple(tile) == tuple(lr.shape[:3]):
-    latent = encode(model, params, jnp.asarray(lr, jnp.float32), conv_impl)
+    latent = encode(encoder, params, jnp.asarray(lr, jnp.float32))
     if progress is not None:
+      latent.block_until_ready()  # report the pass when it is done, not when it is queued
       progress(1)
   else:
-    latent = encode_tiled(model, params, lr, tile, progress, conv_impl)
+    latent = encode_tiled(encoder, params, lr, tile, progress)
   total = math.prod(hr_shape)
   chunk_size = min(chunk_size, total)
   out = np.empty(total, np.float32)
@@ -152,20 +162,9 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
 
 
 MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxels (overlaps)
-# Inputs smaller than this (32^3 voxels) keep the native convolution: their encoder pass is
-# short, and measuring the 2D form's memory would cost one more compilation than it saves.
-MIN_VOXELS_FOR_2D_FORM = 1 << 15
-
-
-def whole_volume_conv_impl(model: nn.Module, lr_shape: Sequence[int]) -> str:
-  """The fastest encoder convolution for one pass over an `lr_shape` input, memory aside.
-
-  `forward_conv_impl(model.conv_impl)` for inputs of at least
-  `MIN_VOXELS_FOR_2D_FORM` voxels, the native one below.
-  """
-  if math.prod(lr_shape) < MIN_VOXELS_FOR_2D_FORM:
-    return "xla"
-  return forward_conv_impl(model.conv_impl)
+# Time per voxel of the encoder with the native 3D convolution over that with the 2D form, on
+# CPU (docs/benchmarks.md: 107 s against 41 s for the default encoder on an HCP-size input).
+NATIVE_CONV_SLOWDOWN = 2.5
 
 
 class MemoryBudgetError(ValueError):
@@ -185,7 +184,7 @@ class MemoryPlan:
       host copies), the LR input and a few HR volumes (output, back-projection).
     runtime_bytes: the process's resident memory before reconstructing (interpreter,
       libraries, JAX runtime), counted against the budget.
-    conv_impl: the encoder's convolution (see `encode`).
+    conv_impl: the encoder's convolution (`jaxsr.models.conv.CONV_IMPLS`, resolved).
   """
   tile: tuple[int, int, int]
   chunk_size: int
@@ -229,14 +228,15 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
                 max_chunk_size: int = 1 << 18) -> MemoryPlan:
   """The largest encoder tile and decoder chunk whose memory fits `max_bytes` in all.
 
-  Encoder and decoder memory are measured from XLA's compiled programs: once on
-  a probe tile (activations grow linearly with the tile's voxels), then on the
-  chosen tile and chunk. Of the tilings that fit, the one that encodes the
+  Encoder and decoder memory are measured from XLA's compiled programs: on two
+  probe tiles (8^3 and 16^3 voxels: activations grow linearly with the tile's
+  voxels, on top of a fixed part such as reshaped kernels), then on the chosen
+  tile and chunk. Of the tilings that fit, the one that encodes the
   fewest voxels in all (windows overlap by the receptive radius) is taken: the
-  whole volume in one pass when it fits, slabs or blocks otherwise. In one pass
-  over an input of at least `MIN_VOXELS_FOR_2D_FORM` voxels, the faster
-  convolution form `forward_conv_impl(model.conv_impl)` (on CPU a 2D form that
-  needs more memory) replaces the native one when it fits too.
+  whole volume in one pass when it fits, slabs or blocks otherwise. Where the
+  model's convolution is a 2D form (CPU) that has to tile, the native 3D one
+  (less memory, `NATIVE_CONV_SLOWDOWN` times slower) is planned too and taken
+  when it encodes that many times fewer voxels, or is the only one that fits.
   `runtime_bytes` defaults to the process's resident memory now.
 
   Raises:
@@ -248,7 +248,8 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
   hr_shape = tuple(int(n) for n in hr_shape)
   runtime_bytes = resident_bytes() if runtime_bytes is None else int(runtime_bytes)
   latent_features = jax.eval_shape(
-      lambda: encode(model, params, jnp.zeros((1, 1, 1, in_channels), jnp.float32))).shape[-1]
+      functools.partial(model.apply, method="encode"), {"params": params},
+      jax.ShapeDtypeStruct((1, 1, 1, 1, in_channels), jnp.float32)).shape[-1]
   lr_voxels, hr_voxels = math.prod(lr_shape), math.prod(hr_shape)
   # float32: parameters, latent map on device and on the host, LR input and a tile of it,
   # and a few HR volumes (the output, its copies, back-projection's resize temporaries)
@@ -257,39 +258,36 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
                + 8 * hr_voxels)
   available = max_bytes - runtime_bytes - fixed
 
-  def encoder_bytes(window):
-    return _compiled_bytes(encode, model, params,
-                           jax.ShapeDtypeStruct((*window, in_channels), jnp.float32))
-
   def decoder_bytes(count):
     latent = jax.ShapeDtypeStruct((*lr_shape, latent_features), jnp.float32)
     return _compiled_bytes(decode_chunk, model, params, latent,
                            jax.ShapeDtypeStruct((), jnp.int32), hr_shape, count)
 
-  halo = model.receptive_radius
-  probe = tuple(min(n, 8) for n in lr_shape)
-  per_voxel = encoder_bytes(probe) / math.prod(probe)
-  limit = available / per_voxel  # window voxels that fit
-  while True:  # the linear estimate is checked on the real tile shape
-    core = _cheapest_core(lr_shape, halo, limit, MAX_RECOMPUTE)
-    if core is None:
-      least = _least_window(lr_shape, halo, MAX_RECOMPUTE)
-      raise MemoryBudgetError(
-          f"a memory budget of {format_bytes(max_bytes)} is too small for this model's encoder "
-          f"on a {lr_shape} input: its tiles overlap by {halo} voxels on each side, and tiling "
-          f"within {MAX_RECOMPUTE}x the work needs at least "
-          f"{format_bytes(runtime_bytes + fixed + per_voxel * least)}")
-    encoder = encoder_bytes(window_shape(lr_shape, core, halo))
-    if encoder <= available:
-      break
-    limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
-  conv_impl = "xla"
-  own = whole_volume_conv_impl(model, lr_shape)
-  if own != "xla" and core == lr_shape:
-    own_bytes = _compiled_bytes(encode, model, params,
-                                jax.ShapeDtypeStruct((*lr_shape, in_channels), jnp.float32), own)
-    if own_bytes <= available:
-      conv_impl, encoder = own, own_bytes
+  def plan_encoder(encoder_model):
+    return _plan_encoder(encoder_model, params, in_channels, lr_shape, available,
+                         runtime_bytes + fixed, max_bytes)
+
+  conv_impl = resolve_conv_impl(model.conv_impl)
+  try:
+    core, encoder = plan_encoder(model)
+  except MemoryBudgetError as error:
+    core, encoder, own_error = None, None, error
+  if conv_impl != "xla" and core != lr_shape:
+    # The native 3D convolution is slower but needs less memory: where the model's own form
+    # has to tile, the native one may tile with so much less overlap that it finishes first.
+    native = model.clone(conv_impl="xla")
+    try:
+      native_core, native_encoder = plan_encoder(native)
+    except MemoryBudgetError:
+      if core is None:
+        raise
+    else:
+      halo = model.receptive_radius
+      if core is None or (NATIVE_CONV_SLOWDOWN * tiling_work(lr_shape, native_core, halo)[1]
+                          < tiling_work(lr_shape, core, halo)[1]):
+        conv_impl, core, encoder = "xla", native_core, native_encoder
+  if core is None:
+    raise own_error
   probe_chunk = min(4096, hr_voxels)
   per_query = decoder_bytes(probe_chunk) / probe_chunk
   chunk = min(hr_voxels, max_chunk_size, int(available // per_query) // 1024 * 1024)
@@ -305,6 +303,46 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
         f"{hr_shape} output from a {lr_shape} input with this model; it needs at least "
         f"{format_bytes(least)}")
   return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes, conv_impl)
+
+
+def _plan_encoder(model: nn.Module, params, in_channels: int, lr_shape: tuple[int, ...],
+                  available: float, committed: int, max_bytes: int) -> tuple[tuple[int, ...], int]:
+  """(tile core, XLA bytes of one window) of the cheapest tiling whose windows fit `available`.
+
+  The window's memory is measured on two probe tiles (8^3 and 16^3 voxels) as a
+  fixed part (e.g. reshaped kernels) plus a part per voxel, then on the chosen
+  window. `committed` (runtime and fixed arrays) only enters the error message.
+
+  Raises:
+    MemoryBudgetError: when no tiling that fits encodes less than `MAX_RECOMPUTE`
+      times the volume; the message gives the least budget that would do.
+  """
+  def encoder_bytes(window):
+    return _compiled_bytes(encode, model, params,
+                           jax.ShapeDtypeStruct((*window, in_channels), jnp.float32))
+
+  halo = model.receptive_radius
+  small, large = (tuple(min(n, edge) for n in lr_shape) for edge in (8, 16))
+  small_bytes = encoder_bytes(small)
+  per_voxel = small_bytes / math.prod(small)
+  if math.prod(large) > math.prod(small):
+    slope = (encoder_bytes(large) - small_bytes) / (math.prod(large) - math.prod(small))
+    per_voxel = slope if slope > 0 else per_voxel
+  base = max(0.0, small_bytes - per_voxel * math.prod(small))  # bytes of any window
+  limit = (available - base) / per_voxel  # window voxels that fit
+  while True:  # the linear estimate is checked on the real tile shape
+    core = _cheapest_core(lr_shape, halo, limit, MAX_RECOMPUTE)
+    if core is None:
+      least = _least_window(lr_shape, halo, MAX_RECOMPUTE)
+      raise MemoryBudgetError(
+          f"a memory budget of {format_bytes(max_bytes)} is too small for this model's encoder "
+          f"on a {lr_shape} input: its tiles overlap by {halo} voxels on each side, and tiling "
+          f"within {MAX_RECOMPUTE}x the work needs at least "
+          f"{format_bytes(committed + base + per_voxel * least)}")
+    encoder = encoder_bytes(window_shape(lr_shape, core, halo))
+    if encoder <= available:
+      return core, encoder
+    limit = 0.75 * min(limit, math.prod(window_shape(lr_shape, core, halo)))
 
 
 def tiling_work(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[int, int]:
@@ -347,7 +385,7 @@ def format_bytes(count: float) -> str:
   return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(ForwardProgram, static_argnames=("model",))
 def apply_fixed_scale(model: nn.Module, variables, volume: jax.Array) -> jax.Array:
   """A fixed-scale CNN (inference mode) on one (X, Y, Z) interpolated volume -> (X, Y, Z)."""
   return model.apply(variables, volume[None, ..., None], train=False)[0, ..., 0]

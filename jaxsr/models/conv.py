@@ -1,34 +1,35 @@
 """3D 'SAME' convolutions with a per-backend implementation.
 
 XLA's CPU backend runs 3D convolutions (forward and both gradients) far slower
-than its 2D ones (docs/benchmarks.md). Two forms compute the same convolution
-with 2D ones over (y, z), the depth axis folded into the batch and the
-(k, k, k, Cin, Cout) kernel split by depth tap:
+than its 2D ones (docs/benchmarks.md). On CPU ("auto") each 3D convolution is
+therefore computed with 2D ones over (y, z), the depth axis folded into the
+batch (`depth_taps`): one 2D convolution whose k·Cout output channels are the
+kernel's k depth taps, each tap's outputs shifted along depth and summed. Its
+input gradient is the same form on the output gradient with the flipped,
+transposed kernel (a custom VJP), its kernel gradient that of the 2D convolution.
+On GPU and TPU "auto" is the native 3D convolution.
 
-  depth_taps     one 2D convolution whose k·Cout output channels are the k depth
-                 taps, each tap's outputs shifted along depth and summed; its
-                 input gradient is the same form on the output gradient with the
-                 flipped, transposed kernel (a custom VJP), its kernel gradient
-                 that of the 2D convolution. The fastest for training (forward and
-                 backward), on CPU what "auto" means;
-  depth_summed   one 2D convolution per depth tap (Cout outputs each), shifted and
-                 summed: as fast as `depth_taps` forward on whole volumes and with
-                 less memory outside XLA's own buffers, so whole-volume inference
-                 uses it on CPU (`jaxsr.inference.forward_conv_impl`).
-
-On GPU and TPU "auto" is the native 3D convolution. Whole-volume inference
-(`jaxsr.inference.plan_memory`) uses a 2D form only where the whole volume fits
-in one pass with it.
+XLA:CPU runs 2D convolutions either with YNNPACK (its default) or with its own
+Eigen kernels: YNNPACK's are the faster in train steps (forward and backward of
+training patches), Eigen's in forward passes over whole volumes, where they are
+also free of YNNPACK's work buffers, memory outside what XLA reports for the
+program. `forward_compiler_options` selects the Eigen kernels for inference
+programs (`jaxsr.inference`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-CONV_IMPLS = ("auto", "xla", "depth_taps", "depth_summed")
+CONV_IMPLS = ("auto", "xla", "depth_taps")
+
+# Library fusions for XLA:CPU: YNNPACK for dot products only, so convolutions use Eigen.
+_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -38,6 +39,29 @@ def resolve_conv_impl(impl: str) -> str:
   if impl == "auto":
     return "depth_taps" if jax.default_backend() == "cpu" else "xla"
   return impl
+
+
+@functools.cache
+def _forward_compiler_options() -> tuple[tuple[str, str], ...]:
+  if jax.default_backend() != "cpu":
+    return ()
+  try:  # the option and its value exist in the jaxlib releases this project measured
+    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(compiler_options=_EIGEN_CONVOLUTIONS)
+  except jax.errors.JaxRuntimeError:
+    return ()
+  return tuple(_EIGEN_CONVOLUTIONS.items())
+
+
+def forward_compiler_options() -> dict[str, str]:
+  """XLA compiler options for forward-only programs over whole volumes or large tiles.
+
+  On CPU, 2D convolutions by XLA's Eigen kernels instead of YNNPACK, dot products
+  still by YNNPACK: the default encoder's pass over an HCP-size input (72 × 87 × 72
+  LR voxels) took 41 s instead of 53 s, and held about 30 MiB beyond XLA's buffers
+  instead of about 400 MiB. Train steps keep XLA's default, which ran the default
+  step 1.4× faster. Empty elsewhere, or where the installed jaxlib lacks the option.
+  """
+  return dict(_forward_compiler_options())
 
 
 def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
@@ -60,9 +84,7 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Arra
   if impl == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-  if impl == "depth_taps":
-    return _depth_taps_conv(x, kernel)
-  return _depth_summed_conv(x, kernel)
+  return _depth_taps_conv(x, kernel)
 
 
 def _conv2d_over_depth(x: jax.Array, kernel_2d: jax.Array) -> jax.Array:
@@ -71,24 +93,6 @@ def _conv2d_over_depth(x: jax.Array, kernel_2d: jax.Array) -> jax.Array:
   out = jax.lax.conv_general_dilated(x.reshape(-1, height, width, c_in), kernel_2d, (1, 1),
                                      "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return out.reshape(batch, depth, height, width, -1)
-
-
-def _depth_summed_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`conv3d_same` as one 2D convolution per depth tap, outputs shifted along depth and summed.
-
-  Tap i (depth offset s = i - k//2) adds the 2D convolution of the input depths
-  that exist, zero-padded by |s| at the other end.
-  """
-  depth, k = x.shape[1], kernel.shape[0]
-  r = k // 2
-  out = _conv2d_over_depth(x, kernel[r])
-  for i in range(k):
-    shift = i - r
-    if i == r or abs(shift) >= depth:
-      continue
-    part = _conv2d_over_depth(x[:, max(shift, 0):depth + min(shift, 0)], kernel[i])
-    out = out + jnp.pad(part, ((0, 0), (max(-shift, 0), max(shift, 0)), (0, 0), (0, 0), (0, 0)))
-  return out
 
 
 def _depth_taps_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
