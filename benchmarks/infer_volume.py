@@ -17,8 +17,8 @@ peak resident memory (`ru_maxrss`) is its own:
   `torch.inference_mode`.
 
 `--sizes` adds JAX runs at fractions of the output voxels (each axis scaled by
-the cube root), to show how peak memory grows with output size. The last line is the ratio of JAX to
-PyTorch throughput.
+the cube root), to show how peak memory grows with output size. The last line is
+the ratio of JAX to PyTorch throughput.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def run_jax(hr_shape, scale, max_bytes) -> dict:
   encoder_s = passes[tiles - 1] - start - plan_s
   return {"seconds": seconds, "plan_s": plan_s, "encoder_s": encoder_s,
           "decoder_s": seconds - plan_s - encoder_s, "tile": plan.tile,
-          "conv_impl": plan.conv_impl,
-          "chunk_size": plan.chunk_size, "estimate_mib": plan.peak_bytes / 2**20}
+          "conv_impl": plan.conv_impl, "chunk_size": plan.chunk_size,
+          "estimate_mib": plan.peak_bytes / 2**20}
 
 
 def run_torch(hr_shape, scale) -> dict:
@@ -145,8 +145,8 @@ def main(argv=None) -> None:
   jax_plan = results["jax"]
   print(f"\nJAX plan ({jax_plan['plan_s']:.1f} s of the wall time, compiling the encoder "
         f"and decoder to measure them; encoder and decoder times include compiling them): "
-        f"encoder tile {jax_plan['tile']} ({jax_plan['conv_impl']} convolution), decoder chunk {jax_plan['chunk_size']:,}; "
-        f"estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
+        f"encoder tile {jax_plan['tile']} ({jax_plan['conv_impl']} convolution), decoder "
+        f"chunk {jax_plan['chunk_size']:,}; estimated peak {jax_plan['estimate_mib']:,.0f} MiB")
   fractions = [float(f) for f in args.sizes.split(",") if f]
   if fractions:
     print("\n| output voxels | JAX peak RSS (MiB) | estimated peak (MiB) | wall time (s) |\n"
