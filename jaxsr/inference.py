@@ -46,13 +46,12 @@ class ForwardProgram:
   """
 
   def __init__(self, function: Callable, static_argnames: Sequence[str]):
-    self._function = function
+    functools.update_wrapper(self, function)  # sets __wrapped__ = function
     self._static_argnames = tuple(static_argnames)
-    functools.update_wrapper(self, function)
 
   @functools.cached_property
   def jitted(self) -> Callable:
-    return jax.jit(self._function, static_argnames=self._static_argnames,
+    return jax.jit(self.__wrapped__, static_argnames=self._static_argnames,
                    compiler_options=forward_compiler_options())
 
   def __call__(self, *args, **kwargs):
@@ -263,31 +262,27 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
     return _compiled_bytes(decode_chunk, model, params, latent,
                            jax.ShapeDtypeStruct((), jnp.int32), hr_shape, count)
 
-  def plan_encoder(encoder_model):
-    return _plan_encoder(encoder_model, params, in_channels, lr_shape, available,
-                         runtime_bytes + fixed, max_bytes)
-
-  conv_impl = resolve_conv_impl(model.conv_impl)
-  try:
-    core, encoder = plan_encoder(model)
-  except MemoryBudgetError as error:
-    core, encoder, own_error = None, None, error
-  if conv_impl != "xla" and core != lr_shape:
-    # The native 3D convolution is slower but needs less memory: where the model's own form
-    # has to tile, the native one may tile with so much less overlap that it finishes first.
-    native = model.clone(conv_impl="xla")
+  # The model's convolution first; where it is a 2D form (CPU) that has to tile, the native
+  # 3D one too: slower, but with less memory it may tile with so much less overlap that it
+  # finishes first. Ties go to the model's form; with neither fitting, the native form's
+  # error names the smaller budget.
+  own = resolve_conv_impl(model.conv_impl)
+  candidates, error = [], None  # (voxels x slowdown, not own form, conv_impl, core, bytes)
+  for conv_impl in dict.fromkeys((own, "xla")):
     try:
-      native_core, native_encoder = plan_encoder(native)
-    except MemoryBudgetError:
-      if core is None:
-        raise
-    else:
-      halo = model.receptive_radius
-      if core is None or (NATIVE_CONV_SLOWDOWN * tiling_work(lr_shape, native_core, halo)[1]
-                          < tiling_work(lr_shape, core, halo)[1]):
-        conv_impl, core, encoder = "xla", native_core, native_encoder
-  if core is None:
-    raise own_error
+      core, encoder = _plan_encoder(model.clone(conv_impl=conv_impl), params, in_channels,
+                                    lr_shape, available, runtime_bytes + fixed, max_bytes)
+    except MemoryBudgetError as failure:
+      error = failure
+      continue
+    slowdown = NATIVE_CONV_SLOWDOWN if conv_impl != own else 1
+    candidates.append((slowdown * tiling_work(lr_shape, core, model.receptive_radius)[1],
+                       conv_impl != own, conv_impl, core, encoder))
+    if core == lr_shape:
+      break  # one pass with the model's own form: nothing is faster
+  if not candidates:
+    raise error
+  *_, conv_impl, core, encoder = min(candidates)
   probe_chunk = min(4096, hr_voxels)
   per_query = decoder_bytes(probe_chunk) / probe_chunk
   chunk = min(hr_voxels, max_chunk_size, int(available // per_query) // 1024 * 1024)
