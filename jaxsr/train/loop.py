@@ -2,7 +2,8 @@
 
 One loop serves every model kind; what differs is a `Task` (`make_task`): the
 batch sampler, the initial state and the pure train step. dMRI runs
-(`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the subjects;
+(`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the subjects, or
+on domain-randomised patches (`data.source` "randomised", `jaxsr.data.randomised`);
 MRSI runs (`mrsi_unet`) on metabolite maps of one cross-validation fold
 (`jaxsr.train.mrsi_task`).
 """
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr.data import pipeline, subjects as subjects_lib
+from jaxsr.data import pipeline, randomised, subjects as subjects_lib
 from jaxsr.models import build_model
 from jaxsr.train import mrsi_task, step as step_lib
 from jaxsr.train.checkpoint import Checkpointer, run_dir
@@ -61,13 +62,20 @@ def make_task(config) -> Task:
     sampler, description = mrsi_task.make_sampler(config)
     return Task(sampler, lambda rng: mrsi_task.create_state(config, rng),
                 mrsi_task.make_train_step(config), description)
-  splits = subjects_lib.load_subjects(config.data)
-  sampler = make_sampler(config, splits["train"])
   model = build_model(config.model)
+  if config.data.source == "randomised":
+    sampler = randomised.RandomisedSampler(config.data.lr_patch_size,
+                                           tuple(config.data.axis_scales),
+                                           tuple(config.data.psfs))
+    description = (f"domain-randomised patches rendered per step; {len(sampler.hr_shapes)} HR "
+                   f"patch shapes (compiled steps) for LR {config.data.lr_patch_size}^3")
+  else:
+    splits = subjects_lib.load_subjects(config.data)
+    sampler = make_sampler(config, splits["train"])
+    description = (f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
+                   f"pairs; HR patch sizes {sampler.hr_sizes}")
   return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
-              step_lib.make_train_step(config),
-              f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
-              f"pairs; HR patch sizes {sampler.hr_sizes}")
+              step_lib.make_train_step(config), description)
 
 
 def per_process_batch_size(batch_size: int) -> int:

@@ -1,7 +1,8 @@
 """The dMRI train step: one jitted XLA program, sharded over a device mesh.
 
 `train_step(state, batch, rng) -> (state, metrics)` makes the LR input from the
-HR crops (anti-aliased cubic degradation of the DWI and the T1 alike) and takes
+HR crops (anti-aliased cubic degradation of the DWI and the T1 alike, unless the
+batch brings its own LR images) and takes
 one Adam step on L1 + fft_weight · mean|FFT(pred) − FFT(target)|. Implicit
 models (`model.kind` csr_dmri) are queried at every HR voxel centre
 (`CSRdMRI.reconstruct_grid`: separable interpolation, no gathers); fixed-scale
@@ -71,7 +72,16 @@ def interpolated_input(hr: jax.Array, lr_size: int) -> jax.Array:
 
 
 def make_lr_input(batch: dict[str, jax.Array], lr_size: int, use_t1: bool) -> jax.Array:
-  """(B, M, M, M) HR crops -> (B, l, l, l, 1 or 2) LR model input (DWI, then T1)."""
+  """(B, M, M, M) HR crops -> (B, l, l, l, 1 or 2) LR model input (DWI, then T1).
+
+  A batch that brings its own LR acquisition (`batch["lr"]`, (B, l, l, l): the
+  domain-randomised data of `jaxsr.data.randomised`, made with a random PSF) is
+  taken as it is (DWI-only models).
+  """
+  if "lr" in batch:
+    if use_t1:
+      raise ValueError("batches with their own LR images carry no T1: use model.in_channels=1")
+    return batch["lr"][..., None]
   lr_shape = (lr_size,) * 3
   channels = [degrade(batch["hr"], lr_shape)]
   if use_t1:

@@ -1,0 +1,52 @@
+"""The general model shipped with jaxsr: DWI-only, arbitrary scale, trained on domain-randomised MRI.
+
+`jaxsr upsample` uses it when no `--checkpoint` is given (`jaxsr.pretrained`).
+It is the implicit model of `configs/csr_dmri.py:quick` (RDN 16/16/3x3 -> 32,
+MLP 6x64, residual decoder) with one input channel, trained on patches rendered
+per step from the MNI anatomy with random contrast, noise, geometry, per-axis
+factors in [1, 4] and a random PSF (`jaxsr.data.randomised`), so that it is not
+tied to one phantom, one contrast or one degradation. Inputs are scaled by
+`data.intensity_percentile` of the volume (`jaxsr.upsampling`).
+
+Variants (`--config configs/general.py:VARIANT`):
+  default  the shipped model's schedule (2 CPU cores: see docs/results_real.md for
+           its run record and time).
+  smoke    tiny model, a few steps (tests, CI).
+"""
+
+import ml_collections
+
+from configs import csr_dmri
+
+VARIANTS = {
+    "smoke": {
+        "batch_size": 2, "data.lr_patch_size": 4, "data.axis_scales": (1.0, 2.0, 3.0),
+        "model.num_features": 8, "model.growth": 8, "model.num_blocks": 2,
+        "model.num_layers": 2, "model.latent_features": 16,
+        "model.mlp_depth": 4, "model.mlp_width": 32, "model.mlp_skip_after": 2,
+        "train.num_steps": 20, "train.lr_decay_steps": 10,
+        "train.log_every_steps": 5, "train.checkpoint_every_steps": 10,
+    },
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant != "default" and variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}: use default or smoke")
+  c = csr_dmri.get_config("quick")
+  c.variant = variant
+  c.model.in_channels = 1
+  c.data.source = "randomised"
+  c.data.lr_patch_size = 8
+  c.data.axis_scales = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # per-axis factors: 35 HR patch shapes
+  c.data.psfs = ("cubic", "block", "gaussian", "kspace")
+  c.data.intensity_percentile = 99.0  # inputs divided by this percentile of the volume
+  c.train.num_steps = 40_000
+  c.train.learning_rate = 1e-3
+  c.train.lr_decay_steps = 10_000
+  c.train.log_every_steps = 100
+  c.train.checkpoint_every_steps = 1_000
+  c.train.keep_checkpoints = 40  # checkpoints are chosen on validation scans afterwards
+  c.update_from_flattened_dict(VARIANTS.get(variant, {}))
+  return c
