@@ -5,6 +5,10 @@ r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
   python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR
       the comparison (runs in DIR/<name>): DIR/eval/table1.md, table2.md, dti.md,
       tables.json and figures/
+  python evaluate.py --config configs/real_scans.py[:validation] --workdir DIR
+      a model (the shipped one unless --config.checkpoint=RUN_DIR) on real scans degraded
+      in-plane, through-plane and isotropically with block, Gaussian and k-space PSFs:
+      DIR/eval/real_scans_<split>.md and .json
   python evaluate.py --config configs/mrsi.py[:VARIANT] --workdir DIR
       the MRSI study (runs in DIR/fold<f>/<name>): DIR/eval/table1.md, tables.json and
       condition/sharpness figures
@@ -17,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxsr import evaluation, mrsi_evaluation
+from jaxsr import evaluation, mrsi_evaluation, real_scans
 from jaxsr.data.nifti import DataError
 from jaxsr.train.checkpoint import CheckpointError
 
@@ -39,6 +43,8 @@ def main(argv):
     config = _CONFIG.value
     if config.get("task") == "mrsi":
       text = mrsi_evaluation.evaluate(config, _WORKDIR.value)
+    elif config.get("task") == "real_scans":
+      text = real_scans.evaluate(config, _WORKDIR.value)
     else:
       text = evaluation.evaluate(config, _WORKDIR.value)
   except (DataError, CheckpointError) as error:

@@ -1,5 +1,6 @@
 """The `jaxsr` command: super-resolution of your own NIfTI files with a trained model.
 
+  jaxsr upsample --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz [--adapt 300] [--psf block]
   jaxsr upsample --checkpoint RUN_DIR --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz
   jaxsr upsample-mrsi --checkpoint RUN_DIR --map naa.nii.gz --t1 t1.nii.gz --flair flair.nii.gz \
       --metabolite NAA --sharpness 0.03 --out naa_sr.nii.gz
@@ -18,8 +19,11 @@ from typing import Sequence
 from absl import logging as absl_logging
 
 from jaxsr import __version__
+from jaxsr.adapt import AdaptError, AdaptSettings
 from jaxsr.data.mrsi import METABOLITES
 from jaxsr.data.nifti import DataError
+from jaxsr.data.psf import PSFS, PSFError
+from jaxsr.pretrained import PretrainedError
 from jaxsr.inference import MemoryBudgetError, format_bytes
 from jaxsr.mrsi_upsampling import upsample_mrsi_files
 from jaxsr.train.checkpoint import CheckpointError
@@ -64,18 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
       "upsample", help="super-resolve a 3D volume or a 4D DWI series to any voxel size",
       description=textwrap.fill(
           "Super-resolves a NIfTI volume (3D, or 4D DWI with every volume done) onto a finer "
-          "grid over the same field of view with a trained arbitrary-scale model. The output "
+          "grid over the same field of view with a trained arbitrary-scale model: the general "
+          "model shipped with jaxsr unless --checkpoint names another, optionally adapted to "
+          "the input first (--adapt). The output "
           "affine keeps the input's orientation (oblique included), scales the voxel axes and "
           "shifts the origin to the new voxel centres; qform/sform codes and units are kept, so "
           "the result lines up with the input in world coordinates.", 79),
       epilog="Give exactly one of --voxel-size, --scale and --shape. Examples:\n"
+      "  jaxsr upsample --dwi b0.nii.gz --scale 2 --out b0_sr.nii.gz --adapt 300 --psf block\n"
       "  jaxsr upsample --checkpoint runs/arssr --dwi b0.nii.gz --voxel-size 1 --out b0_1mm.nii.gz\n"
       "  jaxsr upsample --checkpoint runs/csr --dwi dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec "
       "--t1 T1w.nii.gz --mask mask.nii.gz --scale 2 --out dwi_sr.nii.gz --preview sr.png",
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  up.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
+  up.add_argument("--checkpoint", metavar="RUN_DIR",
                   help="run directory of a trained arbitrary-scale model (train.py --workdir; "
-                  "its latest checkpoint is used)")
+                  "its latest checkpoint is used) or a folder written by --save-adapted; "
+                  "default: the general model shipped with jaxsr (configs/general.py)")
   up.add_argument("--dwi", required=True, metavar="FILE",
                   help="input NIfTI (.nii/.nii.gz): a 3D volume or a 4D DWI series, any voxel "
                   "size and orientation")
@@ -111,10 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
   up.add_argument("--max-output-voxels", type=int, default=DEFAULT_MAX_OUTPUT_VOXELS,
                   metavar="N", help="refuse output grids of more voxels per 3D volume "
                   f"(default {DEFAULT_MAX_OUTPUT_VOXELS:,})")
-  up.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
+  up.add_argument("--psf", metavar="NAME",
+                  help="the input's point-spread function, if known: one of "
+                  f"{', '.join(PSFS)} (block: thick slices / block averaging; gaussian: a "
+                  "smooth slice profile; kspace: a smaller k-space matrix). Back-projection and "
+                  "--adapt degrade with it; without it, --adapt draws one per training crop")
+  up.add_argument("--back-projection", type=int, default=None, metavar="N",
                   help="iterations of back-projection onto the input: the output is corrected "
-                  "until downsampling it (the training degradation) gives back the input; "
-                  f"0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION})")
+                  "until downsampling it (with --psf, else the training degradation) gives back "
+                  f"the input; 0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION}, "
+                  "or 0 for the general model without --psf)")
+  up.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                  help="first fine-tune the model on the input itself for STEPS steps "
+                  "(self-supervised: the input degraded once more by the requested factors is "
+                  "restored to the input), then apply it; DWI-only models; 100-300 steps take "
+                  "about a minute on a laptop (default 0: off)")
+  up.add_argument("--save-adapted", metavar="DIR",
+                  help="with --adapt, also save the adapted model to DIR (reuse it with "
+                  "--checkpoint DIR)")
   up.add_argument("--preview", metavar="PNG",
                   help="also write a PNG montage of axial, sagittal and coronal slices of the "
                   "first volume, input above output")
@@ -167,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _upsample(args: argparse.Namespace) -> str:
+  adapt = AdaptSettings(steps=args.adapt, psf=args.psf) if args.adapt else None
   result = upsample_files(
       args.checkpoint, args.dwi, args.out, t1=args.t1, bvals=args.bvals, bvecs=args.bvecs,
       mask=args.mask, voxel_size=args.voxel_size, scale=args.scale, shape=args.shape,
       max_memory=args.max_memory, max_output_voxels=args.max_output_voxels,
-      back_projection=args.back_projection, preview=args.preview, overwrite=args.overwrite,
+      back_projection=args.back_projection, psf=args.psf, adapt=adapt,
+      save_adapted=args.save_adapted, preview=args.preview, overwrite=args.overwrite,
       progress=not args.quiet)
   voxel = "×".join(f"{v:.4g}" for v in result.grid.voxel_size)
   plan = result.plan
@@ -199,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. orbax's notes on read-only restores
   try:
     message = _upsample(args) if args.command == "upsample" else _upsample_mrsi(args)
-  except (DataError, CheckpointError, UpsampleError, MemoryBudgetError, OSError) as error:
+  except (DataError, CheckpointError, PretrainedError, UpsampleError, AdaptError, PSFError,
+          MemoryBudgetError, OSError) as error:
     text = " ".join(str(error).split())
     print(f"jaxsr {args.command}: error: {text}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -38,12 +38,15 @@ import shutil
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
+import ml_collections
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr import figures, geometry
+from jaxsr import adapt as adapt_lib
+from jaxsr import figures, geometry, pretrained
 from jaxsr.data import nifti, subjects
+from jaxsr.data import psf as psf_lib
 from jaxsr.data.degrade import back_project, degrade
 from jaxsr.inference import MemoryPlan, plan_memory, reconstruct
 from jaxsr.models import is_implicit
@@ -60,7 +63,7 @@ class UpsampleError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Upsampler:
-  """A trained arbitrary-scale model restored from a run directory.
+  """A trained arbitrary-scale model: from a run directory, an exported folder or the package.
 
   Attributes:
     model: the implicit model (`model.kind` csr_dmri).
@@ -68,34 +71,62 @@ class Upsampler:
     in_channels: 1 (DWI only) or 2 (DWI + T1).
     run_dir: where it was restored from.
     step: the checkpoint's training step.
+    config: the config it was trained with.
   """
   model: object
   params: dict
   in_channels: int
   run_dir: str
   step: int
+  config: ml_collections.ConfigDict | None = None
 
   @classmethod
   def from_checkpoint(cls, run_dir: str | os.PathLike) -> "Upsampler":
-    """The latest checkpoint of `run_dir` (a `train.py --workdir`).
+    """The latest checkpoint of `run_dir` (a `train.py --workdir`), or an exported model folder
+    (`jaxsr.pretrained`: the shipped model, `--save-adapted` output).
 
     Raises:
       CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
+      PretrainedError: an exported folder that is incomplete or corrupted.
     """
-    run = load_run(run_dir)
-    kind = run.config.model.kind
+    if pretrained.is_exported(run_dir):
+      config, model, params, manifest = pretrained.load(run_dir)
+      step = int(manifest.get("step", 0))
+    else:
+      run = load_run(run_dir)
+      config, model, params, step = run.config, run.model, run.variables["params"], run.step
+    kind = config.model.kind
     if kind == "mrsi_unet":
       raise CheckpointError(f"{run_dir}: an MRSI network; use jaxsr upsample-mrsi for "
                             "metabolite maps")
     if not is_implicit(kind):
       raise CheckpointError(f"{run_dir}: a fixed-scale {kind!r} model; upsampling to any voxel "
                             "size needs an arbitrary-scale model (model.kind csr_dmri)")
-    return cls(run.model, run.variables["params"], int(run.config.model.in_channels),
-               os.fspath(run_dir), run.step)
+    return cls(model, params, int(config.model.in_channels), os.fspath(run_dir), step, config)
+
+  @classmethod
+  def general(cls) -> "Upsampler":
+    """The general model shipped with jaxsr (`configs/general.py`); PretrainedError if missing."""
+    return cls.from_checkpoint(pretrained.general_model_dir())
 
   @property
   def uses_t1(self) -> bool:
     return self.in_channels == 2
+
+  @property
+  def intensity_percentile(self) -> float | None:
+    """Inputs are divided by this percentile of each volume (general models), or None: by the
+    maximum, diffusion-weighted volumes by the mean b0 (models trained on `jaxsr.data.subjects`)."""
+    data = self.config.get("data", {}) if self.config is not None else {}
+    value = data.get("intensity_percentile")
+    return float(value) if value else None
+
+  @property
+  def fft_weight(self) -> float:
+    return float(self.config.train.fft_weight) if self.config is not None else 0.0
+
+  def with_params(self, params, source: str) -> "Upsampler":
+    return dataclasses.replace(self, params=params, run_dir=source)
 
 
 def check_t1(upsampler: Upsampler, t1_path: str | os.PathLike | None) -> None:
@@ -127,12 +158,60 @@ def t1_channel(t1: nifti.Volume, lr_shape: Sequence[int], lr_affine: np.ndarray,
                     np.float32)
 
 
-def _volume_kinds(num_volumes: int, bvals: np.ndarray | None) -> list[str]:
-  """'dwi' (divided by the mean b0) or 'intensity' (divided by its maximum) per volume."""
+def _volume_kinds(num_volumes: int, bvals: np.ndarray | None, upsampler: Upsampler) -> list[str]:
+  """Per volume: 'dwi' (divided by the mean b0), 'intensity' (by its maximum) or 'percentile'."""
+  if upsampler.intensity_percentile is not None:
+    return ["percentile"] * num_volumes
   if bvals is None:
     return ["intensity"] * num_volumes
   is_b0 = np.asarray(bvals) <= nifti.B0_THRESHOLD
   return ["intensity" if b0 else "dwi" for b0 in is_b0]
+
+
+def intensity_reference(volume: np.ndarray, mask: np.ndarray | None, upsampler: Upsampler
+                        ) -> float:
+  """What a volume is divided by before the model: its `intensity_percentile` or maximum
+  (inside `mask` when given)."""
+  values = volume[mask] if mask is not None else volume
+  if upsampler.intensity_percentile is not None:
+    return float(np.percentile(values, upsampler.intensity_percentile))
+  return float(values.max())
+
+
+def resolve_back_projection(back_projection: int | None, upsampler: Upsampler,
+                            psf: str | None) -> int:
+  """Iterations of back-projection: as given, else DEFAULT_BACK_PROJECTION, except for a general
+  model without a known PSF (its inputs come from any PSF, so no one degradation is right): 0."""
+  if back_projection is not None:
+    if back_projection < 0:
+      raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
+    return back_projection
+  if upsampler.intensity_percentile is not None and psf is None:
+    return 0
+  return DEFAULT_BACK_PROJECTION
+
+
+def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[int],
+                    hr_shape: Sequence[int], settings: adapt_lib.AdaptSettings, *,
+                    mask: np.ndarray | None = None, progress: bool = False) -> Upsampler:
+  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.adapt`) for the factors hr/lr."""
+  prepare_adaptation(upsampler, scan.shape, hr_shape, settings)
+  reference = intensity_reference(scan, mask, upsampler)
+  if not reference > 0:
+    raise adapt_lib.AdaptError("the scan has no signal to adapt to")
+  factors = [h / l for h, l in zip(hr_shape, lr_shape)]
+  params, _ = adapt_lib.adapt_params(upsampler.model, upsampler.params,
+                                     np.clip(scan / reference, 0.0, None), factors, settings,
+                                     fft_weight=upsampler.fft_weight, progress=progress)
+  return upsampler.with_params(params, f"{upsampler.run_dir} adapted ({settings.steps} steps)")
+
+
+def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike, settings: adapt_lib.AdaptSettings,
+                 source: str) -> pathlib.Path:
+  """Exports adapted parameters (`jaxsr.pretrained` format); `--checkpoint FOLDER` reuses them."""
+  return pretrained.export(folder, upsampler.config, upsampler.params, step=upsampler.step,
+                           source=upsampler.run_dir, adapted_on=source,
+                           adapt=dataclasses.asdict(settings))
 
 
 def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
@@ -140,7 +219,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
                      hr_shape: Sequence[int], upsampler: Upsampler, *,
                      bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
                      mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
-                     back_projection: int = DEFAULT_BACK_PROJECTION,
+                     back_projection: int | None = None, psf: str | None = None,
                      plan: MemoryPlan | None = None, progress: bool = False,
                      source: str = "input") -> Iterator[np.ndarray]:
   """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
@@ -159,7 +238,10 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     mask: (x, y, z) bool brain mask on the LR grid, or None.
     max_memory: bytes for the whole process (`inference.plan_memory`); `plan`
       overrides the plan made from it.
-    back_projection: iterations of `degrade.back_project` on each model output.
+    back_projection: iterations of back-projection on each model output; None:
+      `resolve_back_projection`.
+    psf: the input's PSF (`jaxsr.data.psf.PSFS`): back-projection degrades with it
+      (None: the training degradation, anti-aliased cubic).
     progress: show a progress bar over tiles and chunks of every volume.
     source: the input's name, for errors.
 
@@ -169,32 +251,35 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
   """
   lr_shape = tuple(int(n) for n in lr_shape)
   hr_shape = tuple(int(n) for n in hr_shape)
-  if back_projection < 0:
-    raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
+  if psf is not None:
+    psf_lib.check_psf(psf)
+  back_projection = resolve_back_projection(back_projection, upsampler, psf)
   check_t1(upsampler, t1.path if t1 is not None else None)
   mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
   channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, mask_hr)]
               if upsampler.uses_t1 else [])
-  kinds = _volume_kinds(num_volumes, bvals)
+  kinds = _volume_kinds(num_volumes, bvals, upsampler)
   b0s = nifti.b0_indices(bvals, source=source) if "dwi" in kinds else None
   if plan is None:
     plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
                        hr_shape, max_memory)
+  # General models give any intensity back (no upper bound); the others [0, 1] of the reference.
+  upper = None if upsampler.intensity_percentile is not None else 1.0
 
   def super_resolve(x: np.ndarray, bar: tqdm) -> np.ndarray:
     inputs = np.stack([x, *channels], axis=-1).astype(np.float32)
     out = reconstruct(upsampler.model, upsampler.params, inputs, hr_shape,
                       chunk_size=plan.chunk_size, tile=plan.tile, progress=bar.update,
                       conv_impl=plan.conv_impl)
-    return np.clip(back_project(out, x, back_projection), 0.0, 1.0)
+    return np.clip(back_project(out, x, back_projection, psf=psf), 0.0, upper)
 
   def intensity(volume: np.ndarray, bar: tqdm) -> np.ndarray:
-    peak = float(volume[mask].max() if mask is not None else volume.max())
-    if not peak > 0:
+    reference = intensity_reference(volume, mask, upsampler)
+    if not reference > 0:
       bar.update(plan.num_passes(lr_shape, hr_shape))
       return np.zeros(hr_shape, np.float32)
-    x = np.clip(volume / peak, 0.0, 1.0)
-    return super_resolve(x if mask is None else x * mask, bar) * np.float32(peak)
+    x = np.clip(volume / reference, 0.0, upper)
+    return super_resolve(x if mask is None else x * mask, bar) * np.float32(reference)
 
   def generate() -> Iterator[np.ndarray]:
     passes = num_volumes + (b0s is not None)
@@ -250,8 +335,26 @@ def output_grid(lr_shape: Sequence[int], lr_affine: np.ndarray, *,
   return OutputGrid(hr_shape, geometry.output_affine(lr_affine, lr_shape, hr_shape))
 
 
-def _as_upsampler(checkpoint: str | os.PathLike | Upsampler) -> Upsampler:
-  return checkpoint if isinstance(checkpoint, Upsampler) else Upsampler.from_checkpoint(checkpoint)
+def load_upsampler(checkpoint: str | os.PathLike | Upsampler | None) -> Upsampler:
+  """An Upsampler as given, from a run or exported folder, or (None) the shipped general model."""
+  if isinstance(checkpoint, Upsampler):
+    return checkpoint
+  return Upsampler.general() if checkpoint is None else Upsampler.from_checkpoint(checkpoint)
+
+
+def prepare_adaptation(upsampler: Upsampler, lr_shape: Sequence[int], hr_shape: Sequence[int],
+                       settings: adapt_lib.AdaptSettings | None) -> None:
+  """Checks an --adapt request before any work: DWI-only model, known PSF, scan large enough."""
+  if settings is None or settings.steps == 0:
+    return
+  if settings.steps < 0:
+    raise adapt_lib.AdaptError(f"--adapt takes a number of steps >= 0, got {settings.steps}")
+  if upsampler.uses_t1:
+    raise UpsampleError("--adapt needs a DWI-only model (this one takes a T1)")
+  if settings.psf is not None:
+    psf_lib.check_psf(settings.psf)
+  adapt_lib.crop_shapes(lr_shape, [max(1.0, h / l) for h, l in zip(hr_shape, lr_shape)],
+                        settings.lr_patch_size)
 
 
 def _lr_mask(mask: np.ndarray | None, lr_shape: Sequence[int], source: str) -> np.ndarray | None:
@@ -266,18 +369,21 @@ def _lr_mask(mask: np.ndarray | None, lr_shape: Sequence[int], source: str) -> n
   return mask
 
 
-def upsample(data: np.ndarray, affine: np.ndarray, checkpoint: str | os.PathLike | Upsampler, *,
+def upsample(data: np.ndarray, affine: np.ndarray,
+             checkpoint: str | os.PathLike | Upsampler | None = None, *,
              voxel_size=None, scale=None, shape=None, t1: np.ndarray | None = None,
              t1_affine: np.ndarray | None = None, bvals: np.ndarray | None = None,
              mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
              max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-             back_projection: int = DEFAULT_BACK_PROJECTION, progress: bool = False
+             back_projection: int | None = None, psf: str | None = None,
+             adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
   """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
 
   Args:
     data: the LR volume(s); `affine` its (4, 4) voxel -> world mm.
-    checkpoint: a run directory (`train.py --workdir`) or an `Upsampler`.
+    checkpoint: a run directory (`train.py --workdir`), an exported model folder,
+      an `Upsampler`, or None: the general model shipped with jaxsr.
     voxel_size, scale, shape: exactly one: output voxel size in mm, upsampling
       factor, or output voxel counts; one number or three (x, y, z).
     t1, t1_affine: a T1 at its own grid (required by models trained with one).
@@ -285,7 +391,11 @@ def upsample(data: np.ndarray, affine: np.ndarray, checkpoint: str | os.PathLike
     mask: (X, Y, Z) brain mask on the input grid.
     max_memory: bytes for the whole process; tiles and chunks are sized to fit.
     max_output_voxels: refuse larger output grids (per 3D volume).
-    back_projection: iterations of back-projection onto the input (0: none).
+    back_projection: iterations of back-projection onto the input (0: none;
+      None: `resolve_back_projection`).
+    psf: the input's PSF if known (`jaxsr.data.psf.PSFS`): back-projection and
+      adaptation degrade with it.
+    adapt: fine-tune on the input's first volume first (`jaxsr.adapt`), or None.
     progress: show a progress bar.
 
   Returns:
@@ -305,13 +415,27 @@ def upsample(data: np.ndarray, affine: np.ndarray, checkpoint: str | os.PathLike
   t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
                             nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
   read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
+  upsampler = load_upsampler(checkpoint)
+  lr_mask = _lr_mask(mask, data.shape[:3], "<mask>")
+  adapt = _with_psf(adapt, psf)
+  prepare_adaptation(upsampler, data.shape[:3], grid.shape, adapt)
+  if adapt is not None and adapt.steps:
+    upsampler = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
+                                mask=lr_mask, progress=progress)
   volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
-                             grid.shape, _as_upsampler(checkpoint), bvals=bvals, t1=t1_volume,
-                             mask=_lr_mask(mask, data.shape[:3], "<mask>"),
-                             max_memory=max_memory, back_projection=back_projection,
+                             grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=lr_mask,
+                             max_memory=max_memory, back_projection=back_projection, psf=psf,
                              progress=progress, source="<bvals>")
   out = np.stack(list(volumes), axis=-1)
   return (out if data.ndim == 4 else out[..., 0]), grid.affine
+
+
+def _with_psf(settings: adapt_lib.AdaptSettings | None, psf: str | None
+              ) -> adapt_lib.AdaptSettings | None:
+  """Adaptation settings that degrade with the input's PSF when one is given."""
+  if settings is None or psf is None or settings.psf is not None:
+    return settings
+  return dataclasses.replace(settings, psf=psf)
 
 
 def parse_size(text: str) -> int:
@@ -360,13 +484,15 @@ class UpsampleResult:
   seconds: float
 
 
-def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.PathLike,
+def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | os.PathLike,
                    out: str | os.PathLike, *, t1: str | os.PathLike | None = None,
                    bvals: str | os.PathLike | None = None, bvecs: str | os.PathLike | None = None,
                    mask: str | os.PathLike | None = None, voxel_size=None, scale=None, shape=None,
                    max_memory: int = DEFAULT_MAX_MEMORY,
                    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-                   back_projection: int = DEFAULT_BACK_PROJECTION,
+                   back_projection: int | None = None, psf: str | None = None,
+                   adapt: adapt_lib.AdaptSettings | None = None,
+                   save_adapted: str | os.PathLike | None = None,
                    preview: str | os.PathLike | None = None, overwrite: bool = False,
                    progress: bool = True) -> UpsampleResult:
   """The `jaxsr upsample` command on files; see `upsample` for the arguments' meaning.
@@ -374,11 +500,14 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
   Every input is validated before any computation. The output NIfTI is written
   volume by volume under a temporary name beside `out` (with `bvals`/`bvecs`
   copied to OUT.bval / OUT.bvec and the `preview` PNG likewise) and renamed
-  only when all are complete, so a failure leaves none of them behind.
+  only when all are complete, so a failure leaves none of them behind. With
+  `adapt`, the model is first fine-tuned on the first volume; `save_adapted`
+  then names a folder to export the adapted model to (`jaxsr.pretrained`).
 
   Raises:
-    DataError, CheckpointError, UpsampleError (grid request, size limit, output
-    path), MemoryBudgetError: one line naming the problem.
+    DataError, CheckpointError, PretrainedError, UpsampleError (grid request,
+    size limit, output path), AdaptError, PSFError, MemoryBudgetError: one line
+    naming the problem.
   """
   out = nifti_output(out)
   if preview is not None and pathlib.Path(preview).suffix.lower() != ".png":
@@ -391,7 +520,15 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
   if preview is not None:
     targets["preview"] = pathlib.Path(preview)
   check_outputs(targets.values(), overwrite)
-  upsampler = _as_upsampler(checkpoint)
+  if psf is not None:
+    psf_lib.check_psf(psf)
+  adapt = _with_psf(adapt, psf)
+  if save_adapted is not None:
+    if adapt is None or not adapt.steps:
+      raise UpsampleError("--save-adapted needs --adapt STEPS")
+    if pathlib.Path(save_adapted).exists() and not overwrite:
+      raise UpsampleError(f"{save_adapted}: already exists (use --overwrite to replace it)")
+  upsampler = load_upsampler(checkpoint)
   check_t1(upsampler, t1)
   source = nifti.open_volume(dwi)
   lr_shape = source.shape[:3]
@@ -406,10 +543,14 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
   t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
   for index in range(source.num_volumes):  # every voxel is checked before any output is made
     source.volume(index)
+  prepare_adaptation(upsampler, lr_shape, grid.shape, adapt)
   plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
                      grid.shape, max_memory)
 
   start = time.perf_counter()
+  if adapt is not None and adapt.steps:
+    upsampler = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape, adapt,
+                                mask=mask_array, progress=progress)
   temps = {name: pathlib.Path(nifti.temporary_path(path)) for name, path in targets.items()}
   first = {}
 
@@ -417,7 +558,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
     for index, volume in enumerate(upsample_volumes(
         source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
         bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
-        progress=progress, source=os.fspath(bvals or dwi))):
+        psf=psf, progress=progress, source=os.fspath(bvals or dwi))):
       if index == 0:
         first["output"] = volume
       yield volume
@@ -436,6 +577,9 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler, dwi: str | os.Path
                                title=f"{pathlib.Path(dwi).name} → {out.name}")
     for name, path in targets.items():
       os.replace(temps[name], path)
+    if save_adapted is not None:
+      save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi))
+      targets["adapted"] = pathlib.Path(save_adapted)
   finally:
     for temp in temps.values():
       if temp.exists():

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from scipy import signal
 
+from jaxsr.data import psf as psf_lib
+
 
 def lr_shape_for_scale(hr_shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, ...]:
   """LR grid for an HR grid degraded by `scale`: round(N / s) voxels per axis (at least 1)."""
@@ -72,17 +74,22 @@ def kspace_zero_fill(lr: np.ndarray, hr_shape: Sequence[int]) -> np.ndarray:
   return out.astype(np.float32)
 
 
-def back_project(hr: np.ndarray, lr: np.ndarray, iterations: int) -> np.ndarray:
+def back_project(hr: np.ndarray, lr: np.ndarray, iterations: int, psf: str | None = None
+                 ) -> np.ndarray:
   """Iterative back-projection: corrects an (X, Y, Z) HR estimate towards consistency with `lr`.
 
-  Each iteration adds the tricubic upsampling of the residual lr − degrade(hr)
-  (Irani & Peleg's back-projection with this module's degradation model), so
-  degrading the result reproduces the measured (x, y, z) LR volume ever more
-  closely while the detail the estimate adds above the LR band is kept.
+  Each iteration adds the tricubic upsampling of the residual lr − D(hr)
+  (Irani & Peleg's back-projection), so degrading the result reproduces the
+  measured (x, y, z) LR volume ever more closely while the detail the estimate
+  adds above the LR band is kept. D is this module's `degrade` (anti-aliased
+  cubic, the training degradation), or `jaxsr.data.psf.degrade` with `psf`
+  when the acquisition's PSF is known.
   Returns float32 (X, Y, Z); `iterations` = 0 returns `hr` unchanged.
   """
   out = jax.numpy.asarray(hr, jax.numpy.float32)
   lr = jax.numpy.asarray(lr, jax.numpy.float32)
   for _ in range(iterations):
-    out = out + tricubic_upsample(lr - degrade(out, lr.shape), out.shape)
+    simulated = (degrade(out, lr.shape) if psf is None
+                 else psf_lib.degrade(np.asarray(out), lr.shape, psf))
+    out = out + tricubic_upsample(lr - simulated, out.shape)
   return np.asarray(out)

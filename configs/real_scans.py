@@ -1,0 +1,37 @@
+"""Real-scan evaluation of an arbitrary-scale model (`jaxsr.real_scans`, docs/results_real.md).
+
+  python evaluate.py --config configs/real_scans.py --workdir DIR          # test scans: the table
+  python evaluate.py --config configs/real_scans.py:validation --workdir DIR
+
+Variants: `test` (default: the dipy scans of the table, scored once), `validation`
+(the scans that choose checkpoints and options), `smoke` (one small case, tests).
+`--config.checkpoint=RUN_DIR` scores another model (default "": the shipped one).
+"""
+
+import ml_collections
+
+from jaxsr.data.psf import PSFS
+from jaxsr.real_scans import DEGRADATIONS
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "test"
+  if variant not in ("test", "validation", "smoke"):
+    raise ValueError(f"unknown variant {variant!r}: use test, validation or smoke")
+  c = ml_collections.ConfigDict()
+  c.task = "real_scans"
+  c.variant = variant
+  c.split = "validation" if variant == "validation" else "test"
+  c.seed = 0
+  c.checkpoint = ""  # a run directory or exported folder; "" = the shipped general model
+  c.degradations = tuple(DEGRADATIONS)
+  c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
+  c.back_projection = (0,)  # one model column per value (iterations; chosen on validation)
+  c.adapt_steps = 200  # a column with --adapt STEPS (0: none)
+  if variant == "validation":
+    c.back_projection = (0, 3)
+  if variant == "smoke":
+    c.degradations = ("in-plane 2x",)
+    c.psfs = ("block",)
+    c.adapt_steps = 5
+  return c
