@@ -5,7 +5,8 @@
 
 Variants: `test` (default: the dipy scans of the table, scored once), `validation`
 (the scans that choose checkpoints and options), `smoke` (one small case, tests).
-`--config.checkpoint=RUN_DIR` scores another model (default "": the shipped one).
+`--config.checkpoint=RUN_DIR` scores another model (default "": the shipped one),
+`--config.checkpoint_step=N` one of its checkpoints.
 """
 
 import ml_collections
@@ -24,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.split = "validation" if variant == "validation" else "test"
   c.seed = 0
   c.checkpoint = ""  # a run directory or exported folder; "" = the shipped general model
+  c.checkpoint_step = 0  # of a run directory; 0 = its latest
   c.degradations = tuple(DEGRADATIONS)
   c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
   c.back_projection = (0,)  # one model column per value (iterations; chosen on validation)

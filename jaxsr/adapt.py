@@ -110,19 +110,20 @@ class AdaptSampler:
     return {"hr": np.stack(hr), "lr": np.stack(lr)}
 
 
+def adapt_loss(model, params, hr: jax.Array, lr: jax.Array, fft_weight: float) -> jax.Array:
+  """The training loss of `model` restoring HR crops (B, X, Y, Z) from LR ones (B, x, y, z)."""
+  pred = model.apply({"params": params}, lr[..., None], hr.shape[1:], method="reconstruct_grid")
+  return losses.csr_dmri_loss(pred, hr, fft_weight)[0]
+
+
 def make_adapt_step(model, fft_weight: float, learning_rate: float
                     ) -> tuple[optax.GradientTransformation, Callable]:
   """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss))."""
   optimizer = optax.adam(learning_rate)
 
-  def loss_fn(params, hr, lr):
-    pred = model.apply({"params": params}, lr[..., None], hr.shape[1:],
-                       method="reconstruct_grid")
-    return losses.csr_dmri_loss(pred, hr, fft_weight)[0]
-
   @jax.jit
   def step(params, opt_state, hr, lr):
-    loss, grads = jax.value_and_grad(loss_fn)(params, hr, lr)
+    loss, grads = jax.value_and_grad(adapt_loss, argnums=1)(model, params, hr, lr, fft_weight)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 

@@ -23,7 +23,7 @@ from jaxsr.adapt import AdaptError, AdaptSettings
 from jaxsr.data.mrsi import METABOLITES
 from jaxsr.data.nifti import DataError
 from jaxsr.data.psf import PSFS, PSFError
-from jaxsr.pretrained import PretrainedError
+from jaxsr.pretrained import PretrainedError, export_run
 from jaxsr.inference import MemoryBudgetError, format_bytes
 from jaxsr.mrsi_upsampling import upsample_mrsi_files
 from jaxsr.train.checkpoint import CheckpointError
@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
   up.add_argument("--quiet", action="store_true",
                   help="do not show the progress bar over volumes, encoder tiles and chunks")
 
+  ex = commands.add_parser(
+      "export", help="export a trained model to a small folder that --checkpoint takes",
+      description="Writes one checkpoint of a training run as params.msgpack, config.json, "
+      "manifest.json (with the parameters' SHA-256) and run.json: the format of the shipped "
+      "model (jaxsr.pretrained), without the optimizer state.")
+  ex.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="train.py --workdir")
+  ex.add_argument("--step", type=int, metavar="N", help="the checkpoint (default: the latest)")
+  ex.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
   mr = commands.add_parser(
       "upsample-mrsi", help="super-resolve an MRSI metabolite map with a trained MRSI network",
       description=textwrap.fill(
@@ -216,13 +225,21 @@ def _upsample_mrsi(args: argparse.Namespace) -> str:
           f"{args.sharpness:g} in {result.seconds:.1f} s")
 
 
+def _export(args: argparse.Namespace) -> str:
+  folder = export_run(args.checkpoint, args.out, args.step)
+  return f"wrote {folder}"
+
+
+COMMANDS = {"upsample": _upsample, "upsample-mrsi": _upsample_mrsi, "export": _export}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command; returns the exit code (0, or 2 for bad input with a one-line message)."""
   parser = build_parser()
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. orbax's notes on read-only restores
   try:
-    message = _upsample(args) if args.command == "upsample" else _upsample_mrsi(args)
+    message = COMMANDS[args.command](args)
   except (DataError, CheckpointError, PretrainedError, UpsampleError, AdaptError, PSFError,
           MemoryBudgetError, OSError) as error:
     text = " ".join(str(error).split())

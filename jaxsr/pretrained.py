@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from jaxsr.models import build_model, init_params
+from jaxsr.train.checkpoint import load_run
 
 EXPORT_FORMAT = 1
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
@@ -74,6 +75,16 @@ def export(folder: str | os.PathLike, config: ml_collections.ConfigDict, params,
               **extra}
   (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
   return folder
+
+
+def export_run(run_dir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None,
+               **extra) -> pathlib.Path:
+  """Exports checkpoint `step` (default: the latest) of a training run to `folder`."""
+  run = load_run(run_dir, step)
+  record = pathlib.Path(run_dir) / "run.json"
+  return export(folder, run.config, run.variables["params"], step=run.step,
+                source=os.fspath(pathlib.Path(run_dir).absolute()),
+                run_record=record if record.is_file() else None, **extra)
 
 
 def load(folder: str | os.PathLike) -> tuple[ml_collections.ConfigDict, object, dict, dict]:

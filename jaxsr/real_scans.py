@@ -226,13 +226,16 @@ def evaluate(config, workdir: str | os.PathLike) -> str:
   """Scores the config's cases; writes WORKDIR/eval/real_scans.{md,json} and returns the text.
 
   `config.split` picks the scans ("test": TEST_SCANS, "validation": VALIDATION_SCANS);
-  `config.checkpoint` the model ("" = the shipped general model).
+  `config.checkpoint` the model ("" = the shipped general model) and
+  `config.checkpoint_step` its step (0 = the latest).
   """
   out_dir = pathlib.Path(workdir) / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
   scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
-  upsampler = upsampling.load_upsampler(config.checkpoint or None)
+  upsampler = (upsampling.Upsampler.from_checkpoint(config.checkpoint,
+                                                    config.get("checkpoint_step") or None)
+               if config.checkpoint else upsampling.Upsampler.general())
   methods = dict(classical_methods())
   for bp in config.back_projection:
     name = "model" if len(config.back_projection) == 1 else f"model_bp{bp}"

@@ -81,9 +81,9 @@ class Upsampler:
   config: ml_collections.ConfigDict | None = None
 
   @classmethod
-  def from_checkpoint(cls, run_dir: str | os.PathLike) -> "Upsampler":
-    """The latest checkpoint of `run_dir` (a `train.py --workdir`), or an exported model folder
-    (`jaxsr.pretrained`: the shipped model, `--save-adapted` output).
+  def from_checkpoint(cls, run_dir: str | os.PathLike, step: int | None = None) -> "Upsampler":
+    """Checkpoint `step` (default: the latest) of `run_dir` (a `train.py --workdir`), or an
+    exported model folder (`jaxsr.pretrained`: the shipped model, `--save-adapted` output).
 
     Raises:
       CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
@@ -93,7 +93,7 @@ class Upsampler:
       config, model, params, manifest = pretrained.load(run_dir)
       step = int(manifest.get("step", 0))
     else:
-      run = load_run(run_dir)
+      run = load_run(run_dir, step)
       config, model, params, step = run.config, run.model, run.variables["params"], run.step
     kind = config.model.kind
     if kind == "mrsi_unet":

@@ -124,8 +124,8 @@ class TrainedRun:
   step: int
 
 
-def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
-  """Restores the latest checkpoint of `run_dir` into abstract shapes (nothing is initialised).
+def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> TrainedRun:
+  """Restores checkpoint `step` (default: the latest) of `run_dir` into abstract shapes.
 
   Raises:
     CheckpointError: no checkpoint, one written by a newer checkpoint format, a
@@ -137,10 +137,14 @@ def load_run(run_dir: str | pathlib.Path) -> TrainedRun:
                           f"--workdir {run_dir}")
   checkpointer = Checkpointer(run_dir, read_only=True)
   try:
-    step = checkpointer.latest_step()
     if step is None:
-      raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
-                            f"--workdir {run_dir}")
+      step = checkpointer.latest_step()
+      if step is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
+                              f"--workdir {run_dir}")
+    elif step not in checkpointer.manager.all_steps():
+      raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (there are "
+                            f"{sorted(checkpointer.manager.all_steps())})")
     meta = checkpointer.restore_meta(step)
     if meta.get("format") not in READABLE_FORMATS:
       raise CheckpointError(
