@@ -17,6 +17,7 @@ training loss (L1 + fft_weight · FFT term); Adam at `learning_rate`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -116,9 +117,14 @@ def adapt_loss(model, params, hr: jax.Array, lr: jax.Array, fft_weight: float) -
   return losses.csr_dmri_loss(pred, hr, fft_weight)[0]
 
 
+@functools.lru_cache(maxsize=8)
 def make_adapt_step(model, fft_weight: float, learning_rate: float
                     ) -> tuple[optax.GradientTransformation, Callable]:
-  """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss))."""
+  """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss)).
+
+  Cached per (model, fft_weight, learning_rate): adapting the same model to several scans
+  of one crop shape compiles the step once.
+  """
   optimizer = optax.adam(learning_rate)
 
   @jax.jit

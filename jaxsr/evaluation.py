@@ -73,9 +73,15 @@ def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
   t1 = model_config.in_channels == 2
   fft_loss = run.config.train.fft_weight > 0
   if is_implicit(model_config.kind):
+    # General models (configs/general.py) take volumes divided by a percentile of their own,
+    # as `jaxsr upsample` gives them; the others the subjects' b0-normalised values as they are.
+    percentile = run.config.data.get("intensity_percentile")
+
     def predict(lr, lr_t1, hr_shape, scale):
-      inputs = np.stack([lr, lr_t1] if t1 else [lr], axis=-1)
-      return reconstruct(model, variables["params"], inputs, hr_shape, eval_config.chunk_size)
+      reference = float(np.percentile(lr, percentile)) if percentile else 1.0
+      inputs = np.stack([lr / reference, lr_t1] if t1 else [lr / reference], axis=-1)
+      return reference * reconstruct(model, variables["params"], inputs, hr_shape,
+                                     eval_config.chunk_size)
     return Method(name, predict, uses_t1=t1, t1=t1, fft_loss=fft_loss)
   data = run.config.data
   if data.scale_min != data.scale_max:

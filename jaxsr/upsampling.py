@@ -2,26 +2,32 @@
 
 `upsample` works on arrays and affines (the Python API, `jaxsr.upsample`);
 `upsample_files` on NIfTI files (the `jaxsr upsample` command), streaming the
-output volume by volume so a 4D series never has to fit in memory.
+output volume by volume so a 4D series never has to fit in memory. Without a
+checkpoint both use the general model shipped in the package
+(`jaxsr.pretrained`, `configs/general.py`); with `adapt` the model is first
+fine-tuned on the input itself (`jaxsr.adapt`).
 
 Geometry (`jaxsr.geometry`): the output grid covers the input's field of view;
 the model is queried at the output voxel centres in the frame it was trained in.
 
-Intensities follow the training data (`jaxsr.data.subjects`), where b-shell
-volumes were divided by the mean b0 (values in [0, 1], 0 outside the brain mask)
-and the T1 by its 99.5th percentile in the mask:
-  * with b-values, each diffusion-weighted volume is divided by the mean b0 of
-    the input, super-resolved, and multiplied by the super-resolved mean b0, so
-    it is written back in signal units;
-  * b0 volumes, the mean b0 itself and every volume of an input without
+Intensities follow the model's training data:
+  * general models (`data.intensity_percentile` in their config) take every
+    volume divided by that percentile of its voxels (inside the mask, if one is
+    given), as the domain-randomised patches they were trained on have their
+    brightest tissue near 1, and multiply the output back; outputs are >= 0;
+  * models trained on subjects (`jaxsr.data.subjects`), whose b-shell volumes
+    were divided by the mean b0 (values in [0, 1]) and the T1 by its 99.5th
+    percentile: with b-values, each diffusion-weighted volume is divided by the
+    mean b0 of the input, super-resolved and multiplied by the super-resolved
+    mean b0; b0 volumes, the mean b0 and every volume of an input without
     b-values are divided by their maximum (inside the mask), super-resolved and
-    multiplied back.
+    multiplied back; outputs stay in [0, the input's maximum].
 Model outputs are then back-projected onto the input (`degrade.back_project`,
-`back_projection` iterations: degrading the output reproduces the input, which
-also corrects the contrast of volumes unlike the training data, such as b0s)
-and clipped to [0, 1] before rescaling, so output voxels stay in
-[0, the input's maximum] (the mean b0's for diffusion-weighted volumes). With a
-mask, normalisation uses the voxels inside it and the output is 0 outside it.
+`back_projection` iterations: degrading the output reproduces the input) with
+the input's PSF when it is given (`psf`), else with the training degradation;
+a general model without a PSF is not back-projected by default, since no one
+degradation is the right one (`resolve_back_projection`). With a mask,
+normalisation uses the voxels inside it and the output is 0 outside it.
 The T1 is resampled onto the output grid through both affines (cubic) and then
 degraded onto the input grid by the training degradation, so it reaches the
 model exactly as in training.

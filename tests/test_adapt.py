@@ -8,7 +8,6 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
-from dipy.data import get_fnames
 
 from configs import general
 from jaxsr import adapt, cli, pretrained
@@ -95,14 +94,15 @@ def exported(tiny_model, tmp_path_factory):
 
 @pytest.mark.slow
 def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path):
-  scan = get_fnames(name="aniso_vox")
+  scan = tmp_path / "scan.nii.gz"
+  nib.save(nib.Nifti1Image(smooth_scan() * 1000, np.diag([2.0, 2.0, 3.0, 1.0])), scan)
   out, saved = tmp_path / "out.nii.gz", tmp_path / "adapted"
-  code, err = run_cli("upsample", "--checkpoint", exported, "--dwi", scan, "--voxel-size", "2",
+  code, err = run_cli("upsample", "--checkpoint", exported, "--dwi", scan, "--scale", "2,2,1",
                       "--adapt", "3", "--psf", "block", "--save-adapted", saved, "--out", out,
                       "--quiet")
   assert code == 0, err
   image = nib.load(out)
-  assert image.shape == (116, 116, 60) and np.all(np.isfinite(image.get_fdata()))
+  assert image.shape == (40, 40, 8) and np.all(np.isfinite(image.get_fdata()))
   manifest = json.loads((saved / "manifest.json").read_text())
   assert manifest["adapt"]["steps"] == 3 and manifest["adapt"]["psf"] == "block"
   adapted = Upsampler.from_checkpoint(saved)

@@ -1,0 +1,53 @@
+"""Real-scan evaluation (`jaxsr.real_scans`): the cases, their LR images and the scores."""
+
+import numpy as np
+import pytest
+
+from configs import real_scans as real_scans_config
+from jaxsr import real_scans
+
+
+def test_cases_follow_what_each_scan_allows():
+  cases = real_scans.make_cases(real_scans.TEST_SCANS, tuple(real_scans.DEGRADATIONS),
+                                ("block",))
+  pairs = {(c.scan, c.degradation) for c in cases}
+  assert ("S0_10slices", "in-plane 3x") in pairs
+  assert ("S0_10slices", "through-plane 2x") not in pairs  # its slices are not contiguous
+  assert ("aniso_vox", "isotropic 2x") in pairs and ("aniso_vox", "through-plane 2x") in pairs
+  assert ("small_64D_b0", "in-plane 2x") in pairs
+  assert ("small_64D_b0", "in-plane 3x") not in pairs  # 10 / 3 < 4 LR voxels
+  assert not set(real_scans.VALIDATION_SCANS) & {c.scan for c in cases}
+
+
+def test_lr_images_are_the_scan_degraded_onto_block_centred_grids():
+  case = real_scans.Case("aniso_vox", "in-plane 2x", "block")
+  hr = real_scans.load_scan("aniso_vox")
+  assert case.lr_shape == (29, 29, 24)
+  np.testing.assert_allclose(case.lr(), hr.reshape(29, 2, 29, 2, 24).mean(axis=(1, 3)),
+                             rtol=1e-5, atol=1e-3)
+  affine = real_scans.lr_affine((2.0, 2.0, 1.0))
+  # LR voxel (0, 0, 0) sits at the centre of HR voxels 0 and 1: HR index 0.5.
+  np.testing.assert_allclose(affine @ [0, 0, 0, 1], [0.5, 0.5, 0, 1])
+
+
+def test_shell_means_come_from_the_gradient_table():
+  b0 = real_scans.load_scan("small_64D_b0")
+  dwi = real_scans.load_scan("small_64D_dwi")
+  assert b0.shape == dwi.shape == (10, 10, 10)
+  mask = real_scans.brain_mask("small_64D_b0")
+  assert dwi[mask].mean() < 0.6 * b0[mask].mean()  # diffusion weighting attenuates the signal
+
+
+def test_tricubic_beats_linear_on_a_smooth_case_and_scores_are_finite():
+  case = real_scans.Case("aniso_vox", "in-plane 2x", "gaussian")
+  scores = real_scans.score_case(real_scans.classical_methods(), case)
+  assert all(np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 for s in scores.values())
+  assert scores["tricubic"]["psnr"] > scores["linear"]["psnr"]
+
+
+def test_configs_pick_disjoint_scans():
+  test = real_scans_config.get_config("test")
+  validation = real_scans_config.get_config("validation")
+  assert test.split == "test" and validation.split == "validation"
+  with pytest.raises(ValueError, match="unknown variant"):
+    real_scans_config.get_config("train")
