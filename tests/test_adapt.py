@@ -1,7 +1,5 @@
 """Self-supervised adaptation (`jaxsr.adapt`) and `jaxsr upsample --adapt`."""
 
-import contextlib
-import io
 import json
 
 import jax
@@ -10,10 +8,11 @@ import numpy as np
 import pytest
 
 from configs import general
-from jaxsr import adapt, cli, pretrained
+from jaxsr import adapt, pretrained
 from jaxsr.data import psf
 from jaxsr.models import build_model, init_params
 from jaxsr.upsampling import Upsampler
+from tests.cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +76,6 @@ def test_zero_steps_return_the_parameters_and_bad_settings_fail(tiny_model):
     adapt.adapt_params(model, params, smooth_scan(), (2, 2, 1), adapt.AdaptSettings(5, psf="x"))
   with pytest.raises(adapt.AdaptError, match="no signal"):
     adapt.adapt_params(model, params, np.zeros((20, 20, 8)), (2, 2, 1), adapt.AdaptSettings(5))
-
-
-def run_cli(*args) -> tuple[int, str]:
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
-    code = cli.main([str(a) for a in args])
-  return code, err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Exported models (`jaxsr.pretrained`) and the general model shipped in the package."""
 
-import contextlib
-import io
 import json
 import pathlib
 
@@ -11,16 +9,10 @@ import pytest
 from dipy.data import get_fnames
 
 from configs import general
-from jaxsr import cli, pretrained, real_scans
+from jaxsr import pretrained, real_scans
 from jaxsr.models import build_model, init_params
 from jaxsr.upsampling import Upsampler
-
-
-def run_cli(*args) -> tuple[int, str]:
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
-    code = cli.main([str(a) for a in args])
-  return code, err.getvalue()
+from tests.cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """`jaxsr.upsample` and the `jaxsr upsample` command on arrays, real scans and bad input."""
 
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -20,6 +18,7 @@ from jaxsr import cli, geometry
 from jaxsr.data import nifti
 from jaxsr.data.degrade import degrade
 from jaxsr.upsampling import Upsampler, companion_path, parse_size
+from tests.cli_helpers import run_cli
 from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti
 
 pytestmark = pytest.mark.slow
@@ -50,14 +49,6 @@ def head_phantom(shape=(14, 12, 10), affine=None) -> np.ndarray:
   radius = np.sqrt(np.sum((points / [24.0, 20.0, 16.0]) ** 2, -1))
   core = np.exp(-np.sum(points ** 2, -1) / (2 * 8.0 ** 2))
   return np.where(radius < 1, 200 + 800 * core, 0).astype(np.float32)
-
-
-def run_cli(*args) -> tuple[int, str]:
-  """`jaxsr ARGS` in this process: (exit code, what it printed to stderr)."""
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
-    code = cli.main([str(a) for a in args])
-  return code, err.getvalue()
 
 
 def test_upsample_array_geometry_range_and_mask(arssr):
@@ -162,7 +153,7 @@ def test_help_explains_every_flag():
   flags = [a for a in upsample._actions if a.option_strings and a.dest != "help"]
   assert {a.dest for a in flags} >= {"checkpoint", "dwi", "t1", "bvals", "bvecs", "mask",
                                      "voxel_size", "scale", "shape", "out", "max_memory",
-                                     "preview", "back_projection"}
+                                     "preview", "back_projection", "psf", "adapt", "save_adapted"}
   assert all(len(a.help) > 20 for a in flags)
   text = upsample.format_help()
   assert "in mm" in text and "4G or 512M" in text and "exactly one of" in text
