@@ -11,6 +11,7 @@ Variants: `test` (default: the dipy scans of the table, scored once), `validatio
 
 import ml_collections
 
+from jaxsr.adapt import AdaptSettings
 from jaxsr.data.psf import PSFS
 from jaxsr.real_scans import DEGRADATIONS
 
@@ -29,9 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.degradations = tuple(DEGRADATIONS)
   c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
   c.back_projection = (0,)  # one model column per value (iterations; chosen on validation)
-  c.adapt_steps = 200  # a column with --adapt STEPS (0: none)
+  c.adapt_steps = 100  # columns with --adapt STEPS (0: none), one per learning rate
+  c.adapt_learning_rates = (AdaptSettings.learning_rate,)
   if variant == "validation":
     c.back_projection = (0, 3)
+    c.adapt_learning_rates = (1e-4, 3e-4, 1e-3)
   if variant == "smoke":
     c.degradations = ("in-plane 2x",)
     c.psfs = ("block",)

@@ -148,13 +148,12 @@ def classical_methods() -> dict[str, Method]:
 
 
 def model_method(upsampler: upsampling.Upsampler, *, back_projection: int | None = None,
-                 adapt_steps: int = 0, adapt_seed: int = 0) -> Method:
+                 adapt: adapt_lib.AdaptSettings | None = None) -> Method:
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
   def predict(lr: np.ndarray, case: Case) -> np.ndarray:
     factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
-    settings = adapt_lib.AdaptSettings(steps=adapt_steps, seed=adapt_seed) if adapt_steps else None
     out, _ = upsampling.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
-                                 back_projection=back_projection, adapt=settings)
+                                 back_projection=back_projection, adapt=adapt)
     return out
   return predict
 
@@ -240,9 +239,14 @@ def evaluate(config, workdir: str | os.PathLike) -> str:
   for bp in config.back_projection:
     name = "model" if len(config.back_projection) == 1 else f"model_bp{bp}"
     methods[name] = model_method(upsampler, back_projection=bp)
-  if config.adapt_steps:
-    methods[f"model_adapt{config.adapt_steps}"] = model_method(
-        upsampler, back_projection=config.back_projection[0], adapt_steps=config.adapt_steps)
+  for learning_rate in config.adapt_learning_rates if config.adapt_steps else ():
+    name = f"model_adapt{config.adapt_steps}"
+    if len(config.adapt_learning_rates) > 1:
+      name += f"_lr{learning_rate:g}"
+    settings = adapt_lib.AdaptSettings(steps=config.adapt_steps, learning_rate=learning_rate,
+                                       seed=config.seed)
+    methods[name] = model_method(upsampler, back_projection=config.back_projection[0],
+                                 adapt=settings)
   cases = make_cases(scans, config.degradations, config.psfs)
   rows = run_cases(methods, cases)
   names = list(methods)
