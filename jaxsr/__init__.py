@@ -1,8 +1,9 @@
 """jaxsr: arbitrary-scale super-resolution of MR images in JAX/Flax.
 
-`jaxsr.upsample(data, affine, checkpoint, voxel_size=...)` super-resolves arrays
-with a trained model (see `jaxsr.upsampling`); the `jaxsr` command does the same
-on NIfTI files.
+`jaxsr.upsample(data, affine, voxel_size=...)` super-resolves arrays with the
+general model shipped in the package, or with `checkpoint=` a trained run, and
+`adapt=jaxsr.AdaptSettings(steps=300)` first fine-tunes it on the input (see
+`jaxsr.upsampling`); the `jaxsr` command does the same on NIfTI files.
 """
 
 __version__ = "0.1.0"
@@ -12,4 +13,7 @@ def __getattr__(name: str):
   if name == "upsample":  # imported on first use: `import jaxsr` stays light
     from jaxsr.upsampling import upsample
     return upsample
+  if name == "AdaptSettings":
+    from jaxsr.adapt import AdaptSettings
+    return AdaptSettings
   raise AttributeError(f"module 'jaxsr' has no attribute {name!r}")

@@ -6,7 +6,8 @@ The scans are real acquisitions that ship inside the dipy wheel (no download):
   aniso_vox       b0, 58 x 58 x 24 of 4 x 4 x 5 mm
   small_64D_b0    the b0 of small_64D, 10 x 10 x 10 of 2 mm
   small_64D_dwi   the mean of its 64 b = 1000 s/mm^2 volumes
-  test_piesno     a noisy DWI volume, 96 x 96 x 14 (validation only)
+  test_piesno     one noisy DWI slice, 96 x 96, under 14 diffusion weightings (2 b0, then
+                  diffusion-weighted) stacked along z (validation only; in-plane only)
   small_101D_b0   the mean b0 of small_101D, 6 x 10 x 10 of 2.5 mm (validation only)
 
 The validation scans choose (checkpoint, back-projection); the test scans are
@@ -54,8 +55,9 @@ DEGRADATIONS = {  # per-axis factors (x, y in-plane; z through-plane)
 MIN_LR_VOXELS = 4
 TEST_SCANS = ("S0_10slices", "aniso_vox", "small_64D_b0", "small_64D_dwi")
 VALIDATION_SCANS = ("test_piesno", "small_101D_b0")
-# Scans whose slices are not contiguous (gaps between them): no through-plane cases.
-NON_CONTIGUOUS_SLICES = ("S0_10slices",)
+# Scans whose slices are not neighbours in space (gaps between them, or one slice under
+# several weightings): no through-plane cases.
+NON_CONTIGUOUS_SLICES = ("S0_10slices", "test_piesno")
 
 
 def _shell_mean(name: str, b0: bool) -> np.ndarray:

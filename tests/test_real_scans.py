@@ -17,6 +17,10 @@ def test_cases_follow_what_each_scan_allows():
   assert ("small_64D_b0", "in-plane 2x") in pairs
   assert ("small_64D_b0", "in-plane 3x") not in pairs  # 10 / 3 < 4 LR voxels
   assert not set(real_scans.VALIDATION_SCANS) & {c.scan for c in cases}
+  validation = real_scans.make_cases(real_scans.VALIDATION_SCANS,
+                                     tuple(real_scans.DEGRADATIONS), ("block",))
+  assert {c.degradation for c in validation if c.scan == "test_piesno"} == {
+      "in-plane 2x", "in-plane 3x"}  # one slice under 14 weightings: nothing through-plane
 
 
 def test_lr_images_are_the_scan_degraded_onto_block_centred_grids():
