@@ -14,6 +14,7 @@ import ml_collections
 from jaxsr.adapt import AdaptSettings
 from jaxsr.data.psf import PSFS
 from jaxsr.real_scans import DEGRADATIONS
+from jaxsr.upsampling import DEFAULT_BACK_PROJECTION
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_step = 0  # of a run directory; 0 = its latest
   c.degradations = tuple(DEGRADATIONS)
   c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
-  c.back_projection = (0,)  # one model column per value (iterations; chosen on validation)
+  c.back_projection = (DEFAULT_BACK_PROJECTION,)  # a model column per value (iterations)
   c.adapt_steps = 100  # columns with --adapt STEPS (0: none), one per learning rate
   c.adapt_learning_rates = (AdaptSettings.learning_rate,)
   if variant == "validation":

@@ -124,11 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                   f"{', '.join(PSFS)} (block: thick slices / block averaging; gaussian: a "
                   "smooth slice profile; kspace: a smaller k-space matrix). Back-projection and "
                   "--adapt degrade with it; without it, --adapt draws one per training crop")
-  up.add_argument("--back-projection", type=int, default=None, metavar="N",
+  up.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
                   help="iterations of back-projection onto the input: the output is corrected "
                   "until downsampling it (with --psf, else the training degradation) gives back "
-                  f"the input; 0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION}, "
-                  "or 0 for the general model without --psf)")
+                  f"the input; 0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION})")
   up.add_argument("--adapt", type=int, default=0, metavar="STEPS",
                   help="first fine-tune the model on the input itself for STEPS steps "
                   "(self-supervised: the input degraded once more by the requested factors is "

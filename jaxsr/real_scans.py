@@ -149,7 +149,8 @@ def classical_methods() -> dict[str, Method]:
   }
 
 
-def model_method(upsampler: upsampling.Upsampler, *, back_projection: int | None = None,
+def model_method(upsampler: upsampling.Upsampler, *,
+                 back_projection: int = upsampling.DEFAULT_BACK_PROJECTION,
                  adapt: adapt_lib.AdaptSettings | None = None) -> Method:
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
   def predict(lr: np.ndarray, case: Case) -> np.ndarray:

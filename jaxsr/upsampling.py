@@ -24,9 +24,9 @@ Intensities follow the model's training data:
     multiplied back; outputs stay in [0, the input's maximum].
 Model outputs are then back-projected onto the input (`degrade.back_project`,
 `back_projection` iterations: degrading the output reproduces the input) with
-the input's PSF when it is given (`psf`), else with the training degradation;
-a general model without a PSF is not back-projected by default, since no one
-degradation is the right one (`resolve_back_projection`). With a mask,
+the input's PSF when it is given (`psf`), else with the anti-aliased cubic
+degradation (also for the general model, whose inputs come from any PSF: the
+validation scans chose it over none, docs/results_real.md). With a mask,
 normalisation uses the voxels inside it and the output is 0 outside it.
 The T1 is resampled onto the output grid through both affines (cubic) and then
 degraded onto the input grid by the training degradation, so it reaches the
@@ -184,19 +184,6 @@ def intensity_reference(volume: np.ndarray, mask: np.ndarray | None, upsampler: 
   return float(values.max())
 
 
-def resolve_back_projection(back_projection: int | None, upsampler: Upsampler,
-                            psf: str | None) -> int:
-  """Iterations of back-projection: as given, else DEFAULT_BACK_PROJECTION, except for a general
-  model without a known PSF (its inputs come from any PSF, so no one degradation is right): 0."""
-  if back_projection is not None:
-    if back_projection < 0:
-      raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
-    return back_projection
-  if upsampler.intensity_percentile is not None and psf is None:
-    return 0
-  return DEFAULT_BACK_PROJECTION
-
-
 def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[int],
                     hr_shape: Sequence[int], settings: adapt_lib.AdaptSettings, *,
                     mask: np.ndarray | None = None, progress: bool = False) -> Upsampler:
@@ -225,7 +212,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
                      hr_shape: Sequence[int], upsampler: Upsampler, *,
                      bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
                      mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
-                     back_projection: int | None = None, psf: str | None = None,
+                     back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
                      plan: MemoryPlan | None = None, progress: bool = False,
                      source: str = "input") -> Iterator[np.ndarray]:
   """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
@@ -244,8 +231,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     mask: (x, y, z) bool brain mask on the LR grid, or None.
     max_memory: bytes for the whole process (`inference.plan_memory`); `plan`
       overrides the plan made from it.
-    back_projection: iterations of back-projection on each model output; None:
-      `resolve_back_projection`.
+    back_projection: iterations of back-projection on each model output.
     psf: the input's PSF (`jaxsr.data.psf.PSFS`): back-projection degrades with it
       (None: the training degradation, anti-aliased cubic).
     progress: show a progress bar over tiles and chunks of every volume.
@@ -259,7 +245,8 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
   hr_shape = tuple(int(n) for n in hr_shape)
   if psf is not None:
     psf_lib.check_psf(psf)
-  back_projection = resolve_back_projection(back_projection, upsampler, psf)
+  if back_projection < 0:
+    raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
   check_t1(upsampler, t1.path if t1 is not None else None)
   mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
   channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, mask_hr)]
@@ -381,7 +368,7 @@ def upsample(data: np.ndarray, affine: np.ndarray,
              t1_affine: np.ndarray | None = None, bvals: np.ndarray | None = None,
              mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
              max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-             back_projection: int | None = None, psf: str | None = None,
+             back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
              adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
   """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
@@ -397,8 +384,7 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     mask: (X, Y, Z) brain mask on the input grid.
     max_memory: bytes for the whole process; tiles and chunks are sized to fit.
     max_output_voxels: refuse larger output grids (per 3D volume).
-    back_projection: iterations of back-projection onto the input (0: none;
-      None: `resolve_back_projection`).
+    back_projection: iterations of back-projection onto the input (0: none).
     psf: the input's PSF if known (`jaxsr.data.psf.PSFS`): back-projection and
       adaptation degrade with it.
     adapt: fine-tune on the input's first volume first (`jaxsr.adapt`), or None.
@@ -496,7 +482,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                    mask: str | os.PathLike | None = None, voxel_size=None, scale=None, shape=None,
                    max_memory: int = DEFAULT_MAX_MEMORY,
                    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-                   back_projection: int | None = None, psf: str | None = None,
+                   back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
                    adapt: adapt_lib.AdaptSettings | None = None,
                    save_adapted: str | os.PathLike | None = None,
                    preview: str | os.PathLike | None = None, overwrite: bool = False,
