@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.adapt_learning_rates = (AdaptSettings.learning_rate,)
   if variant == "validation":
     c.back_projection = (0, 3)
-    c.adapt_learning_rates = (1e-4, 3e-4, 1e-3)
+    c.adapt_learning_rates = (1e-4, 3e-4, 1e-3)  # what chose AdaptSettings.learning_rate
   if variant == "smoke":
     c.degradations = ("in-plane 2x",)
     c.psfs = ("block",)

@@ -6,7 +6,8 @@ number of steps to restore the scan from that, so it learns this scanner's
 contrast, noise and texture at this scale. Then it is applied to the scan.
 
 Training pairs (`AdaptSampler`): an HR crop of round(l_a f_a) voxels per axis
-(f the requested factors, l_a = min(lr_patch_size, floor(n_a / f_a)) LR voxels)
+(f the requested factors, l_a = min(lr_patch_size, floor(n_a / f_a)) LR voxels,
+at least MIN_LR_VOXELS along each degraded axis)
 centred on a voxel with signal, flipped at random along each axis (and
 transposed in-plane when both in-plane factors agree), degraded to l_a voxels
 by the PSF given (`--psf`) or by one drawn per crop from `jaxsr.data.psf.PSFS`.
@@ -30,7 +31,9 @@ from tqdm import tqdm
 from jaxsr import losses
 from jaxsr.data import psf as psf_lib
 
-MIN_LR_VOXELS = 2  # per axis: fewer cannot be a training input
+# Per degraded axis: LR crops of fewer voxels are mostly border, and fine-tuning on them
+# wrecked whole-volume outputs on the validation scans (docs/results_real.md).
+MIN_LR_VOXELS = 4
 SIGNAL_FRACTION = 0.1  # crop centres: voxels above this fraction of the scan's 99th percentile
 
 
@@ -54,7 +57,7 @@ class AdaptSettings:
   psf: str | None = None
   batch_size: int = 4
   lr_patch_size: int = 8
-  learning_rate: float = 1e-4
+  learning_rate: float = 3e-4  # chosen on the validation scans (docs/results_real.md)
   seed: int = 0
 
 
@@ -64,7 +67,7 @@ def crop_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_si
   lr, hr = [], []
   for axis, (n, f) in enumerate(zip(scan_shape, factors)):
     l = min(lr_patch_size, int(math.floor(n / f + 1e-6)))
-    if l < MIN_LR_VOXELS:
+    if f > 1 and l < MIN_LR_VOXELS:
       raise AdaptError(f"the scan has {n} voxels along axis {axis}: too few to degrade it "
                        f"{f:.3g}x more for --adapt (needs at least {math.ceil(MIN_LR_VOXELS * f)})")
     lr.append(l)

@@ -136,8 +136,9 @@ def lr_affine(factors: Sequence[float]) -> np.ndarray:
   return affine
 
 
-# (LR volume, case) -> (X, Y, Z) float32 on the HR grid
-Method = Callable[[np.ndarray, Case], np.ndarray]
+# (LR volume, case) -> (X, Y, Z) float32 on the HR grid, or (that, a note on what was done
+# instead of what the method names, e.g. no adaptation on a scan too small for it)
+Method = Callable[[np.ndarray, Case], np.ndarray | tuple[np.ndarray, str]]
 
 
 def classical_methods() -> dict[str, Method]:
@@ -153,11 +154,16 @@ def model_method(upsampler: upsampling.Upsampler, *,
                  back_projection: int = upsampling.DEFAULT_BACK_PROJECTION,
                  adapt: adapt_lib.AdaptSettings | None = None) -> Method:
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
-  def predict(lr: np.ndarray, case: Case) -> np.ndarray:
+  def predict(lr: np.ndarray, case: Case) -> np.ndarray | tuple[np.ndarray, str]:
     factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
-    out, _ = upsampling.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
-                                 back_projection=back_projection, adapt=adapt)
-    return out
+
+    def run(settings):
+      return upsampling.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
+                                 back_projection=back_projection, adapt=settings)[0]
+    try:
+      return run(adapt)
+    except adapt_lib.AdaptError as error:  # as `jaxsr upsample` would refuse: the model alone
+      return run(None), f"not adapted: {error}"
   return predict
 
 
@@ -171,9 +177,10 @@ def score_case(methods: dict[str, Method], case: Case) -> dict:
   for name, method in methods.items():
     start = time.perf_counter()
     pred = method(lr, case)
+    pred, note = pred if isinstance(pred, tuple) else (pred, None)
     scores[name] = {"psnr": metrics.psnr(pred, hr, mask, data_range),
                     "ssim": metrics.ssim(pred, hr, mask, data_range),
-                    "seconds": time.perf_counter() - start}
+                    "seconds": time.perf_counter() - start, "note": note}
   return scores
 
 
@@ -203,7 +210,7 @@ def markdown_table(rows: Sequence[dict], method_names: Sequence[str], reference:
       p, s = scores[m]["psnr"], scores[m]["ssim"]
       p_text = f"**{p:.2f}**" if p == best_psnr else f"{p:.2f}"
       s_text = f"**{s:.4f}**" if s == best_ssim else f"{s:.4f}"
-      cells.append(f"{p_text} / {s_text}")
+      cells.append(f"{p_text} / {s_text}" + (" †" if scores[m].get("note") else ""))
     cells += [f"{scores[m]['psnr'] - scores[reference]['psnr']:+.2f}" for m in gains]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -253,9 +260,10 @@ def evaluate(config, workdir: str | os.PathLike) -> str:
   cases = make_cases(scans, config.degradations, config.psfs)
   rows = run_cases(methods, cases)
   names = list(methods)
+  notes = sorted({s["note"] for r in rows for s in r["scores"].values() if s.get("note")})
   text = (f"Real scans ({config.split}), model {upsampler.run_dir} (step {upsampler.step}); "
-          f"PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names) + "\n"
-          + summary(rows, names))
+          f"PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names)
+          + "".join(f"\n† {n}" for n in notes) + "\n\n" + summary(rows, names))
   (out_dir / f"real_scans_{config.split}.md").write_text(text)
   (out_dir / f"real_scans_{config.split}.json").write_text(json.dumps(
       {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows}, indent=2) + "\n")
