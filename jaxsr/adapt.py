@@ -63,7 +63,7 @@ class AdaptSettings:
 
 def crop_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_size: int
                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """(HR crop shape, LR crop shape) for a scan and per-axis factors; AdaptError if it is too small."""
+  """(HR crop shape, LR crop shape) for a scan and per-axis factors; AdaptError if too small."""
   lr, hr = [], []
   for axis, (n, f) in enumerate(zip(scan_shape, factors)):
     l = min(lr_patch_size, int(math.floor(n / f + 1e-6)))
