@@ -108,14 +108,17 @@ def load(folder: str | os.PathLike) -> tuple[ml_collections.ConfigDict, object, 
                           "replaced); reinstall jaxsr or re-export the model")
   config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
   model = build_model(config.model)
-  template = init_params(model, jax.random.key(0), int(config.model.in_channels), (4, 4, 4))
+  # The parameters' shapes, traced (nothing is compiled or initialised).
+  expected = jax.eval_shape(
+      lambda: init_params(model, jax.random.key(0), int(config.model.in_channels), (4, 4, 4)))
   try:
-    params = flax.serialization.from_bytes(jax.device_get(template), params_path.read_bytes())
-  except (ValueError, KeyError, TypeError) as e:
-    raise PretrainedError(f"{params_path}: does not fit the model of its config.json "
-                          f"({type(e).__name__})") from e
-  shapes = jax.tree_util.tree_map(np.shape, params)
-  if shapes != jax.tree_util.tree_map(np.shape, jax.device_get(template)):
+    params = flax.serialization.msgpack_restore(params_path.read_bytes())
+  except ValueError as e:
+    raise PretrainedError(f"{params_path}: not a parameter file ({e})") from e
+  structure_ok = (jax.tree_util.tree_structure(params)
+                  == jax.tree_util.tree_structure(expected))
+  if not structure_ok or jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(
+      lambda x: x.shape, expected):
     raise PretrainedError(f"{params_path}: parameter shapes do not fit the model of its "
                           "config.json")
   return config, model, params, manifest

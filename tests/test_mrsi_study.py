@@ -31,9 +31,10 @@ def study(tmp_path_factory):
   return config, workdir, text, time.perf_counter() - start
 
 
-def test_smoke_study_trains_and_evaluates_within_three_minutes(study):
-  config, workdir, text, seconds = study
-  assert seconds < 180, f"smoke study took {seconds:.0f} s"
+def test_smoke_study_trains_and_evaluates(study):
+  """Every run trains and the evaluation writes its tables and figures (speed is not asserted:
+  CI machines are shared; timings belong in benchmarks)."""
+  config, workdir, text, _ = study
   for name in NETWORKS:
     run = workdir / "fold0" / name
     record = json.loads((run / "run.json").read_text())
