@@ -45,10 +45,15 @@ def is_exported(path: str | os.PathLike) -> bool:
   return (pathlib.Path(path) / "manifest.json").is_file()
 
 
+def missing_files(folder: pathlib.Path) -> list[str]:
+  """The files of this format that `folder` lacks."""
+  return [f for f in FILES if not (folder / f).is_file()]
+
+
 def general_model_dir() -> pathlib.Path:
   """The shipped general model's folder; PretrainedError when the install lacks it."""
   folder = WEIGHTS_DIR / GENERAL_MODEL
-  missing = [f for f in FILES if not (folder / f).is_file()]
+  missing = missing_files(folder)
   if missing:
     raise PretrainedError(f"the shipped general model is missing from this install ({folder}: "
                           f"no {', '.join(missing)}); reinstall jaxsr, or give --checkpoint")
@@ -95,7 +100,7 @@ def load(folder: str | os.PathLike) -> tuple[ml_collections.ConfigDict, object, 
       parameters that do not fit the model the config describes.
   """
   folder = pathlib.Path(folder)
-  missing = [f for f in FILES if not (folder / f).is_file()]
+  missing = missing_files(folder)
   if missing:
     raise PretrainedError(f"{folder}: not an exported model (no {', '.join(missing)})")
   manifest = json.loads((folder / "manifest.json").read_text())
