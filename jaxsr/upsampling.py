@@ -410,7 +410,6 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   upsampler = load_upsampler(checkpoint)
   lr_mask = _lr_mask(mask, data.shape[:3], "<mask>")
   adapt = _with_psf(adapt, psf)
-  prepare_adaptation(upsampler, data.shape[:3], grid.shape, adapt)
   if adapt is not None and adapt.steps:
     upsampler = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
                                 mask=lr_mask, progress=progress)
