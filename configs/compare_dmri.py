@@ -1,20 +1,29 @@
 """The dMRI comparison: every method of the CSR-dMRI paper's Tables 1 and 2, trained and evaluated together.
 
   python train.py    --config configs/compare_dmri.py[:VARIANT] --workdir DIR
-  python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR
+  python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR [--config.eval.split=val]
 
-`train.py` trains each run of `runs` in DIR/<name> one after the other (re-running
-resumes; finished runs are skipped). `evaluate.py` reads the runs' checkpoints only
-and writes DIR/eval/{table1.md, table2.md, dti.md, tables.json, figures/}. To
-compare runs trained elsewhere, point `run_dirs.<name>` at their workdirs.
+`train.py` trains each run of `runs` once per seed of `seeds`, in DIR/<name>/seed<s>, one
+after the other (re-running resumes; finished runs are skipped). Every run scores the
+validation subjects at each checkpoint (`train.validate`) and evaluation reads the
+checkpoint with the best validation score (`eval.checkpoint=best`), so the test subjects
+choose nothing. `evaluate.py` reads the runs' checkpoints only and writes
+DIR/eval/{table1.md, table2.md, dti.md, tables.json, figures/} (`eval.split=val`: the
+validation subjects, DIR/eval/val/, where designs are compared). To compare runs
+trained elsewhere, point `run_dirs.<name>` at a folder holding their seed<s>/ workdirs.
 
-Runs (all on the data of configs/csr_dmri.py for the same variant):
-  dcsrn     fixed-scale DCSRN, trained at 2× (configs/dcsrn.py)
-  rescnn3d  fixed-scale ResCNN3D, trained at 3× (configs/rescnn3d.py)
-  arssr     INR alone: no T1, no FFT loss (configs/arssr.py)
-  inr_t1    INR + T1
-  inr_fft   INR + FFT loss
-  csr_dmri  INR + T1 + FFT loss (configs/csr_dmri.py)
+Runs (all on the data of configs/csr_dmri.py for the same variant; quick: 18 subjects,
+10 training, 2 validation, 6 test):
+  dcsrn             fixed-scale DCSRN, trained at 2× (configs/dcsrn.py)
+  rescnn3d          fixed-scale ResCNN3D, trained at 3× (configs/rescnn3d.py)
+  dcsrn_matched     DCSRN with about the implicit model's parameters (quick: growth 22)
+  rescnn3d_matched  ResCNN3D with about the implicit model's parameters (quick: 8 × 32)
+  arssr             INR alone: no T1, no FFT loss (configs/arssr.py)
+  inr_t1            INR + T1
+  inr_fft           INR + FFT loss
+  csr_dmri          INR + T1 + FFT loss (configs/csr_dmri.py)
+The size-matched CNNs get about the wall time of an implicit run, not its steps
+(`MATCHED_STEPS`, from their measured step times; docs/results_dmri.md).
 Variants: default (the paper's sizes), quick, smoke (as configs/csr_dmri.py).
 """
 
@@ -27,32 +36,67 @@ SHARED_DATA_FIELDS = ("source", "root", "cache_dir", "num_subjects", "voxel_size
                       "num_directions", "snr", "seed", "bval", "bval_tol", "num_val", "num_test")
 
 
+# Size-matched fixed-scale CNNs of the quick comparison (parameters within 1.5x of the
+# implicit model's 182,977) and their steps: what fits the wall time of a quick implicit
+# run (2400 steps) at their measured step times on the 2-core CPU, rounded down to a
+# multiple of 6 (docs/results_dmri.md).
+MATCHED = {
+    "dcsrn_matched": {"model.growth": 22},
+    "rescnn3d_matched": {"model.num_features": 32, "model.num_layers": 8},
+}
+MATCHED_STEPS = {"dcsrn_matched": 720, "rescnn3d_matched": 300}
+
+
+def matched_run(base: ml_collections.ConfigDict, name: str, variant: str):
+  """A size-matched CNN run: `base` widened (quick) at about an implicit run's wall time.
+
+  default keeps the paper's sizes (already within the implicit model's range); smoke
+  keeps the smoke sizes.
+  """
+  if variant == "quick":
+    steps = MATCHED_STEPS[name]
+    base.update_from_flattened_dict({
+        **MATCHED[name], "train.num_steps": steps, "train.lr_decay_steps": steps // 3,
+        "train.checkpoint_every_steps": steps // 6})
+  return base
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base = csr_dmri.get_config(arg)
   c = ml_collections.ConfigDict()
   c.variant = base.variant
   c.distributed = base.distributed  # call jax.distributed.initialize() for multi-host runs
+  c.seeds = {"smoke": (0,)}.get(c.variant, (0, 1, 2))  # every run is trained once per seed
   inr_t1 = csr_dmri.get_config(arg)
   inr_t1.train.fft_weight = 0.0
   inr_fft = csr_dmri.get_config(arg)
   inr_fft.model.in_channels = 1
   c.runs = ml_collections.ConfigDict({
       "dcsrn": dcsrn.get_config(arg), "rescnn3d": rescnn3d.get_config(arg),
+      "dcsrn_matched": matched_run(dcsrn.get_config(arg), "dcsrn_matched", c.variant),
+      "rescnn3d_matched": matched_run(rescnn3d.get_config(arg), "rescnn3d_matched", c.variant),
       "arssr": arssr.get_config(arg), "inr_t1": inr_t1, "inr_fft": inr_fft,
       "csr_dmri": csr_dmri.get_config(arg)})
   c.run_dirs = ml_collections.ConfigDict({name: "" for name in c.runs})  # "": DIR/<name>
-  c.table1 = ("tricubic", "zero_fill", "dcsrn", "rescnn3d", "arssr", "csr_dmri")
+  c.table1 = ("tricubic", "zero_fill", "dcsrn", "rescnn3d", "dcsrn_matched", "rescnn3d_matched",
+              "arssr", "csr_dmri")
   c.table2 = ("arssr", "inr_t1", "inr_fft", "csr_dmri")
   c.reference = "csr_dmri"  # Wilcoxon tests: this method against each other one
   c.data = base.data  # the data set: every run trains on it, evaluation uses its test subjects
+  if c.variant == "quick":  # enough subjects for a test over subjects (6: p >= 1/32)
+    c.data.num_subjects, c.data.num_val, c.data.num_test = 18, 2, 6
   for run in c.runs.values():  # `--config.data.X=...` reaches every run
     for field in SHARED_DATA_FIELDS:
       run.data[field] = c.data.get_ref(field)
+    run.train.validate = True  # checkpoints ranked on the validation subjects
+    run.train.keep_checkpoints = 1  # the latest (to resume) and the best (to evaluate)
+    run.eval.validation_volumes = 1
   c.eval = base.eval
-  c.eval.num_volumes = {"default": 4, "quick": 4, "smoke": 2}[c.variant]  # scored per subject
+  c.eval.checkpoint = "best"  # the best validation score of each run
+  c.eval.num_volumes = {"default": 4, "quick": 2, "smoke": 2}[c.variant]  # scored per subject
   # Scales at which whole shells are super-resolved for FA/MD errors in white matter (each
-  # costs num_directions reconstructions per method and subject); quick: the 2.4x figure
-  # scale only, to fit a CPU.
+  # costs num_directions reconstructions per method, seed and subject); quick: the 2.4x
+  # figure scale only, to fit a CPU.
   c.eval.dti_scales = (2.4,) if c.variant == "quick" else c.eval.scales
   c.eval.figures = True
   c.eval.figure_scale = 2.4

@@ -105,11 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.augment_flips = False
   c.train.log_every_steps = 100
   c.train.checkpoint_every_steps = 5_000
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3  # the latest ones; with validate, the best one is kept too
+  c.train.validate = False  # score the validation subjects at every checkpoint (whole volumes,
+  #   eval.scales, eval.validation_volumes per subject); the scores rank the checkpoints
 
   c.eval = ml_collections.ConfigDict()
   c.eval.scales = (2.0, 3.0, 4.0, 2.4)
   c.eval.num_volumes = 4  # b-shell volumes per test subject, spread over the shell; 0: all
+  c.eval.split = "test"  # "val": score the validation subjects instead (where choices are made)
+  c.eval.checkpoint = "latest"  # "best": the best validation score (train.validate); or a step
+  c.eval.validation_volumes = 1  # per validation subject, at each checkpoint of train.validate
   c.eval.chunk_size = 65536  # HR voxels decoded at a time (implicit models)
   c.eval.tile_voxels = 1 << 19  # HR voxels per CNN slab (fixed-scale models)
 

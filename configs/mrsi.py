@@ -64,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_folds = 5  # 9 train / 3 validation / 3 test patients per fold
   c.data.fold = 0  # set per run by the study
   c.data.n_values = (16, 18, 20, 22, 24, 26, 28, 30, 32)  # acquired matrix sizes (of 64)
+  c.data.decoupled = True  # the phantom's anatomy does not give the metabolic lesion away;
+  #   False: lesion, maps and T1/FLAIR from the same weights (jaxsr.data.mrsi)
   c.data.augment = True  # flips, 90-degree rotations, shifts
   c.data.max_shift = 4  # voxels
   c.data.num_threads = 2

@@ -25,6 +25,7 @@ import json
 import pathlib
 from typing import Callable
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -33,7 +34,9 @@ from jaxsr.data import subjects as subjects_lib
 from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
 from jaxsr.inference import reconstruct, reconstruct_fixed_scale
 from jaxsr.models import is_implicit
-from jaxsr.train.checkpoint import TrainedRun, load_run, run_dir
+from jaxsr.data.nifti import DataError
+from jaxsr.train.checkpoint import (CheckpointError, TrainedRun, load_run, model_variables,
+                                    run_dir)
 from jaxsr.train.run_record import write_run_record
 
 # (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
@@ -51,12 +54,14 @@ class Method:
     predict: see `Predict`.
     uses_t1: whether `predict` needs the LR T1.
     t1, fft_loss: ablation flags of trained runs (Table 2 columns); None for classical methods.
+    seed: training seed of a trained run that is one of several seeds; None otherwise.
   """
   name: str
   predict: Predict
   uses_t1: bool = False
   t1: bool | None = None
   fft_loss: bool | None = None
+  seed: int | None = None
 
 
 def classical_methods() -> dict[str, Method]:
@@ -67,7 +72,7 @@ def classical_methods() -> dict[str, Method]:
   }
 
 
-def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
+def trained_method(name: str, run: TrainedRun, eval_config, seed: int | None = None) -> Method:
   """The `Method` of a trained run (implicit or fixed-scale, as its config says)."""
   model_config, model, variables = run.config.model, run.model, run.variables
   t1 = model_config.in_channels == 2
@@ -82,7 +87,7 @@ def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
       inputs = np.stack([lr / reference, lr_t1] if t1 else [lr / reference], axis=-1)
       return reference * reconstruct(model, variables["params"], inputs, hr_shape,
                                      eval_config.chunk_size)
-    return Method(name, predict, uses_t1=t1, t1=t1, fft_loss=fft_loss)
+    return Method(name, predict, uses_t1=t1, t1=t1, fft_loss=fft_loss, seed=seed)
   data = run.config.data
   if data.scale_min != data.scale_max:
     raise ValueError(f"{name}: a fixed-scale model needs data.scale_min == data.scale_max")
@@ -90,7 +95,25 @@ def trained_method(name: str, run: TrainedRun, eval_config) -> Method:
   def predict(lr, lr_t1, hr_shape, scale):
     return reconstruct_fixed_scale(model, variables, lr, hr_shape, scale=scale,
                                    train_scale=data.scale_min, tile_voxels=eval_config.tile_voxels)
-  return Method(name, predict, t1=False, fft_loss=fft_loss)
+  return Method(name, predict, t1=False, fft_loss=fft_loss, seed=seed)
+
+
+def validation_scores(config, model, subjects, state) -> dict[str, float]:
+  """Mean PSNR/SSIM of a training state on validation subjects: {"val_psnr", "val_ssim"}.
+
+  The evaluation protocol (whole volumes at `config.eval.scales`, inside the brain
+  mask) on `config.eval.validation_volumes` b-shell volumes per subject; each
+  subject's mean counts once.
+  """
+  run = TrainedRun(config, model, model_variables(jax.device_get(state)), step=-1)
+  method = trained_method("model", run, config.eval)
+  rows = []
+  for subject in subjects:
+    rows += score_subject({"model": method}, subject, scales=config.eval.scales,
+                          num_volumes=config.eval.validation_volumes)[0]
+  per_subject = {key: [np.mean([r[key] for r in rows if r["subject"] == s.name])
+                       for s in subjects] for key in ("psnr", "ssim")}
+  return {f"val_{key}": float(np.mean(values)) for key, values in per_subject.items()}
 
 
 def evaluated_volumes(num_volumes: int, available: int) -> list[int]:
@@ -121,7 +144,8 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
   At a scale in `dti_scales` every shell volume is super-resolved (a tensor fit
   needs them all), the tensors are fitted on the SR shell and on the HR shell, and
   FA/MD are compared inside the subject's WM mask (without one: truth FA > 0.2 in
-  the brain). `figure`, if given, is filled with the outputs at its scale and volume.
+  the brain). `figure`, if given, is filled with the outputs at its scale and volume
+  (of the first seed of a method trained with several).
   """
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
@@ -151,19 +175,19 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
           shell[..., i] = output
         if v in scored:
           truth = np.asarray(subject.dwi[..., v], np.float32)
-          row = {"subject": subject.name, "method": method.name, "scale": float(scale),
-                 "volume": v, "psnr": metrics.psnr(output, truth, mask),
+          row = {"subject": subject.name, "method": method.name, "seed": method.seed,
+                 "scale": float(scale), "volume": v, "psnr": metrics.psnr(output, truth, mask),
                  "ssim": metrics.ssim(output, truth, mask)}
           rows.append(row)
-          if keep and v == figure.volume:
+          if keep and v == figure.volume and method.name not in figure.outputs:
             figure.outputs[method.name] = output
             figure.scores[method.name] = (row["psnr"], row["ssim"])
       if with_dti:
         fa, md = dti.tensor_maps(shell, subject.bvecs, subject.bval, mask)
         errors = dti.dti_errors(fa, md, fa_truth, md_truth, wm)
-        dti_rows.append({"subject": subject.name, "method": method.name, "scale": float(scale),
-                         **errors})
-        if keep:
+        dti_rows.append({"subject": subject.name, "method": method.name, "seed": method.seed,
+                         "scale": float(scale), **errors})
+        if keep and method.name not in figure.fa:
           figure.fa[method.name] = fa
           figure.fa_rmse[method.name] = errors["fa_rmse"]
       if progress is not None:
@@ -177,28 +201,51 @@ def _write_json(path: pathlib.Path, value) -> None:
   path.write_text(json.dumps(value, indent=2) + "\n")
 
 
+def checkpoint_choice(value) -> int | str:
+  """`eval.checkpoint` as `load_run` takes it: "latest", "best" or a step (int, or digits)."""
+  if isinstance(value, int) or str(value).isdigit():
+    return int(value)
+  if value not in ("latest", "best"):
+    raise CheckpointError(f"eval.checkpoint: {value!r}; use latest, best or a step number")
+  return value
+
+
+def scored_subjects(config) -> tuple[str, list]:
+  """(split name, subjects) that `config.eval.split` asks to score: "test" or "val"."""
+  split = config.eval.get("split", "test")
+  if split not in ("test", "val"):
+    raise DataError(f"eval.split: {split!r}; use test or val")
+  subjects = subjects_lib.load_subjects(config.data)[split]
+  if not subjects:
+    raise DataError(f"eval.split={split}: the data has no {split} subjects "
+                    f"(data.num_{split})")
+  return split, subjects
+
+
 def evaluate(config, workdir: str | pathlib.Path) -> str:
-  """Evaluates `workdir` on the test subjects and returns the Markdown it wrote.
+  """Evaluates `workdir` on the test (or validation) subjects; returns the Markdown it wrote.
 
   A config with a `runs` section (configs/compare_dmri.py) compares the runs
-  (see `make_tables`); any other config is one run: its latest checkpoint against
-  tricubic and zero-filling, written as `eval/table.md`, `eval/table.json` (a
-  list of {"method", "scale", "psnr", "ssim", ...} means over test subjects) and
-  `eval/per_subject.json` (one row per subject, volume, method and scale).
+  (see `make_tables`); any other config is one run: its checkpoint
+  `eval.checkpoint` against tricubic and zero-filling, written as
+  `eval/table.md`, `eval/table.json` (a list of {"method", "scale", "psnr",
+  "ssim", ...} means over subjects) and `eval/per_subject.json` (one row per
+  subject, volume, method and scale); `eval.split=val` scores the validation
+  subjects instead and writes `eval/val/`.
   """
   if "runs" in config:
     return make_tables(config, workdir)
   workdir = pathlib.Path(workdir)
-  run = load_run(workdir)
+  run = load_run(workdir, checkpoint_choice(config.eval.checkpoint))
   methods = classical_methods()
   name = run.config.model.kind
   methods[name] = trained_method(name, run, config.eval)
-  test_subjects = subjects_lib.load_subjects(config.data)["test"]
-  out_dir = workdir / "eval"
+  split, subjects = scored_subjects(config)
+  out_dir = workdir / "eval" if split == "test" else workdir / "eval" / split
   write_run_record(out_dir / "run.json", config, checkpoint_step=run.step,
-                   test_subjects=[s.name for s in test_subjects])
+                   split=split, subjects=[s.name for s in subjects])
   rows = []
-  for subject in tqdm(test_subjects, desc="evaluate", dynamic_ncols=True):
+  for subject in tqdm(subjects, desc="evaluate", dynamic_ncols=True):
     rows += score_subject(methods, subject, scales=config.eval.scales,
                           num_volumes=config.eval.num_volumes)[0]
   table = tables.summarise(rows)
@@ -206,19 +253,21 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   _write_json(out_dir / "per_subject.json", rows)
   _write_json(out_dir / "table.json", table)
   (out_dir / "table.md").write_text(text)
-  tqdm.write(f"Evaluated checkpoint step {run.step} on {len(test_subjects)} test subject(s): "
-             f"{', '.join(s.name for s in test_subjects)}")
+  tqdm.write(f"Evaluated checkpoint step {run.step} on {len(subjects)} {split} subject(s): "
+             f"{', '.join(s.name for s in subjects)}")
   return text
 
 
 def make_tables(config, workdir: str | pathlib.Path) -> str:
   """Tables 1 and 2, Wilcoxon tests, DTI errors and figures for the runs of a comparison config.
 
-  Writes under `WORKDIR/eval/`: `table1.md` (config.table1 methods × scales,
-  PSNR/SSIM, best in bold, p-values of config.reference against each method),
-  `table2.md` (the ablations, config.table2, with their T1 / FFT-loss flags),
-  `dti.md` (FA and MD RMSE in the WM mask), `tables.json` (everything, including
-  per-volume scores), `figures/*.png` and `run.json`. Returns the Markdown.
+  Every run is read at `eval.checkpoint` for each of `config.seeds` (WORKDIR/<name>/seed<s>).
+  Writes under `WORKDIR/eval/` (`eval.split=val`: `WORKDIR/eval/val/`): `table1.md`
+  (config.table1 methods × scales, PSNR/SSIM as mean over seeds ± sd over seeds, best in
+  bold, p-values of config.reference against each method over subjects), `table2.md` (the
+  ablations, config.table2, with their T1 / FFT-loss flags), `dti.md` (FA and MD RMSE in
+  the WM mask), `tables.json` (everything, including per-volume scores), `figures/*.png`
+  and `run.json`. Returns the Markdown.
   """
   workdir = pathlib.Path(workdir)
   classical = classical_methods()
@@ -230,24 +279,28 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   if config.eval.figures and float(config.eval.figure_scale) not in map(float, config.eval.scales):
     raise ValueError(f"eval.figure_scale {config.eval.figure_scale} is not one of eval.scales "
                      f"{tuple(config.eval.scales)}")
+  choice = checkpoint_choice(config.eval.checkpoint)
+  seeds = [int(s) for s in config.seeds] if config.get("seeds") else [None]
   methods, steps = {}, {}
   for name in names:
     if name in classical:
       methods[name] = classical[name]
-    else:
-      run = load_run(run_dir(config, workdir, name))
-      methods[name] = trained_method(name, run, config.eval)
-      steps[name] = run.step
-  test_subjects = subjects_lib.load_subjects(config.data)["test"]
-  out_dir = workdir / "eval"
-  write_run_record(out_dir / "run.json", config, checkpoint_steps=steps,
-                   test_subjects=[s.name for s in test_subjects])
+      continue
+    for seed in seeds:
+      run = load_run(run_dir(config, workdir, name, seed), choice)
+      methods[name if seed is None else f"{name}/seed{seed}"] = trained_method(
+          name, run, config.eval, seed)
+      steps.setdefault(name, {})[str(seed)] = run.step
+  split, subjects = scored_subjects(config)
+  out_dir = workdir / "eval" if split == "test" else workdir / "eval" / split
+  write_run_record(out_dir / "run.json", config, checkpoint_steps=steps, split=split,
+                   subjects=[s.name for s in subjects])
   figure = None
   rows, dti_rows = [], []
-  progress = tqdm(total=len(test_subjects) * len(config.eval.scales) * len(methods),
+  progress = tqdm(total=len(subjects) * len(config.eval.scales) * len(methods),
                   desc="evaluate", dynamic_ncols=True)
   with progress:
-    for i, subject in enumerate(test_subjects):
+    for i, subject in enumerate(subjects):
       if i == 0 and config.eval.figures:
         volume = evaluated_volumes(config.eval.num_volumes, subject.dwi.shape[-1])[0]
         figure = FigureData(float(config.eval.figure_scale), volume,
@@ -272,8 +325,8 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
            + tables.markdown_pvalues(pvalues, methods=config.table2))
   (out_dir / "table1.md").write_text(text1)
   (out_dir / "table2.md").write_text(text2)
-  result = {"table": table, "wilcoxon": pvalues, "per_volume": rows,
-            "checkpoint_steps": steps, "test_subjects": [s.name for s in test_subjects]}
+  result = {"table": table, "wilcoxon": pvalues, "per_volume": rows, "checkpoint_steps": steps,
+            "split": split, "subjects": [s.name for s in subjects]}
   texts = [text1, text2]
   if config.eval.dti_scales:
     dti_table = tables.summarise(dti_rows, keys=("fa_rmse", "md_rmse"))
@@ -284,7 +337,7 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
     texts.append(text_dti)
   _write_json(out_dir / "tables.json", result)
   if figure is not None:
-    write_figures(figure, config.table1, out_dir / "figures", test_subjects[0].name)
+    write_figures(figure, config.table1, out_dir / "figures", subjects[0].name)
   return "\n".join(texts)
 
 

@@ -1,12 +1,19 @@
 """MRSI evaluation from checkpoints: Table 1, Wilcoxon tests, condition studies, sharpness study.
 
 Protocol: for each fold of the study, every usable slice of the fold's test
-patients and each metabolite of `eval.metabolites` gives a normalised HR map
+patients and each metabolite of `eval.metabolites` gives an acquired HR map
 (`jaxsr.data.mrsi_pipeline.example`); for each n of `data.n_values` its central
-n × n k-space is kept (`kspace.truncate`) and every method brings it back to
-64 × 64. PSNR and 2D SSIM (data range 1, the normalised maps' peak) are taken
-inside the quality mask. Methods: k-space zero-filling and the study's trained
-networks at λ = 0 (Single-scale: the network trained at that n).
+n × n k-space is kept and normalised by its own scale (`mrsi_pipeline.lr_input`,
+as in training and `jaxsr upsample-mrsi`), and every method brings it back to
+64 × 64 in mM. PSNR and 2D SSIM are taken inside the quality mask against the
+truth there, both divided by the truth's peak in the mask (data range 1).
+Methods: k-space zero-filling and the study's trained networks at λ = 0
+(Single-scale: the network trained at that n).
+
+The independent unit is the patient: Table 1 gives the mean ± sd over patients
+of each patient's mean over its maps and n, and the Wilcoxon tests pair
+patients (exact; with few patients no difference can be significant, and the
+table says so).
 
 Condition studies (first fold): the Filter Scaling with Met network with its
 convolutions conditioned on another n or metabolite than the input's. Sharpness
@@ -41,16 +48,16 @@ LABELS = {
     "hypernetwork": "Hypernetworks",
     "filter_scaling": "Filter Scaling",
     "filter_scaling_met": "Filter Scaling with Met",
+    "filter_scaling_met_no_anatomy": "Filter Scaling with Met, no T1/FLAIR",
 }
 PAPER_PARAMS = {"single_scale": 8.7e6, "unconditioned": 1.0e6, "amlayer": 1.5e6,
                 "hypernetwork": 26e6, "filter_scaling": 3.9e6, "filter_scaling_met": 6.9e6}
 CONDITION_METHOD = "filter_scaling_met"  # the network of the condition studies
-PAIR_KEYS = ("fold", "patient", "slice", "metabolite", "n")  # what Wilcoxon pairs match on
 
 
 @dataclasses.dataclass(frozen=True)
 class TestMaps:
-  """K normalised test maps: "hr", "t1", "flair", "mask" (K, 64, 64), and their identities."""
+  """K test maps: "hr" (acquired, mM), "t1", "flair", "mask" (K, 64, 64), and their identities."""
   images: dict[str, np.ndarray]
   metabolite: np.ndarray  # (K,) int32
   patient: list[str]
@@ -58,6 +65,21 @@ class TestMaps:
 
   def __len__(self) -> int:
     return len(self.metabolite)
+
+  @property
+  def peaks(self) -> np.ndarray:
+    """(K,) each truth's maximum inside its quality mask: the metrics' unit."""
+    masked = np.where(self.images["mask"] > 0, self.images["hr"], -np.inf)
+    return masked.reshape(len(self), -1).max(axis=1)
+
+  def in_peak_units(self, maps: np.ndarray) -> np.ndarray:
+    """(K, 64, 64) maps in mM divided by the truths' peaks (the truth's peak becomes 1)."""
+    return maps / self.peaks[:, None, None]
+
+  @property
+  def truth(self) -> np.ndarray:
+    """(K, 64, 64) the truths inside their quality masks, in peak units (0 outside)."""
+    return self.in_peak_units(self.images["hr"] * self.images["mask"])
 
 
 def test_maps(patients: list[mrsi.Patient], eval_config) -> TestMaps:
@@ -100,25 +122,27 @@ class Generator:
     outputs = []
     for start in range(0, padded, size):
       part = slice(start, start + size)
-      lr = kspace.truncate(jnp.asarray(images["hr"][part]), n)
-      outputs.append(np.asarray(self._apply(
+      lr, scale = mrsi_pipeline.lr_input(jnp.asarray(images["hr"][part]), n)
+      output = self._apply(
           self.run.variables, lr, images["t1"][part], images["flair"][part],
           full(n).astype(np.int32), condition[part], full(sharpness).astype(np.float32),
           images["mask"][part], full(n if n_condition is None else n_condition)
-          .astype(np.int32))))
+          .astype(np.int32))
+      outputs.append(np.asarray(output * scale[:, None, None]))
     return np.concatenate(outputs)[:k]
 
 
 def zero_fill(maps: TestMaps, n: int) -> np.ndarray:
-  """The k-space zero-filling baseline, masked like the networks' outputs."""
+  """The k-space zero-filling baseline in mM, masked like the networks' outputs."""
   return np.asarray(kspace.truncate(jnp.asarray(maps.images["hr"]), n)) * maps.images["mask"]
 
 
 def score(outputs: np.ndarray, maps: TestMaps) -> tuple[np.ndarray, np.ndarray]:
-  """Per-map PSNR (dB) and SSIM inside the quality mask, data range 1."""
-  hr, mask = maps.images["hr"], maps.images["mask"] > 0
-  psnr = np.array([metrics.psnr(o, t, m, data_range=1.0) for o, t, m in zip(outputs, hr, mask)])
-  ssim = np.array([metrics.ssim(o, t, m, data_range=1.0) for o, t, m in zip(outputs, hr, mask)])
+  """Per-map PSNR (dB) and SSIM of outputs (mM) inside the quality mask, in peak units."""
+  truth, mask = maps.truth, maps.images["mask"] > 0
+  outputs = maps.in_peak_units(outputs)
+  psnr = np.array([metrics.psnr(o, t, m, data_range=1.0) for o, t, m in zip(outputs, truth, mask)])
+  ssim = np.array([metrics.ssim(o, t, m, data_range=1.0) for o, t, m in zip(outputs, truth, mask)])
   return psnr, ssim
 
 
@@ -135,35 +159,43 @@ def training_seconds(directory: pathlib.Path) -> float:
   return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
 
 
+def patient_means(rows: list[dict], method: str, key: str) -> dict[str, float]:
+  """{patient: mean of `key` over the patient's scored maps and n} for one method."""
+  means: dict[str, list[float]] = {}
+  for r in rows:
+    if r["method"] == method:
+      means.setdefault(r["patient"], []).append(r[key])
+  return {patient: float(np.mean(values)) for patient, values in means.items()}
+
+
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-  """Mean ± std of PSNR and SSIM per method over all its scored maps (folds, n, metabolites)."""
+  """Per method: mean ± sd over patients of each patient's mean PSNR and SSIM (maps and n)."""
   table = []
   for method in methods:
-    sel = [r for r in rows if r["method"] == method]
-    entry = {"method": method, "num_maps": len(sel)}
+    entry = {"method": method, "num_maps": sum(r["method"] == method for r in rows)}
     for key in ("psnr", "ssim"):
-      values = np.array([r[key] for r in sel])
+      values = np.array(list(patient_means(rows, method, key).values()))
       entry[key], entry[f"{key}_std"] = float(values.mean()), float(values.std())
+      entry["num_patients"] = len(values)
     table.append(entry)
   return table
 
 
 def pairwise_wilcoxon(rows: list[dict], methods: list[str]) -> dict[str, dict[str, dict]]:
-  """{a: {b: {"psnr_p", "ssim_p", "num_pairs"}}}: signed-rank tests of a against b over maps
-  scored by both (matched on `PAIR_KEYS`)."""
-  scores = {m: {tuple(r[k] for k in PAIR_KEYS): r for r in rows if r["method"] == m}
-            for m in methods}
+  """{a: {b: {"psnr_p", "ssim_p", "num_patients", "smallest_p"}}}: signed-rank tests of a
+  against b over the patients both were scored on (each patient's mean over maps and n)."""
+  means = {m: {key: patient_means(rows, m, key) for key in ("psnr", "ssim")} for m in methods}
   out = {}
   for a in methods:
     out[a] = {}
     for b in methods:
       if a == b:
         continue
-      pairs = sorted(set(scores[a]) & set(scores[b]), key=str)
+      patients = sorted(set(means[a]["psnr"]) & set(means[b]["psnr"]))
       out[a][b] = {f"{key}_p": tables.signed_rank_p(
-          np.array([scores[a][p][key] - scores[b][p][key] for p in pairs]))
+          np.array([means[a][key][p] - means[b][key][p] for p in patients]))
           for key in ("psnr", "ssim")}
-      out[a][b]["num_pairs"] = len(pairs)
+      out[a][b].update(num_patients=len(patients), smallest_p=tables.smallest_p(len(patients)))
   return out
 
 
@@ -202,11 +234,17 @@ def markdown_table1(table: list[dict], seconds: dict[str, float], params: dict[s
   reference = CONDITION_METHOD
   if reference in wilcoxon:
     lines = [f"\n{LABELS[reference]} against each method (two-sided Wilcoxon signed-rank "
-             "test over paired maps):\n", "| method | PSNR p | SSIM p | pairs |", "|---|---|---|---|"]
+             "test over patients, each patient's mean over its maps and n; exact):\n",
+             "| method | PSNR p | SSIM p | patients |", "|---|---|---|---|"]
     for other, result in wilcoxon[reference].items():
       p_values = [_format_p(result[f"{key}_p"]) for key in ("psnr", "ssim")]
       lines.append(f"| {LABELS.get(other, other)} | {' | '.join(p_values)} | "
-                   f"{result['num_pairs']} |")
+                   f"{result['num_patients']} |")
+    least = max(r["smallest_p"] for r in wilcoxon[reference].values())
+    count = min(r["num_patients"] for r in wilcoxon[reference].values())
+    lines.append(f"\nThe smallest p possible with {count} patients is {least:.2g}"
+                 + (f": no difference can be significant at {tables.SIGNIFICANCE}."
+                    if least >= tables.SIGNIFICANCE else "."))
     text += "\n".join(lines) + "\n"
   return text
 
@@ -256,7 +294,7 @@ def sharpness_study(generator: Generator, maps: TestMaps, n_values, lambdas) -> 
       psnr, ssim = score(outputs, maps)
       values["psnr"] += list(psnr)
       values["ssim"] += list(ssim)
-      for o, t, m in zip(outputs, maps.images["hr"], maps.images["mask"] > 0):
+      for o, t, m in zip(maps.in_peak_units(outputs), maps.truth, maps.images["mask"] > 0):
         values["gradient_sharpness"].append(metrics.gradient_sharpness(o, t, m))
         values["high_frequency_ratio"].append(metrics.high_frequency_ratio(o, t, n))
     table.append({"lambda": float(lam), **{k: float(np.mean(v)) for k, v in values.items()}})
@@ -282,9 +320,10 @@ def _sharpness_examples(generator: Generator, maps: TestMaps, n_values, lambdas,
     single = TestMaps({k: v[index:index + 1] for k, v in maps.images.items()},
                       maps.metabolite[index:index + 1], maps.patient[index:index + 1],
                       maps.slice[index:index + 1])
-    truth, mask = single.images["hr"][0], single.images["mask"][0] > 0
-    panels = {"zero-filling": zero_fill(single, n)[0]}
-    panels.update({f"λ = {lam:g}": generator(single, n, sharpness=lam)[0] for lam in lambdas})
+    truth, mask = single.truth[0], single.images["mask"][0] > 0
+    panels = {"zero-filling": single.in_peak_units(zero_fill(single, n))[0]}
+    panels.update({f"λ = {lam:g}": single.in_peak_units(generator(single, n, sharpness=lam))[0]
+                   for lam in lambdas})
     captions = {name: f"{metrics.psnr(img, truth, mask, 1.0):.1f} / "
                       f"{metrics.ssim(img, truth, mask, 1.0):.3f} / "
                       f"{metrics.gradient_sharpness(img, truth, mask):.2f}"
@@ -312,7 +351,8 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   extras = {}
   for f_index, fold in enumerate(config.folds):
     data = config.data.to_dict() | {"fold": fold}
-    patients = mrsi.load_patients(data["cache_dir"], data["num_patients"], data["seed"])
+    patients = mrsi.load_patients(data["cache_dir"], data["num_patients"], data["seed"],
+                                  decoupled=data.get("decoupled", True))
     split = mrsi.cross_validation_split(data["num_patients"], fold, data["num_folds"])
     maps = test_maps([patients[i] for i in split["test"]], config.eval)
     progress = tqdm(total=(len(config.methods) + 1) * len(n_values),
@@ -368,8 +408,9 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   methods = ["zero_fill", *config.methods]
   table = summarise(rows, methods)
   wilcoxon = pairwise_wilcoxon(rows, methods)
-  text = ("## Table 1: multi-scale MRSI super-resolution (λ = 0), mean ± std over folds "
-          f"{tuple(config.folds)}, n in {n_values} and maps\n\n"
+  text = ("## Table 1: multi-scale MRSI super-resolution (λ = 0), mean ± sd over the test "
+          f"patients of folds {tuple(config.folds)} (each patient: mean over its maps and n in "
+          f"{n_values})\n\n"
           + markdown_table1(table, seconds, params, wilcoxon)
           + "\n### PSNR (dB) / SSIM by input matrix size n\n\n"
           + markdown_by_n(rows, methods, n_values))

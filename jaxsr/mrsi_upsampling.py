@@ -9,9 +9,9 @@ geometry: in-plane voxel i of the output lies at map index i · n / N). The map
 is zero-filled onto it in k-space (intensity preserved), the T1 and FLAIR are
 resampled onto it through their affines (cubic) and scaled to [0, 1] as in
 training (99.5th percentile), and each slice's zero-filled map is divided by
-its maximum inside the mask (training divided the truth by its maximum, which
-a user's data does not have), super-resolved at the requested sharpness λ and
-multiplied back: the output is in the map's units.
+its own scale (`mrsi_pipeline.input_scale`, the normalisation of training and
+evaluation, computed from the map alone), super-resolved at the requested
+sharpness λ and multiplied back: the output is in the map's units.
 
 Rejected voxels: NaN or inf voxels of the map (how quality-filtered maps often
 mark them) and voxels outside `--mask` are rejected; the output is 0 where the
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.data import mrsi, nifti, subjects
+from jaxsr.data import mrsi, mrsi_pipeline, nifti, subjects
 from jaxsr.train.checkpoint import CheckpointError, load_run
 from jaxsr.train.mrsi_task import KIND
 from jaxsr.upsampling import UpsampleError, check_outputs, nifti_output
@@ -139,13 +139,13 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
   output = np.zeros(hr_shape, np.float32)
   for s in range(num_slices):
     inside = hr_mask[..., s]
-    peak = float(lr[..., s][inside].max()) if inside.any() else 0.0
-    if not peak > 0:
+    if not inside.any():
       continue  # nothing measured in this slice
+    scale = float(mrsi_pipeline.input_scale(lr[..., s]))
     batch = lambda a: jnp.asarray(a[None], jnp.float32)
-    result = apply(batch(lr[..., s] / peak), batch(anatomy["t1"][..., s]),
+    result = apply(batch(lr[..., s] / scale), batch(anatomy["t1"][..., s]),
                    batch(anatomy["flair"][..., s]), jnp.asarray([n]), jnp.asarray([met]),
                    jnp.asarray([sharpness], jnp.float32), batch(inside))
-    output[..., s] = np.asarray(result[0]) * peak
+    output[..., s] = np.asarray(result[0]) * scale
   nifti.save_volume(out, output, hr_affine, header=source.header)  # temp name, then renamed
   return MRSIUpsampleResult(os.fspath(out), hr_shape, n, size, time.perf_counter() - start)

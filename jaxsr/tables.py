@@ -1,7 +1,11 @@
-"""Result tables: means over test subjects, Wilcoxon signed-rank tests, Markdown rendering.
+"""Result tables: means over subjects and seeds, exact Wilcoxon tests over subjects, Markdown.
 
-Rows are dicts with "method", "scale", "subject" and metric values; rows may be
-per volume ("volume" key), in which case a subject's volumes are averaged first.
+Rows are dicts with "method", "scale", "subject" and metric values, optionally
+"volume" (several scored volumes of a subject) and "seed" (the training seed of a
+learned method; absent or None for a classical one). The independent unit is the
+subject: a subject's volumes are averaged before anything else, so volumes of
+one subject never count as independent samples, and seeds measure the variance
+of training, reported beside the mean.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from scipy import stats
 
 IMAGE_METRICS = (("psnr", "PSNR", max), ("ssim", "SSIM", max))
 DTI_METRICS = (("fa_rmse", "FA RMSE", min), ("md_rmse", "MD RMSE", min))
+SIGNIFICANCE = 0.05
 
 
 def _scales_in_paper_order(rows: Iterable[dict]) -> list[float]:
@@ -20,43 +25,85 @@ def _scales_in_paper_order(rows: Iterable[dict]) -> list[float]:
   return sorted({r["scale"] for r in rows}, key=lambda s: (s != int(s), s))
 
 
+def _mean_by(rows: list[dict], group: Sequence[str], key: str) -> dict[tuple, float]:
+  """Mean of `key` over the rows of each value of the `group` fields."""
+  groups: dict[tuple, list[float]] = {}
+  for r in rows:
+    groups.setdefault(tuple(r.get(g) for g in group), []).append(r[key])
+  return {g: float(np.mean(values)) for g, values in groups.items()}
+
+
+def subject_means(rows: list[dict], method: str, scale: float, key: str) -> dict[str, float]:
+  """{subject: mean of `key`} for one method and scale, over its volumes and seeds.
+
+  Each seed's volumes are averaged first, then the seeds, so every seed weighs the same.
+  """
+  sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
+  per_seed = _mean_by(sel, ("subject", "seed"), key)
+  subjects = dict.fromkeys(subject for subject, _ in per_seed)
+  return {s: float(np.mean([v for (subject, _), v in per_seed.items() if subject == s]))
+          for s in subjects}
+
+
 def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
-  """Mean and std over subjects for each (method, scale), each subject's volumes averaged first."""
+  """Means for each (method, scale): over subjects, then over seeds.
+
+  Entries: "method", "scale", "num_subjects", "num_seeds" (0 for a classical
+  method), and for each key its mean, `{key}_std` (sd over subjects of the
+  per-subject means, seeds averaged) and `{key}_seed_std` (sd over seeds of the
+  per-seed means over subjects, ddof 1; 0 with fewer than two seeds).
+  """
   table = []
   for method in dict.fromkeys(r["method"] for r in rows):
     for scale in _scales_in_paper_order(rows):
       sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
       if not sel:
         continue
-      subjects = list(dict.fromkeys(r["subject"] for r in sel))
-      entry = {"method": method, "scale": scale, "num_subjects": len(subjects)}
+      seeds = list(dict.fromkeys(r.get("seed") for r in sel))
+      entry = {"method": method, "scale": scale,
+               "num_subjects": len(dict.fromkeys(r["subject"] for r in sel)),
+               "num_seeds": sum(seed is not None for seed in seeds)}
       for key in keys:
-        per_subject = [np.mean([r[key] for r in sel if r["subject"] == s]) for s in subjects]
-        entry[key] = float(np.mean(per_subject))
-        entry[f"{key}_std"] = float(np.std(per_subject))
+        per_subject = subject_means(sel, method, scale, key)
+        per_seed_subject = _mean_by(sel, ("seed", "subject"), key)
+        seed_means = [np.mean([v for (seed, _), v in per_seed_subject.items() if seed == s])
+                      for s in seeds]
+        entry[key] = float(np.mean(seed_means))
+        entry[f"{key}_std"] = float(np.std(list(per_subject.values())))
+        entry[f"{key}_seed_std"] = float(np.std(seed_means, ddof=1)) if len(seeds) > 1 else 0.0
       table.append(entry)
   return table
 
 
+def smallest_p(num_pairs: int) -> float:
+  """The smallest two-sided p an exact signed-rank test can give with `num_pairs` pairs."""
+  return min(1.0, 2.0 * 0.5 ** num_pairs) if num_pairs else 1.0
+
+
 def signed_rank_p(differences: np.ndarray) -> float:
-  """Two-sided Wilcoxon signed-rank p-value of paired differences: NaN below 2 pairs, 1 if all 0."""
+  """Two-sided Wilcoxon signed-rank p-value of paired differences: NaN below 2 pairs, 1 if all 0.
+
+  Exact (the permutation distribution) when there are no zeros or tied magnitudes,
+  as with per-subject means; scipy's normal approximation otherwise.
+  """
+  differences = np.asarray(differences, float)
   if len(differences) < 2:
     return float("nan")
   if not np.any(differences):
     return 1.0
-  return float(stats.wilcoxon(differences).pvalue)
+  magnitudes = np.abs(differences)
+  exact = np.all(magnitudes > 0) and len(np.unique(magnitudes)) == len(magnitudes)
+  return float(stats.wilcoxon(differences, method="exact" if exact else "approx").pvalue)
 
 
 def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
-  """Two-sided Wilcoxon signed-rank p-values of `reference` against every other method.
+  """Two-sided Wilcoxon signed-rank tests of `reference` against every other method, per scale.
 
-  Pairs are the (subject, volume) samples that both methods were scored on, per
-  scale. p is NaN when fewer than two pairs exist and 1 when all differences are 0.
+  Pairs are subjects (each subject's mean over its volumes and seeds), the
+  independent unit; "num_subjects" is their count and "smallest_p" the least p
+  an exact test can reach with that many. p is NaN below two subjects and 1 when
+  all differences are 0.
   """
-  def sample(method, scale, key):
-    return {(r["subject"], r.get("volume")): r[key] for r in rows
-            if r["method"] == method and r["scale"] == scale}
-
   out = []
   for method in dict.fromkeys(r["method"] for r in rows):
     if method == reference:
@@ -64,10 +111,11 @@ def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "s
     for scale in _scales_in_paper_order(rows):
       entry = {"method": method, "reference": reference, "scale": scale}
       for key in keys:
-        ref, other = sample(reference, scale, key), sample(method, scale, key)
-        pairs = sorted(set(ref) & set(other), key=str)
-        entry[f"{key}_p"] = signed_rank_p(np.array([ref[p] - other[p] for p in pairs]))
-        entry["num_pairs"] = len(pairs)
+        ref, other = (subject_means(rows, m, scale, key) for m in (reference, method))
+        subjects = [s for s in ref if s in other]
+        entry[f"{key}_p"] = signed_rank_p(np.array([ref[s] - other[s] for s in subjects]))
+        entry["num_subjects"] = len(subjects)
+        entry["smallest_p"] = smallest_p(len(subjects))
       out.append(entry)
   return out
 
@@ -75,6 +123,8 @@ def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "s
 def markdown_table(table: list[dict], metrics=IMAGE_METRICS, methods: Sequence[str] | None = None,
                    extra_columns: dict[str, dict[str, str]] | None = None) -> str:
   """Methods × scales, one column per (scale, metric); the best of each column in bold.
+
+  A method trained with several seeds shows its mean over seeds ± their sd.
 
   Args:
     table: `summarise` rows.
@@ -95,8 +145,12 @@ def markdown_table(table: list[dict], metrics=IMAGE_METRICS, methods: Sequence[s
     values = [m] + [column.get(m, "") for column in extra_columns.values()]
     for s in scales:
       for key, _, _ in metrics:
-        text = f"{cell[m, s][key]:.4f}"
-        values.append(f"**{text}**" if cell[m, s][key] == best[s, key] else text)
+        entry = cell[m, s]
+        text = f"{entry[key]:.4f}"
+        text = f"**{text}**" if entry[key] == best[s, key] else text
+        if entry.get("num_seeds", 0) > 1:
+          text += f" ± {entry[f'{key}_seed_std']:.4f}"
+        values.append(text)
     lines.append("| " + " | ".join(values) + " |")
   return "\n".join(lines) + "\n"
 
@@ -117,7 +171,11 @@ def markdown_pvalues(pvalues: list[dict], methods: Sequence[str] | None = None,
   for m in methods:
     values = [m] + [f"{cell[m, s][f'{k}_p']:.2g}" for s in scales for k in keys]
     lines.append("| " + " | ".join(values) + " |")
-  pairs = sorted({r["num_pairs"] for r in pvalues})
-  lines.append(f"\nTwo-sided Wilcoxon signed-rank tests over paired (subject, volume) scores "
-               f"({'/'.join(map(str, pairs))} pairs).")
+  counts = sorted({r["num_subjects"] for r in pvalues})
+  least = smallest_p(min(counts))
+  lines.append(f"\nTwo-sided Wilcoxon signed-rank tests over subjects ({'/'.join(map(str, counts))} "
+               f"per-subject means, each over the subject's scored volumes and the seeds), "
+               f"exact; the smallest p possible with {min(counts)} subjects is {least:.2g}"
+               + (f", so no difference can be significant at {SIGNIFICANCE}." if least >= SIGNIFICANCE
+                  else "."))
   return "\n".join(lines) + "\n"

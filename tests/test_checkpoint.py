@@ -56,3 +56,30 @@ def test_format_1_checkpoints_are_read_as_threefry_keys(tmp_path):
   _, restored_rng = checkpointer.restore(1, state, abstract_key)
   checkpointer.close()
   np.testing.assert_array_equal(jax.random.key_data(restored_rng), jax.random.key_data(rng))
+
+
+def test_the_best_validation_checkpoint_is_kept_beside_the_latest(tmp_path):
+  checkpointer = Checkpointer(tmp_path, max_to_keep=1, keep_best=True)
+  rng, iterator = jax.random.key(0), data_iterator()
+  scores = {1: 20.0, 2: 23.0, 3: 22.0, 4: 21.0}
+  for step, score in scores.items():
+    checkpointer.save(step, {"w": jnp.full(2, float(step))}, rng, iterator,
+                      ml_collections.ConfigDict(), force=True, metrics={"val_psnr": score})
+    checkpointer.wait()
+  assert sorted(checkpointer.manager.all_steps()) == [2, 4]  # best and latest, no others
+  assert checkpointer.best_step() == 2 and checkpointer.latest_step() == 4
+  restored, _ = checkpointer.restore(2, {"w": jnp.zeros(2)}, rng)
+  checkpointer.close()
+  np.testing.assert_array_equal(restored["w"], [2.0, 2.0])
+  assert Checkpointer(tmp_path, read_only=True).best_step() == 2  # as evaluation reads it
+
+
+def test_without_validation_scores_only_the_latest_are_kept_and_there_is_no_best(tmp_path):
+  checkpointer = Checkpointer(tmp_path, max_to_keep=2)
+  for step in range(1, 5):
+    checkpointer.save(step, {"w": jnp.ones(2)}, jax.random.key(0), data_iterator(),
+                      ml_collections.ConfigDict(), force=True)
+    checkpointer.wait()
+  assert sorted(checkpointer.manager.all_steps()) == [3, 4]
+  assert checkpointer.best_step() is None
+  checkpointer.close()

@@ -59,23 +59,49 @@ def test_markdown_table_orders_rows_adds_columns_and_bolds_minima_for_errors():
   assert lines[3] == "| a | ✓ | **0.1000** | 0.9000 |"
 
 
-def test_wilcoxon_pairs_volumes_and_detects_a_consistent_gain():
+def test_wilcoxon_pairs_subjects_not_volumes_and_gives_the_exact_p():
   rng = np.random.default_rng(0)
   data = []
-  for v in range(12):
-    base = rng.normal(25, 1)
-    data += [{"subject": "s", "volume": v, "scale": 2.0, "method": "ref", "psnr": base + 1,
-              "ssim": 0.5},
-             {"subject": "s", "volume": v, "scale": 2.0, "method": "other", "psnr": base,
-              "ssim": 0.5}]
+  for subject in range(8):
+    for v in range(3):  # volumes of one subject are not independent samples
+      base = rng.normal(25, 1)
+      gain = 1.0 + 0.1 * subject  # distinct per-subject gains: no ties, an exact test
+      data += [{"subject": f"s{subject}", "volume": v, "scale": 2.0, "method": "ref",
+                "psnr": base + gain, "ssim": 0.5},
+               {"subject": f"s{subject}", "volume": v, "scale": 2.0, "method": "other",
+                "psnr": base, "ssim": 0.5}]
   (entry,) = wilcoxon(data, "ref")
-  assert entry["method"] == "other" and entry["num_pairs"] == 12
-  assert entry["psnr_p"] == pytest.approx(2 * 0.5 ** 12)  # all 12 signs agree: exact test
+  assert entry["method"] == "other" and entry["num_subjects"] == 8
+  assert entry["psnr_p"] == pytest.approx(2 * 0.5 ** 8)  # all 8 subjects agree: exact test
+  assert entry["smallest_p"] == pytest.approx(2 * 0.5 ** 8)
   assert entry["ssim_p"] == 1.0  # no differences
   text = markdown_pvalues([entry])
-  assert "| other | 0.00049 | 1 |" in text and "12 pairs" in text
-  one_pair = [r for r in data if r["volume"] == 0]
-  assert np.isnan(wilcoxon(one_pair, "ref")[0]["psnr_p"])
+  assert "| other | 0.0078 | 1 |" in text and "8 per-subject means" in text
+  assert "cannot" not in text and "no difference can be significant" not in text
+  one_subject = [r for r in data if r["subject"] == "s0"]
+  assert np.isnan(wilcoxon(one_subject, "ref")[0]["psnr_p"])
+
+
+def test_wilcoxon_with_four_subjects_says_no_difference_can_be_significant():
+  data = [{"subject": f"s{i}", "scale": 2.0, "method": m, "psnr": 20 + i + (m == "ref") * (1 + i),
+           "ssim": 0.5} for i in range(4) for m in ("ref", "other")]
+  (entry,) = wilcoxon(data, "ref")
+  assert entry["psnr_p"] == pytest.approx(0.125) and entry["smallest_p"] == pytest.approx(0.125)
+  assert "no difference can be significant at 0.05" in markdown_pvalues([entry])
+
+
+def test_summarise_reports_the_mean_over_seeds_and_their_spread():
+  # Seed 0 scores 20 and 22 on two subjects, seed 1 scores 24 and 26 (one volume each).
+  data = [{"subject": s, "method": "m", "seed": seed, "scale": 2.0, "psnr": p, "ssim": 0.0}
+          for seed, scores in ((0, (20.0, 22.0)), (1, (24.0, 26.0)))
+          for s, p in zip(("a", "b"), scores)]
+  (row,) = summarise(data)
+  assert row["num_seeds"] == 2 and row["num_subjects"] == 2
+  assert row["psnr"] == 23.0
+  assert row["psnr_seed_std"] == pytest.approx(np.std([21.0, 25.0], ddof=1))
+  assert row["psnr_std"] == 1.0  # subjects' means over seeds: 22 and 24
+  text = markdown_table([row])
+  assert f"23.0000** ± {np.std([21.0, 25.0], ddof=1):.4f}" in text
 
 
 def test_evaluated_volumes_spread_over_the_shell():

@@ -86,13 +86,69 @@ def test_healthy_tissue_has_literature_concentrations(patient):
 
 
 def test_lesion_raises_choline_and_glycine_and_lowers_naa(patient):
-  tumour = patient.quality & (patient.lesion == 2)
-  healthy = patient.quality & (patient.lesion == 0)
+  tumour = patient.quality & (patient.metabolic_lesion == 2)
+  healthy = patient.quality & (patient.metabolic_lesion == 0) & (patient.lesion == 0)
   assert tumour.sum() > 10
   ratio = {name: patient.maps[:, m][tumour].mean() / patient.maps[:, m][healthy].mean()
            for m, name in enumerate(mrsi.METABOLITES)}
   assert ratio["tCho"] > 1.8 and ratio["Gly"] > 2.0 and ratio["NAA"] < 0.5, ratio
-  assert patient.flair[tumour].mean() > patient.flair[healthy].mean() + 0.2
+  anatomical_tumour = patient.quality & (patient.lesion == 2)
+  assert patient.flair[anatomical_tumour].mean() > patient.flair[healthy].mean() + 0.2
+
+
+@pytest.fixture(scope="module")
+def patients():
+  return [mrsi.simulate_patient(i, seed=0) for i in range(1, 5)]
+
+
+def _dice(a, b):
+  return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_the_metabolic_lesion_is_not_the_one_flair_shows(patients):
+  dice = [_dice(p.lesion >= 2, p.metabolic_lesion >= 2) for p in patients]
+  assert all(d < 0.95 for d in dice) and np.mean(dice) < 0.85, dice
+  # Choline follows the metabolic lesion: where only FLAIR shows tumour it is near the
+  # healthy level, where only the metabolism does it is raised.
+  cho = mrsi.METABOLITES.index("tCho")
+  only_flair, only_metabolic, healthy = [], [], []
+  for p in patients:
+    tumour_a, tumour_m = p.lesion >= 2, p.metabolic_lesion >= 2
+    healthy.append(p.maps[:, cho][p.quality & (p.lesion == 0) & (p.metabolic_lesion == 0)])
+    only_flair.append(p.maps[:, cho][p.quality & tumour_a & (p.metabolic_lesion == 0)])
+    only_metabolic.append(p.maps[:, cho][p.quality & tumour_m & (p.lesion == 0)])
+  level = np.median(np.concatenate(healthy))
+  assert sum(map(len, only_flair)) > 20 and sum(map(len, only_metabolic)) > 20
+  assert np.median(np.concatenate(only_metabolic)) > 1.5 * level
+  assert np.median(np.concatenate(only_flair)) < 1.3 * level
+
+
+def test_some_metabolites_vary_where_the_anatomy_does_not(patients):
+  # Gly and tCr follow the same GM/WM contrast (ratios 1.5 and 1.4), so in healthy tissue
+  # their ratio (noise smoothed away) would be nearly constant if both followed the anatomy.
+  gly, cr = mrsi.METABOLITES.index("Gly"), mrsi.METABOLITES.index("tCr")
+  spreads = []
+  for p in patients:
+    smooth = lambda m: ndimage.gaussian_filter(p.maps[:, m], sigma=(0, 2, 2))
+    keep = (ndimage.binary_erosion(p.quality, structure=np.ones((1, 5, 5), bool))
+            & (p.lesion == 0) & (p.metabolic_lesion == 0))
+    ratio = smooth(gly)[keep] / smooth(cr)[keep]
+    spreads.append(np.std(np.log(ratio)))
+  assert np.mean(spreads) > 0.15, spreads
+
+
+def test_t1_and_flair_have_their_own_noise(patients):
+  # The same patient without decoupling has the same T1/FLAIR before their blur and noise.
+  decoupled, coupled = patients[0], mrsi.simulate_patient(1, seed=0, decoupled=False)
+  np.testing.assert_array_equal(decoupled.lesion, coupled.lesion)
+  inside = ndimage.binary_erosion(decoupled.brain, structure=np.ones((1, 3, 3), bool))
+  fine = []
+  for name in ("t1", "flair"):
+    added = getattr(decoupled, name) - getattr(coupled, name)
+    high_pass = added - ndimage.gaussian_filter(added, sigma=(0, 1.5, 1.5))
+    fine.append(high_pass[inside])
+    assert np.std(high_pass[inside]) > 0.005, name
+  assert abs(np.corrcoef(*fine)[0, 1]) < 0.3  # each image's own noise, not a shared one
 
 
 def test_quality_filter_rejects_the_skull_margin_and_a_random_fraction(patient):

@@ -14,16 +14,23 @@ def patients():
   return [mrsi.simulate_patient(i, seed=0) for i in range(2)]
 
 
-def test_maps_are_divided_by_their_peak_inside_the_quality_mask():
-  values = np.array([[1.0, 4.0], [2.0, 9.0]])
-  quality = np.array([[True, True], [True, False]])
-  normalised, peak = mrsi_pipeline.normalise_map(values, quality)
-  assert peak == 4.0
-  np.testing.assert_allclose(normalised, [[0.25, 1.0], [0.5, 0.0]])
-  with pytest.raises(ValueError, match="keeps no voxel"):
-    mrsi_pipeline.normalise_map(values, np.zeros((2, 2), bool))
-  with pytest.raises(ValueError, match="not positive"):
-    mrsi_pipeline.normalise_map(-values, quality)
+def test_the_input_is_the_truncated_map_divided_by_its_own_percentile():
+  rng = np.random.default_rng(0)
+  acquired = rng.random((3, 64, 64)).astype(np.float32) * np.array([1.0, 10.0, 0.1])[:, None, None]
+  n = np.array([16, 24, 32])
+  lr, scale = mrsi_pipeline.lr_input(acquired, n)
+  truncated = np.real(np.fft.ifft2(np.fft.fft2(acquired) * (
+      (np.abs(np.fft.fftfreq(64) * 64)[None, :, None] < n[:, None, None] / 2)
+      & (np.abs(np.fft.fftfreq(64) * 64)[None, None, :] < n[:, None, None] / 2))))
+  expected_scale = np.percentile(truncated.reshape(3, -1), mrsi_pipeline.INPUT_PERCENTILE, axis=1)
+  np.testing.assert_allclose(scale, expected_scale, rtol=1e-5)
+  np.testing.assert_allclose(lr, truncated / expected_scale[:, None, None], rtol=1e-4, atol=1e-5)
+  # The unit comes from the LR map alone: maps 10x apart give the same input.
+  lr_a, _ = mrsi_pipeline.lr_input(acquired[:1], 20)
+  lr_b, scale_b = mrsi_pipeline.lr_input(10 * acquired[:1], 20)
+  np.testing.assert_allclose(lr_a, lr_b, rtol=1e-5, atol=1e-6)
+  # An empty map keeps the scale 1 instead of dividing by zero.
+  assert float(mrsi_pipeline.lr_input(np.zeros((64, 64), np.float32), 16)[1]) == 1.0
 
 
 def test_examples_skip_slices_without_enough_quality_voxels(patients):
@@ -34,9 +41,13 @@ def test_examples_skip_slices_without_enough_quality_voxels(patients):
   usable = sum(int((pt.quality.sum(axis=(1, 2)) >= mrsi_pipeline.MIN_QUALITY_VOXELS).sum())
                for pt in patients)
   assert len(rows) == 2 * usable
+  p, s, m = rows[3]
   example = mrsi_pipeline.example(patients, rows[3])
-  assert example["hr"].shape == (64, 64) and example["hr"].max() == pytest.approx(1.0)
-  assert np.all(example["hr"][example["mask"] == 0] == 0)
+  # The acquired map as it is, rejected voxels included: the mask is not applied to it.
+  np.testing.assert_array_equal(example["hr"], patients[p].maps[s, m])
+  np.testing.assert_array_equal(example["mask"], patients[p].quality[s])
+  rejected_brain = patients[p].brain[s] & ~patients[p].quality[s]
+  assert np.all(example["hr"][rejected_brain] != 0)
 
 
 def test_augmentation_moves_every_image_alike_and_keeps_values():

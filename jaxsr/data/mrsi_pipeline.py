@@ -1,17 +1,24 @@
-"""MRSI examples and training batches: one metabolite map of one slice, normalised and augmented.
+"""MRSI examples and training batches: one metabolite map of one slice, its LR input, augmented.
 
 An example is map m of slice s of a patient (`jaxsr.data.mrsi.Patient`) with
-the slice's T1, FLAIR and quality mask, all (64, 64). Maps are divided by their
-maximum inside the quality mask (`normalise_map`), so every map peaks at 1, the
-data range of PSNR, SSIM and MS-SSIM. Slices whose quality mask keeps fewer than
-`MIN_QUALITY_VOXELS` voxels are not used.
+the slice's T1, FLAIR and quality mask, all (64, 64). The map is the acquired
+one, in mM, rejected voxels included as an acquisition has them; the quality
+mask only says where the map is trusted, for the losses and the metrics, and
+is never applied to what the network's input is made from. Slices whose
+quality mask keeps fewer than `MIN_QUALITY_VOXELS` voxels are not used.
+
+Normalisation (`lr_input`, the one function used in training, evaluation and
+`jaxsr upsample-mrsi`): the LR map, on the 64 × 64 grid, is divided by its own
+`INPUT_PERCENTILE`th percentile, computable from the acquisition alone; in
+training the target is divided by the same number, and at deployment the output
+is multiplied back.
 
 Training batches (`MapSampler` + `jaxsr.data.pipeline.training_batches`, a
 seeded grain pipeline whose position is checkpointed): each example is flipped,
 rotated by a multiple of 90° and shifted by up to `max_shift` voxels (circularly,
 as k-space sampling is), the four images alike, and gets its own matrix size n
 drawn from `n_values`. The LR map is made from the HR one inside the train step
-(`jaxsr.data.kspace.truncate`), so the same code serves evaluation.
+(`lr_input`), so the same code serves evaluation.
 """
 
 from __future__ import annotations
@@ -19,26 +26,32 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.data import mrsi
+from jaxsr.data import kspace, mrsi
 
 MIN_QUALITY_VOXELS = 50
+INPUT_PERCENTILE = 99.0  # of the LR map's voxels (64 x 64 grid): the input's unit
+# A map whose percentile is not above this (in its units) has no signal: its scale is 1.
+MIN_SCALE = 1e-6
 
 
-def normalise_map(values: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, float]:
-  """(H, W) map in mM -> (map / max over the quality mask, that max); 0 outside the mask.
+def input_scale(lr: jax.Array) -> jax.Array:
+  """(..., N, N) LR maps on the HR grid -> (...,) their normalising scale (see the module doc)."""
+  scale = jnp.percentile(jnp.asarray(lr, jnp.float32), INPUT_PERCENTILE, axis=(-2, -1))
+  return jnp.where(scale > MIN_SCALE, scale, 1.0)
 
-  Raises:
-    ValueError: the mask is empty or the map's maximum there is not positive.
+
+def lr_input(acquired: jax.Array, n: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+  """(..., N, N) acquired maps -> (LR input divided by its scale, the scale (...,)).
+
+  The LR map keeps the central n × n k-space of the acquired map (`kspace.truncate`).
   """
-  quality = np.asarray(quality, bool)
-  if not quality.any():
-    raise ValueError("the quality mask keeps no voxel")
-  peak = float(np.max(values[quality]))
-  if not peak > 0:
-    raise ValueError(f"the map's maximum inside the quality mask is {peak}, not positive")
-  return np.where(quality, values / peak, 0.0).astype(np.float32), peak
+  lr = kspace.truncate(acquired, n)
+  scale = input_scale(lr)
+  return lr / scale[..., None, None], scale
 
 
 def example_index(patients: Sequence[mrsi.Patient], metabolites: Sequence[int] | None = None
@@ -52,14 +65,13 @@ def example_index(patients: Sequence[mrsi.Patient], metabolites: Sequence[int] |
 
 
 def example(patients: Sequence[mrsi.Patient], row: Sequence[int]) -> dict[str, np.ndarray]:
-  """The images of index row (patient, slice, metabolite): "hr", "t1", "flair", "mask" (64, 64)
-  float32 and "metabolite" (int32)."""
+  """The images of index row (patient, slice, metabolite): "hr" (the acquired map, mM), "t1",
+  "flair", "mask" (the quality mask) (64, 64) float32 and "metabolite" (int32)."""
   p, s, m = (int(v) for v in row)
   patient = patients[p]
-  quality = patient.quality[s]
-  hr, _ = normalise_map(patient.maps[s, m], quality)
-  return {"hr": hr, "t1": patient.t1[s], "flair": patient.flair[s],
-          "mask": quality.astype(np.float32), "metabolite": np.int32(m)}
+  return {"hr": patient.maps[s, m].astype(np.float32), "t1": patient.t1[s],
+          "flair": patient.flair[s], "mask": patient.quality[s].astype(np.float32),
+          "metabolite": np.int32(m)}
 
 
 def augment(images: dict[str, np.ndarray], rng: np.random.Generator, max_shift: int

@@ -43,7 +43,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     if dtype != jnp.float32:
       raise ValueError("model.kind='mrsi_unet' computes in float32 only")
     return MRSIUNet(channels=tuple(config.channels), conditioning=config.conditioning,
-                    num_metabolites=config.num_metabolites)
+                    num_metabolites=config.num_metabolites,
+                    anatomy=config.get("anatomy", True))  # runs saved before the field: True
   conv_impl = config.get("conv_impl", "auto")  # runs saved before the field existed: auto
   resolve_conv_impl(conv_impl)  # a bad value fails here, not inside a trace
   if is_implicit(config.kind):

@@ -173,10 +173,13 @@ class MRSIUNet(nn.Module):
     channels: feature channels per level (paper: 8, 16, 32, 64, 128).
     conditioning: see `CONDITIONINGS`.
     num_metabolites: size of the metabolite vocabulary of E(m).
+    anatomy: False gives both encoders zeros for the T1 and FLAIR (the ablation that
+      measures what the anatomy adds; same parameters).
   """
   channels: Sequence[int] = (8, 16, 32, 64, 128)
   conditioning: str = "filter_scaling_met"
   num_metabolites: int = 7
+  anatomy: bool = True
 
   def _conv_mlp(self) -> tuple[int, int]:
     return (7, 64) if self.conditioning == "filter_scaling_met" else (5, 32)
@@ -211,6 +214,8 @@ class MRSIUNet(nn.Module):
         skips.append(h)
       return skips
 
+    if not self.anatomy:
+      t1, flair = jnp.zeros_like(lr_map), jnp.zeros_like(lr_map)
     t1_skips, flair_skips = encoder(t1, "t1"), encoder(flair, "flair")
     h = jnp.concatenate([t1_skips[-1], flair_skips[-1]], axis=-1)
     for level in reversed(range(len(self.channels) - 1)):

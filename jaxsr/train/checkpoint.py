@@ -37,36 +37,70 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
-def run_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            name: str) -> pathlib.Path:
-  """Workdir of run `name` of a comparison config: `config.run_dirs[name]` if set, else WORKDIR/name."""
-  return pathlib.Path((config.get("run_dirs") or {}).get(name) or pathlib.Path(workdir) / name)
+def run_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, name: str,
+            seed: int | None = None) -> pathlib.Path:
+  """Workdir of run `name` of a comparison config, trained with `seed` if given.
+
+  `config.run_dirs[name]` if set, else WORKDIR/name; with a seed, its `seed<seed>` subfolder.
+  """
+  base = pathlib.Path((config.get("run_dirs") or {}).get(name) or pathlib.Path(workdir) / name)
+  return base if seed is None else base / f"seed{seed}"
+
+
+# Validation metric that ranks checkpoints (higher is better); see `Checkpointer.best_step`.
+BEST_METRIC = "val_psnr"
 
 
 class Checkpointer:
-  """A thin wrapper of `ocp.CheckpointManager` that names this project's items."""
+  """A thin wrapper of `ocp.CheckpointManager` that names this project's items.
+
+  With `keep_best`, checkpoints are saved with validation metrics
+  (`save(..., metrics=...)`) and ranked by `BEST_METRIC`: the best one is kept
+  besides the `max_to_keep` latest, so a run selected on validation can always be
+  evaluated at its best step.
+  """
 
   def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int = 3,
-               save_interval_steps: int = 1, read_only: bool = False):
+               save_interval_steps: int = 1, read_only: bool = False, keep_best: bool = False):
     if read_only:  # e.g. evaluation beside a running training: never write or clean up
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0, max_to_keep=None)
     else:
+      policies = ocp.checkpoint_managers
+      keep = [policies.LatestN(n=max_to_keep)]
+      if keep_best:
+        keep.append(policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                                   keep_checkpoints_without_metrics=False))
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-          cleanup_tmp_directories=True)
+          save_interval_steps=save_interval_steps, cleanup_tmp_directories=True,
+          preservation_policy=policies.AnyPreservationPolicy(keep),
+          best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None, best_mode="max")
     self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
+
+  def best_step(self) -> int | None:
+    """The step with the highest `BEST_METRIC` among the kept checkpoints, None if none has one."""
+    scored = {}
+    for step in self.manager.all_steps():
+      metrics = self.manager.metrics(step)
+      if metrics and BEST_METRIC in metrics:
+        scored[step] = float(metrics[BEST_METRIC])
+    return max(scored, key=lambda s: (scored[s], -s)) if scored else None
+
   def save(self, step: int, state: Any, rng: jax.Array, data_iterator: grain.DatasetIterator,
-           config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+           config: ml_collections.ConfigDict, *, force: bool = False,
+           metrics: dict | None = None) -> bool:
     """Saves at `step` if the save interval says so (or `force`); returns whether it saved.
 
     `rng` is a typed key (`jax.random.key`); its data and implementation are stored.
+    `metrics` ({name: float}, e.g. validation scores) are stored with the checkpoint.
     """
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
+    return self.manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave({"train_state": state, "rng": jax.random.key_data(rng)}),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config.to_dict()),
@@ -124,8 +158,21 @@ class TrainedRun:
   step: int
 
 
-def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> TrainedRun:
-  """Restores checkpoint `step` (default: the latest) of `run_dir` into abstract shapes.
+def model_variables(state) -> dict:
+  """The variables a model is applied with, from a train state (of the generator for a GAN)."""
+  if isinstance(state, mrsi_step.GANState):  # the generator is the model; the critic only trains it
+    state = state.generator
+  variables = {"params": state.params}
+  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def load_run(run_dir: str | pathlib.Path, step: int | str | None = None) -> TrainedRun:
+  """Restores checkpoint `step` of `run_dir` into abstract shapes.
+
+  `step`: an int, None or "latest" (the latest checkpoint), or "best" (the highest
+  validation score among the kept checkpoints: runs trained with `train.validate`).
 
   Raises:
     CheckpointError: no checkpoint, one written by a newer checkpoint format, a
@@ -137,11 +184,16 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> TrainedRun
                           f"--workdir {run_dir}")
   checkpointer = Checkpointer(run_dir, read_only=True)
   try:
-    if step is None:
+    if step in (None, "latest"):
       step = checkpointer.latest_step()
       if step is None:
         raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
                               f"--workdir {run_dir}")
+    elif step == "best":
+      step = checkpointer.best_step()
+      if step is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint carries a validation score (train "
+                              "with --config.train.validate=True, or evaluate the latest)")
     elif step not in checkpointer.manager.all_steps():
       raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (there are "
                             f"{sorted(checkpointer.manager.all_steps())})")
@@ -169,9 +221,4 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> TrainedRun
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
   finally:
     checkpointer.close()
-  if isinstance(state, mrsi_step.GANState):  # the generator is the model; the critic only trains it
-    state = state.generator
-  variables = {"params": state.params}
-  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  return TrainedRun(config, model, variables, step)
+  return TrainedRun(config, model, model_variables(state), step)

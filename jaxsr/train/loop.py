@@ -11,6 +11,7 @@ MRSI runs (`mrsi_unet`) on metabolite maps of one cross-validation fold
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -20,7 +21,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jaxsr import evaluation
 from jaxsr.data import pipeline, randomised, subjects as subjects_lib
+from jaxsr.data.nifti import DataError
 from jaxsr.models import build_model
 from jaxsr.train import mrsi_task, step as step_lib
 from jaxsr.train.checkpoint import Checkpointer, run_dir
@@ -43,11 +46,14 @@ class Task:
     create_state: rng -> initial train state (a pytree).
     train_step: the pure `(state, batch, rng) -> (state, metrics)`.
     description: one line on the data, printed when training starts.
+    validate: state -> {metric: float} on the validation split, run before each
+      checkpoint is saved and stored with it (None: no validation).
   """
   sampler: Any
   create_state: Callable[[jax.Array], Any]
   train_step: Callable
   description: str
+  validate: Callable[[Any], dict] | None = None
 
 
 def make_sampler(config, train_subjects) -> pipeline.PatchSampler:
@@ -74,6 +80,13 @@ def make_task(config) -> Task:
     sampler = make_sampler(config, splits["train"])
     description = (f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
                    f"pairs; HR patch sizes {sampler.hr_sizes}")
+    if config.train.get("validate"):
+      if not splits["val"]:
+        raise DataError("train.validate needs validation subjects: set data.num_val >= 1")
+      validate = functools.partial(evaluation.validation_scores, config, model, splits["val"])
+      description += f"; validated on {', '.join(s.name for s in splits['val'])}"
+      return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
+                  step_lib.make_train_step(config), description, validate)
   return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
               step_lib.make_train_step(config), description)
 
@@ -116,7 +129,8 @@ def train(config, workdir: str | pathlib.Path) -> int:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
-                              save_interval_steps=config.train.checkpoint_every_steps)
+                              save_interval_steps=config.train.checkpoint_every_steps,
+                              keep_best=task.validate is not None)
   start_step = checkpointer.latest_step() or 0
   if start_step >= config.train.num_steps:
     tqdm.write(f"{workdir}: already trained to step {start_step}")
@@ -136,13 +150,16 @@ def train(config, workdir: str | pathlib.Path) -> int:
   state = step_lib.replicate(task.create_state(init_rng), mesh)
   rng = step_lib.replicate(rng, mesh)
   metrics_path = workdir / "metrics.jsonl"
+  validation_path = workdir / "validation.jsonl"
   previous_seconds = 0.0  # training time of earlier processes of this run
   if start_step:
     state, rng = checkpointer.restore(start_step, state, rng, iterator)
     previous_seconds = truncate_metrics(metrics_path, start_step)
+    truncate_metrics(validation_path, start_step)
     tqdm.write(f"Resumed from step {start_step} in {workdir}")
-  elif metrics_path.exists():
-    metrics_path.unlink()
+  else:
+    metrics_path.unlink(missing_ok=True)
+    validation_path.unlink(missing_ok=True)
   if jax.process_index() == 0:
     tqdm.write(f"{count_parameters(state):,} parameters; {task.description}; "
                f"{jax.device_count()} device(s)")
@@ -172,23 +189,56 @@ def train(config, workdir: str | pathlib.Path) -> int:
         progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
         window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
       progress.update(1)
-      checkpointer.save(done, state, rng, iterator, config,
-                        force=done == config.train.num_steps)
+      final = done == config.train.num_steps
+      validation = None
+      if task.validate is not None and (final or checkpointer.should_save(done)):
+        validation_start = time.perf_counter()
+        validation = task.validate(state)
+        # Validation is not training: keep it out of the throughput and the training time.
+        validation_seconds = time.perf_counter() - validation_start
+        window_start += validation_seconds
+        train_start += validation_seconds
+        if jax.process_index() == 0:
+          with validation_path.open("a") as f:
+            f.write(json.dumps({"step": done, **validation}) + "\n")
+        progress.set_postfix(val_psnr=f"{validation['val_psnr']:.3f}")
+      checkpointer.save(done, state, rng, iterator, config, force=final, metrics=validation)
   checkpointer.wait()
   checkpointer.close()
   return config.train.num_steps
 
 
+def comparison_runs(config) -> list[tuple[str, int | None, Any]]:
+  """(name, seed, run config) of every run of a comparison config: `config.runs` × `config.seeds`.
+
+  A comparison without `seeds` trains each run once with its own seed (seed None).
+  """
+  seeds = config.get("seeds")
+  if not seeds:
+    return [(name, None, run) for name, run in config.runs.items()]
+  out = []
+  for seed in seeds:  # seed-major: a partly trained comparison has every method of seed 0 first
+    for name, run in config.runs.items():
+      seeded = run.copy_and_resolve_references()
+      seeded.seed = int(seed)
+      out.append((name, int(seed), seeded))
+  return out
+
+
 def train_runs(config, workdir: str | pathlib.Path) -> None:
   """Trains every run of a comparison config in turn, each in its own workdir.
 
-  The runs are `config.runs` (the dMRI comparison), or those of an MRSI study
-  (`config.task == "mrsi"`, `jaxsr.train.mrsi_task.study_runs`: methods × folds).
-  Run `name` lives in `config.run_dirs[name]` if set, else WORKDIR/name; finished
+  The runs are `config.runs` × `config.seeds` (the dMRI comparison: WORKDIR/<name>/seed<s>),
+  or those of an MRSI study (`config.task == "mrsi"`, `jaxsr.train.mrsi_task.study_runs`:
+  methods × folds). `config.run_dirs[name]`, if set, replaces WORKDIR/<name>; finished
   runs are skipped and interrupted ones resume.
   """
-  runs = mrsi_task.study_runs(config) if config.get("task") == "mrsi" else config.runs
-  for name, run_config in runs.items():
-    directory = run_dir(config, workdir, name)
-    tqdm.write(f"== {name} ({run_config.model.kind}) -> {directory}")
+  if config.get("task") == "mrsi":
+    runs = [(name, None, run) for name, run in mrsi_task.study_runs(config).items()]
+  else:
+    runs = comparison_runs(config)
+  for name, seed, run_config in runs:
+    directory = run_dir(config, workdir, name, seed)
+    tqdm.write(f"== {name}{'' if seed is None else f' (seed {seed})'} "
+               f"({run_config.model.kind}) -> {directory}")
     train(run_config, directory)

@@ -1,9 +1,11 @@
 """The MRSI train step: critic updates and the generator update in one jitted XLA program.
 
 `train_step(state, batch, rng) -> (state, metrics)`: the LR input is made inside
-the step by keeping each map's central n × n k-space (`kspace.truncate`, n per
-sample); λ is drawn per sample from U(0, λ_max) and fed to the generator's
-conditional instance norms. Then
+the step by keeping each acquired map's central n × n k-space (n per sample) and
+dividing it by its own scale (`mrsi_pipeline.lr_input`, as evaluation and
+`jaxsr upsample-mrsi` do); the target is divided by the same scale. λ is drawn
+per sample from U(0, λ_max) and fed to the generator's conditional instance
+norms. Then
 
   critic    `num_critic` WGAN-GP updates (an unrolled `lax.scan`): D(fake) − D(real) +
             gp_weight · (‖∇D(x̂)‖ − 1)², x̂ on random lines between real and fake;
@@ -25,7 +27,7 @@ import optax
 from flax.training import train_state
 
 from jaxsr import losses
-from jaxsr.data import kspace
+from jaxsr.data import mrsi_pipeline
 
 TrainState = train_state.TrainState
 
@@ -70,8 +72,8 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
                          lambda_max: float = 0.1, adversarial: bool = True):
   """The pure train step (see the module docstring); jit it with `compile_train_step`.
 
-  Batch: "hr" (B, H, W) target maps, "t1", "flair" (B, H, W), "mask" (B, H, W)
-  quality mask, "n" (B,) matrix sizes, "metabolite" (B,) int indices.
+  Batch: "hr" (B, H, W) acquired maps (any unit), "t1", "flair" (B, H, W), "mask"
+  (B, H, W) quality mask, "n" (B,) matrix sizes, "metabolite" (B,) int indices.
   """
 
   def generate(params, state: GANState, batch, lr, lam):
@@ -95,8 +97,8 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
 
   def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array):
     lam_rng, critic_rng = jax.random.split(rng)
-    hr = batch["hr"]
-    lr = kspace.truncate(hr, batch["n"])
+    lr, scale = mrsi_pipeline.lr_input(batch["hr"], batch["n"])
+    hr = batch["hr"] / scale[:, None, None]
     lam = (jax.random.uniform(lam_rng, hr.shape[:1], maxval=lambda_max) if adversarial
            else jnp.zeros(hr.shape[:1]))
     metrics = {}

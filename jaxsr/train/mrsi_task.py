@@ -34,6 +34,7 @@ METHODS = {
     "hypernetwork": "hypernetwork",
     "filter_scaling": "filter_scaling",
     "filter_scaling_met": "filter_scaling_met",
+    "filter_scaling_met_no_anatomy": "filter_scaling_met",  # T1/FLAIR zeroed: what they add
 }
 STUDY_FIELDS = ("task", "methods", "folds", "sharpness_method", "run_dirs")
 
@@ -44,6 +45,7 @@ def _run(config, *, method: str, conditioning: str, fold: int, n_values, adversa
       {k: v for k, v in config.to_dict().items() if k not in STUDY_FIELDS}))
   run.method = method
   run.model.conditioning = conditioning
+  run.model.anatomy = not method.endswith("_no_anatomy")
   run.data.fold = fold
   run.data.n_values = tuple(int(n) for n in n_values)
   run.train.adversarial = adversarial
@@ -80,7 +82,7 @@ def study_runs(config) -> dict[str, ml_collections.ConfigDict]:
 def load_fold(data_config) -> dict[str, list[mrsi.Patient]]:
   """{"train", "val", "test": patients} of fold `data_config.fold` of the embedded patients."""
   patients = mrsi.load_patients(data_config.cache_dir, data_config.num_patients,
-                                data_config.seed)
+                                data_config.seed, decoupled=data_config.get("decoupled", True))
   split = mrsi.cross_validation_split(data_config.num_patients, data_config.fold,
                                       data_config.num_folds)
   return {name: [patients[i] for i in indices] for name, indices in split.items()}
