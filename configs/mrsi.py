@@ -26,7 +26,8 @@ import ml_collections
 VARIANTS = {
     "quick": {
         "folds": (0,),
-        "train.num_steps": 900, "train.learning_rate": 3e-4, "train.log_every_steps": 50,
+        "train.num_steps": 900, "train.learning_rate": 3e-4, "train.lr_decay_steps": 360,
+        "train.log_every_steps": 50,
         "train.checkpoint_every_steps": 300,
     },
     "smoke": {
@@ -34,6 +35,7 @@ VARIANTS = {
         "data.num_patients": 5, "data.n_values": (16, 24),  # 3 train / 1 val / 1 test
         "model.channels": (4,), "model.critic_channels": (4, 8), "model.critic_hidden": 8,
         "train.num_steps": 4, "train.num_critic": 2, "train.learning_rate": 1e-3,
+        "train.lr_decay_steps": 0,
         "train.log_every_steps": 2, "train.checkpoint_every_steps": 2,
         "eval.max_slices_per_patient": 2, "eval.metabolites": (0, 2),
         "eval.sharpness_lambdas": (0.0, 0.05, 0.1), "eval.figure_lambdas": (0.0, 0.1),
@@ -83,9 +85,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 11_000  # ~100 epochs of ~890 maps at batch 8
   c.train.learning_rate = 1e-4
+  c.train.lr_decay_steps = 4_400  # halved every 40 epochs, both networks (the authors' code)
+  c.train.lr_decay_factor = 0.5
   c.train.alpha = 0.84  # (1 - alpha) L1 + alpha (1 - MS-SSIM)
   c.train.adversarial = False  # set per run by the study
   c.train.lambda_max = 0.1  # lambda ~ U(0, lambda_max) per sample (adversarial runs)
+  c.train.lambda_zero_fraction = 0.1  # of the samples get lambda = 0 exactly (the authors' code)
   c.train.gp_weight = 10.0
   c.train.num_critic = 5  # critic updates per generator update
   c.train.log_every_steps = 100

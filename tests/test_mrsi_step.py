@@ -77,3 +77,13 @@ def test_without_adversarial_loss_the_critic_is_left_alone_and_the_loss_falls():
   assert int(state.critic.step) == 0
   jax.tree.map(np.testing.assert_array_equal, critic_before, jax.device_get(state.critic.params))
   assert losses[-1] < losses[0], losses
+
+
+def test_a_fraction_of_the_samples_is_trained_at_lambda_zero():
+  batch = {k: jnp.asarray(v) for k, v in tiny_batch(seed=5).items()}
+  rng = jax.random.key(3, impl="rbg")
+  adversarial = {}
+  for fraction in (0.0, 1.0):
+    step = jax.jit(make_mrsi_train_step(num_critic=1, lambda_zero_fraction=fraction))
+    adversarial[fraction] = float(step(tiny_state(seed=2), batch, rng)[1]["adversarial"])
+  assert adversarial[1.0] == 0.0 and adversarial[0.0] != 0.0

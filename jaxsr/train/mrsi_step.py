@@ -5,7 +5,8 @@ the step by keeping each acquired map's central n × n k-space (n per sample) an
 dividing it by its own scale (`mrsi_pipeline.lr_input`, as evaluation and
 `jaxsr upsample-mrsi` do); the target is divided by the same scale. λ is drawn
 per sample from U(0, λ_max) and fed to the generator's conditional instance
-norms. Then
+norms (exactly 0 for a fraction `lambda_zero_fraction` of the samples, so the
+sharpness network also learns the plain λ = 0 output). Then
 
   critic    `num_critic` WGAN-GP updates (an unrolled `lax.scan`): D(fake) − D(real) +
             gp_weight · (‖∇D(x̂)‖ − 1)², x̂ on random lines between real and fake;
@@ -40,17 +41,23 @@ class GANState:
 
 
 def create_gan_state(generator, critic, rng: jax.Array, map_shape: tuple[int, int],
-                     learning_rate: float = 1e-4) -> GANState:
-  """Initialises both networks on one (1, H, W) example; Adam(learning_rate) for each."""
+                     learning_rate: float | optax.Schedule = 1e-4,
+                     critic_learning_rate: float | optax.Schedule | None = None) -> GANState:
+  """Initialises both networks on one (1, H, W) example; Adam(learning_rate) for each.
+
+  Learning rates may be optax schedules of each network's own update count;
+  `critic_learning_rate` defaults to `learning_rate`.
+  """
   g_rng, c_rng = jax.random.split(rng)
   image = jnp.zeros((1, *map_shape), jnp.float32)
   scalar = jnp.zeros((1,), jnp.float32)
   g_params = generator.init(g_rng, image, image, image, scalar + 16, jnp.zeros((1,), jnp.int32),
                             scalar)["params"]
   c_params = critic.init(c_rng, jnp.zeros((1, *map_shape, 4), jnp.float32))["params"]
-  tx = lambda: optax.adam(learning_rate, b1=0.5, b2=0.9)  # as usual for WGAN-GP
-  return GANState(TrainState.create(apply_fn=generator.apply, params=g_params, tx=tx()),
-                  TrainState.create(apply_fn=critic.apply, params=c_params, tx=tx()))
+  tx = lambda rate: optax.adam(rate, b1=0.5, b2=0.9)  # as usual for WGAN-GP
+  critic_rate = learning_rate if critic_learning_rate is None else critic_learning_rate
+  return GANState(TrainState.create(apply_fn=generator.apply, params=g_params, tx=tx(learning_rate)),
+                  TrainState.create(apply_fn=critic.apply, params=c_params, tx=tx(critic_rate)))
 
 
 def critic_inputs(batch: dict[str, jax.Array], lr: jax.Array, maps: jax.Array) -> jax.Array:
@@ -69,7 +76,8 @@ def gradient_penalty(critic_apply, params, real: jax.Array, fake: jax.Array,
 
 
 def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_critic: int = 5,
-                         lambda_max: float = 0.1, adversarial: bool = True):
+                         lambda_max: float = 0.1, lambda_zero_fraction: float = 0.1,
+                         adversarial: bool = True):
   """The pure train step (see the module docstring); jit it with `compile_train_step`.
 
   Batch: "hr" (B, H, W) acquired maps (any unit), "t1", "flair" (B, H, W), "mask"
@@ -99,8 +107,12 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
     lam_rng, critic_rng = jax.random.split(rng)
     lr, scale = mrsi_pipeline.lr_input(batch["hr"], batch["n"])
     hr = batch["hr"] / scale[:, None, None]
-    lam = (jax.random.uniform(lam_rng, hr.shape[:1], maxval=lambda_max) if adversarial
-           else jnp.zeros(hr.shape[:1]))
+    if adversarial:  # λ ~ U(0, λ_max), and exactly 0 for a fraction of the samples
+      uniform_rng, zero_rng = jax.random.split(lam_rng)
+      lam = jax.random.uniform(uniform_rng, hr.shape[:1], maxval=lambda_max)
+      lam = jnp.where(jax.random.uniform(zero_rng, hr.shape[:1]) < lambda_zero_fraction, 0.0, lam)
+    else:
+      lam = jnp.zeros(hr.shape[:1])
     metrics = {}
     critic = state.critic
     if adversarial:

@@ -19,6 +19,7 @@ import copy
 
 import jax
 import ml_collections
+import optax
 
 from jaxsr.data import mrsi, mrsi_pipeline
 from jaxsr.models import build_model
@@ -105,14 +106,25 @@ def build_critic(model_config) -> Critic:
 
 
 def create_state(config, rng: jax.Array) -> mrsi_step.GANState:
-  """The generator (the run's `MRSIUNet`) and critic train states, Adam(`train.learning_rate`)."""
+  """The generator (the run's `MRSIUNet`) and critic train states: Adam at
+  `train.learning_rate`, multiplied by `train.lr_decay_factor` every `train.lr_decay_steps`
+  train steps (0: constant), for both networks (the critic updates num_critic times a step)."""
   size = mrsi.MAP_SIZE
+  t = config.train
+
+  def schedule(updates_per_step):
+    decay_steps = t.get("lr_decay_steps", 0) * updates_per_step
+    return (optax.exponential_decay(t.learning_rate, decay_steps, t.lr_decay_factor,
+                                    staircase=True) if decay_steps else t.learning_rate)
+
   return mrsi_step.create_gan_state(build_model(config.model), build_critic(config.model), rng,
-                                    (size, size), learning_rate=config.train.learning_rate)
+                                    (size, size), learning_rate=schedule(1),
+                                    critic_learning_rate=schedule(t.num_critic))
 
 
 def make_train_step(config):
   t = config.train
   return mrsi_step.make_mrsi_train_step(alpha=t.alpha, gp_weight=t.gp_weight,
                                         num_critic=t.num_critic, lambda_max=t.lambda_max,
+                                        lambda_zero_fraction=t.get("lambda_zero_fraction", 0.0),
                                         adversarial=t.adversarial)
