@@ -62,7 +62,8 @@ def torch_step(config, batch):
   critic = ref.Critic(MAP_SIZE, m.critic_channels, m.critic_hidden)
   step = ref.make_train_step(generator, critic, learning_rate=t.learning_rate, alpha=t.alpha,
                              gp_weight=t.gp_weight, num_critic=t.num_critic,
-                             lambda_max=t.lambda_max)
+                             lambda_max=t.lambda_max,
+                             lambda_zero_fraction=t.lambda_zero_fraction)
   tensors = {k: torch.from_numpy(v.astype(np.int64) if k == "metabolite" else v)
              for k, v in batch.items()}
   return (lambda: step(tensors)), torch_count(generator) + torch_count(critic)

@@ -103,6 +103,15 @@ def truncate(maps: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
   return torch.fft.ifft2(torch.where(central_mask(maps.shape[-1], n), spectrum, 0)).real
 
 
+def lr_input(acquired: torch.Tensor, n: torch.Tensor, percentile: float = 99.0,
+             min_scale: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+  """(B, N, N) acquired maps -> (LR input over its own scale, the scale) (`mrsi_pipeline.lr_input`)."""
+  lr = truncate(acquired, n)
+  scale = torch.quantile(lr.flatten(1), percentile / 100, dim=1)
+  scale = torch.where(scale > min_scale, scale, torch.ones_like(scale))
+  return lr / scale[:, None, None], scale
+
+
 def data_consistency(output, measured, n):
   """`output` with its central n × n k-space replaced by that of `measured`."""
   spectrum = torch.where(central_mask(output.shape[-1], n), torch.fft.fft2(measured),
@@ -239,7 +248,8 @@ def mrsi_loss(pred, target, mask, alpha: float = 0.84):
 
 
 def make_train_step(generator: MRSIUNet, critic: Critic, *, learning_rate: float, alpha: float,
-                    gp_weight: float, num_critic: int, lambda_max: float):
+                    gp_weight: float, num_critic: int, lambda_max: float,
+                    lambda_zero_fraction: float = 0.1):
   """`jaxsr.train.mrsi_step.make_mrsi_train_step(adversarial=True)` in PyTorch eager.
 
   Returns step(batch) -> generator loss; batch: "hr", "t1", "flair", "mask" (B, H, W),
@@ -252,9 +262,11 @@ def make_train_step(generator: MRSIUNet, critic: Critic, *, learning_rate: float
     return torch.stack([batch["t1"], batch["flair"], lr, maps], 1)
 
   def step(batch) -> float:
-    hr, mask = batch["hr"], batch["mask"]
-    lr = truncate(hr, batch["n"])
+    mask = batch["mask"]
+    lr, scale = lr_input(batch["hr"], batch["n"])
+    hr = batch["hr"] / scale[:, None, None]
     lam = torch.rand(hr.shape[0]) * lambda_max
+    lam = torch.where(torch.rand(hr.shape[0]) < lambda_zero_fraction, torch.zeros_like(lam), lam)
     generate = lambda: generator(lr, batch["t1"], batch["flair"], batch["n"],
                                  batch["metabolite"], lam, mask)
     with torch.no_grad():

@@ -189,3 +189,22 @@ def test_upsample_mrsi_refuses_bad_requests_with_one_line(study, tmp_path, capsy
   error = capsys.readouterr().err.strip()
   assert error.startswith("jaxsr upsample-mrsi: error:") and message in error
   assert "\n" not in error and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_network_trained_longer_beats_zero_filling(study, tmp_path):
+  """80 steps of the smoke Filter Scaling with Met network beat k-space zero-filling on the
+  test patient (mean PSNR over its maps and both n, by a loose margin)."""
+  config, _, _, _ = study
+  config = config.copy_and_resolve_references()
+  config.methods, config.sharpness_method = ("filter_scaling_met",), ""
+  config.train.num_steps = config.train.checkpoint_every_steps = 80
+  loop.train_runs(config, tmp_path)
+  run = load_run(tmp_path / "fold0" / "filter_scaling_met")
+  patients = mrsi_evaluation.mrsi.load_patients(config.data.cache_dir, config.data.num_patients)
+  maps = mrsi_evaluation.test_maps([patients[0]], config.eval)  # fold 0 tests patient 0
+  generator = mrsi_evaluation.Generator(run, config.eval.batch_size)
+  psnr = {name: np.mean([mrsi_evaluation.score(predict(n), maps)[0].mean()
+                         for n in config.data.n_values])
+          for name, predict in (("network", lambda n: generator(maps, n)),
+                                ("zero_fill", lambda n: mrsi_evaluation.zero_fill(maps, n)))}
+  assert psnr["network"] > psnr["zero_fill"] + 0.5, psnr

@@ -1,11 +1,11 @@
-"""The benchmarks' PyTorch models compute jaxsr's CSR-dMRI and MRSI functions (needs the `bench` extra)."""
+"""The benchmarks' PyTorch models compute jaxsr's CSR-dMRI and MRSI functions (torch: the `test` extra)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the test extra installs it: these tests must run, never be skipped
 
 from benchmarks import torch_reference  # noqa: E402
 from jaxsr.data.degrade import degrade  # noqa: E402
@@ -106,6 +106,7 @@ def test_the_mrsi_reference_computes_jaxsrs_generator_critic_and_loss(conditioni
   from jaxsr import losses
   from jaxsr.models.critic import Critic
   from jaxsr.models.mrsi_unet import MRSIUNet
+  from jaxsr.data import mrsi_pipeline
   from jaxsr.train import mrsi_step
   channels, size, batch = (4, 6), 16, 3
   generator, critic = MRSIUNet(channels, conditioning), Critic((4, 8), hidden=8)
@@ -119,7 +120,8 @@ def test_the_mrsi_reference_computes_jaxsrs_generator_critic_and_loss(conditioni
   mask = (rng.random((batch, size, size)) > 0.2).astype(np.float32)
   n, metabolite = np.array([8, 10, 12]), np.array([0, 3, 6])
   sharpness = np.array([0.0, 0.05, 0.1], np.float32)
-  lr = np.array(mrsi_step.kspace.truncate(jnp.asarray(maps["hr"]), jnp.asarray(n)))
+  lr, scale = (np.array(a) for a in mrsi_pipeline.lr_input(jnp.asarray(maps["hr"]),
+                                                           jnp.asarray(n)))
   out = generator.apply({"params": g_params}, lr, maps["t1"], maps["flair"], n, metabolite,
                         sharpness, mask)
   images = np.stack([maps["t1"], maps["flair"], lr, np.array(out)], -1)
@@ -132,7 +134,9 @@ def test_the_mrsi_reference_computes_jaxsrs_generator_critic_and_loss(conditioni
   load_mrsi_params(t_generator, t_critic, g_params, c_params)
   tt = lambda a: torch.from_numpy(np.asarray(a))
   with torch.no_grad():
-    np.testing.assert_allclose(ref.truncate(tt(maps["hr"]), tt(n)).numpy(), lr, atol=1e-5)
+    t_lr, t_scale = ref.lr_input(tt(maps["hr"]), tt(n))
+    np.testing.assert_allclose(t_lr.numpy(), lr, atol=1e-5)
+    np.testing.assert_allclose(t_scale.numpy(), scale, rtol=1e-5)
     t_out = t_generator(tt(lr), tt(maps["t1"]), tt(maps["flair"]), tt(n), tt(metabolite),
                         tt(sharpness), tt(mask))
     np.testing.assert_allclose(t_out.numpy(), out, rtol=1e-4, atol=1e-4)
