@@ -3,8 +3,10 @@ r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
   python evaluate.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR
       one run against tricubic and zero-filling: DIR/eval/table.md, table.json, per_subject.json
   python evaluate.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR
-      the comparison (runs in DIR/<name>): DIR/eval/table1.md, table2.md, dti.md,
-      tables.json and figures/
+      the comparison (runs in DIR/<name>/seed<s>, each at its best validation checkpoint):
+      DIR/eval/table1.md, table2.md, dti.md, tables.json and figures/
+  --config.eval.split=val scores the validation subjects instead (DIR/eval/val/), where
+  designs are compared; --config.eval.checkpoint=latest|best|STEP picks the checkpoint.
   python evaluate.py --config configs/real_scans.py[:validation] --workdir DIR
       a model (the shipped one unless --config.checkpoint=RUN_DIR) on real scans degraded
       in-plane, through-plane and isotropically with block, Gaussian and k-space PSFs:

@@ -1,7 +1,7 @@
 r"""Trains a super-resolution model, or every run of a comparison config.
 
   python train.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
-  python train.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR   # runs in DIR/<name>
+  python train.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR   # DIR/<name>/seed<s>
   python train.py --config configs/mrsi.py[:VARIANT] --workdir DIR   # DIR/fold<f>/<method>
 
 Re-running the same command resumes from the latest checkpoint in DIR. Bad input data

@@ -191,7 +191,10 @@ def train(config, workdir: str | pathlib.Path) -> int:
       progress.update(1)
       final = done == config.train.num_steps
       validation = None
-      if task.validate is not None and (final or checkpointer.should_save(done)):
+      # Validated: the checkpoints of the save interval and the last (not the one orbax
+      # also writes at the first step).
+      if task.validate is not None and (final or (
+          done % config.train.checkpoint_every_steps == 0 and checkpointer.should_save(done))):
         validation_start = time.perf_counter()
         validation = task.validate(state)
         # Validation is not training: keep it out of the throughput and the training time.
