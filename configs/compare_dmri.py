@@ -94,9 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.checkpoint = "best"  # the best validation score of each run
   c.eval.num_volumes = {"default": 4, "quick": 2, "smoke": 2}[c.variant]  # scored per subject
   # Scales at which whole shells are super-resolved for FA/MD errors in white matter (each
-  # costs num_directions reconstructions per method, seed and subject); quick: the 2.4x
-  # figure scale only, to fit a CPU.
-  c.eval.dti_scales = (2.4,) if c.variant == "quick" else c.eval.scales
+  # costs num_directions reconstructions per method, seed and subject); quick and smoke: the
+  # 2.4x figure scale only, to fit a CPU.
+  c.eval.dti_scales = (2.4,) if c.variant in ("quick", "smoke") else c.eval.scales
   c.eval.figures = True
   c.eval.figure_scale = 2.4
   c.eval.tile_voxels = 1 << 20  # CNN slabs: a 2 mm brain volume in one pass

@@ -42,9 +42,10 @@ def cache(tmp_path_factory):
   return tmp_path_factory.mktemp("cache")
 
 
-def test_smoke_train_and_evaluate_write_the_table(tmp_path, cache):
+def test_smoke_train_and_evaluate_write_the_table_and_score_the_validation_split(tmp_path,
+                                                                                   cache):
   workdir = tmp_path / "run"
-  run("train.py", workdir, cache)
+  run("train.py", workdir, cache, "--config.train.validate=True")
   record = json.loads((workdir / "run.json").read_text())
   assert record["seed"] == 0 and record["config"]["variant"] == "smoke"
   assert record["versions"]["jax"] and record["git_commit"]
@@ -63,6 +64,23 @@ def test_smoke_train_and_evaluate_write_the_table(tmp_path, cache):
     assert -1 <= row["ssim"] <= 1
   markdown = (workdir / "eval" / "table.md").read_text()
   assert markdown in result.stdout and "| csr_dmri |" in markdown and "2.4× PSNR" in markdown
+
+  # Validation: scored at every checkpoint of the interval; evaluation of the validation
+  # subject at the best of them.
+  scores = [json.loads(l) for l in (workdir / "validation.jsonl").read_text().splitlines()]
+  assert [s["step"] for s in scores] == [10, 20] and all(s["val_psnr"] > 0 for s in scores)
+  best = max(scores, key=lambda s: (s["val_psnr"], -s["step"]))["step"]
+  run("evaluate.py", workdir, cache, "--config.eval.split=val", "--config.eval.checkpoint=best")
+  record = json.loads((workdir / "eval" / "val" / "run.json").read_text())
+  assert record["split"] == "val" and record["subjects"] == ["sub-01"]
+  assert record["checkpoint_step"] == best
+  rows = json.loads((workdir / "eval" / "val" / "per_subject.json").read_text())
+  assert {r["subject"] for r in rows} == {"sub-01"}
+  bad = subprocess.run([sys.executable, "evaluate.py", f"--config={CONFIG}",
+                        f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
+                        "--config.eval.split=train"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: eval.split")
 
 
 def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
@@ -117,22 +135,3 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path):
   assert not workdir.exists()
   assert not any((tmp_path / "cache").rglob("*.npy"))
 
-
-def test_evaluation_scores_the_validation_split_at_a_chosen_checkpoint(tmp_path, cache):
-  workdir = tmp_path / "run"
-  run("train.py", workdir, cache, "--config.train.validate=True")
-  scores = [json.loads(l) for l in (workdir / "validation.jsonl").read_text().splitlines()]
-  assert [s["step"] for s in scores] == [10, 20] and all(s["val_psnr"] > 0 for s in scores)
-  best = max(scores, key=lambda s: (s["val_psnr"], -s["step"]))["step"]
-  run("evaluate.py", workdir, cache, "--config.eval.split=val", "--config.eval.checkpoint=best")
-  record = json.loads((workdir / "eval" / "val" / "run.json").read_text())
-  assert record["split"] == "val" and record["subjects"] == ["sub-01"]
-  assert record["checkpoint_step"] == best
-  rows = json.loads((workdir / "eval" / "val" / "per_subject.json").read_text())
-  assert {r["subject"] for r in rows} == {"sub-01"}
-  assert not (workdir / "eval" / "table.json").exists()  # the test split was not scored
-  bad = subprocess.run([sys.executable, "evaluate.py", f"--config={CONFIG}",
-                        f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
-                        "--config.eval.split=train"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: eval.split")

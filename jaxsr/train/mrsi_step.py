@@ -75,6 +75,14 @@ def gradient_penalty(critic_apply, params, real: jax.Array, fake: jax.Array,
   return jnp.mean((norms - 1.0) ** 2)
 
 
+def draw_lambda(rng: jax.Array, batch_size: int, lambda_max: float,
+                zero_fraction: float) -> jax.Array:
+  """(B,) λ ~ U(0, λ_max) per sample, exactly 0 for a fraction `zero_fraction` of them."""
+  uniform_rng, zero_rng = jax.random.split(rng)
+  lam = jax.random.uniform(uniform_rng, (batch_size,), maxval=lambda_max)
+  return jnp.where(jax.random.uniform(zero_rng, (batch_size,)) < zero_fraction, 0.0, lam)
+
+
 def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_critic: int = 5,
                          lambda_max: float = 0.1, lambda_zero_fraction: float = 0.1,
                          adversarial: bool = True):
@@ -107,12 +115,8 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
     lam_rng, critic_rng = jax.random.split(rng)
     lr, scale = mrsi_pipeline.lr_input(batch["hr"], batch["n"])
     hr = batch["hr"] / scale[:, None, None]
-    if adversarial:  # λ ~ U(0, λ_max), and exactly 0 for a fraction of the samples
-      uniform_rng, zero_rng = jax.random.split(lam_rng)
-      lam = jax.random.uniform(uniform_rng, hr.shape[:1], maxval=lambda_max)
-      lam = jnp.where(jax.random.uniform(zero_rng, hr.shape[:1]) < lambda_zero_fraction, 0.0, lam)
-    else:
-      lam = jnp.zeros(hr.shape[:1])
+    lam = (draw_lambda(lam_rng, hr.shape[0], lambda_max, lambda_zero_fraction) if adversarial
+           else jnp.zeros(hr.shape[:1]))
     metrics = {}
     critic = state.critic
     if adversarial:
