@@ -69,6 +69,7 @@ def make_task(config) -> Task:
     return Task(sampler, lambda rng: mrsi_task.create_state(config, rng),
                 mrsi_task.make_train_step(config), description)
   model = build_model(config.model)
+  validate = None
   if config.data.source == "randomised":
     sampler = randomised.RandomisedSampler(config.data.lr_patch_size,
                                            tuple(config.data.axis_scales),
@@ -85,10 +86,8 @@ def make_task(config) -> Task:
         raise DataError("train.validate needs validation subjects: set data.num_val >= 1")
       validate = functools.partial(evaluation.validation_scores, config, model, splits["val"])
       description += f"; validated on {', '.join(s.name for s in splits['val'])}"
-      return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
-                  step_lib.make_train_step(config), description, validate)
   return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
-              step_lib.make_train_step(config), description)
+              step_lib.make_train_step(config), description, validate)
 
 
 def per_process_batch_size(batch_size: int) -> int:
