@@ -111,9 +111,8 @@ def validation_scores(config, model, subjects, state) -> dict[str, float]:
   for subject in subjects:
     rows += score_subject({"model": method}, subject, scales=config.eval.scales,
                           num_volumes=config.eval.validation_volumes)[0]
-  per_subject = {key: [np.mean([r[key] for r in rows if r["subject"] == s.name])
-                       for s in subjects] for key in ("psnr", "ssim")}
-  return {f"val_{key}": float(np.mean(values)) for key, values in per_subject.items()}
+  return {f"val_{key}": float(np.mean(list(tables.unit_means(rows, key).values())))
+          for key in ("psnr", "ssim")}
 
 
 def evaluated_volumes(num_volumes: int, available: int) -> list[int]:
@@ -210,6 +209,11 @@ def checkpoint_choice(value) -> int | str:
   return value
 
 
+def eval_dir(workdir: pathlib.Path, split: str) -> pathlib.Path:
+  """Where an evaluation of `split` is written: WORKDIR/eval for the test split, else a subfolder."""
+  return workdir / "eval" if split == "test" else workdir / "eval" / split
+
+
 def scored_subjects(config) -> tuple[str, list]:
   """(split name, subjects) that `config.eval.split` asks to score: "test" or "val"."""
   split = config.eval.get("split", "test")
@@ -241,7 +245,7 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   name = run.config.model.kind
   methods[name] = trained_method(name, run, config.eval)
   split, subjects = scored_subjects(config)
-  out_dir = workdir / "eval" if split == "test" else workdir / "eval" / split
+  out_dir = eval_dir(workdir, split)
   write_run_record(out_dir / "run.json", config, checkpoint_step=run.step,
                    split=split, subjects=[s.name for s in subjects])
   rows = []
@@ -292,7 +296,7 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
           name, run, config.eval, seed)
       steps.setdefault(name, {})[str(seed)] = run.step
   split, subjects = scored_subjects(config)
-  out_dir = workdir / "eval" if split == "test" else workdir / "eval" / split
+  out_dir = eval_dir(workdir, split)
   write_run_record(out_dir / "run.json", config, checkpoint_steps=steps, split=split,
                    subjects=[s.name for s in subjects])
   figure = None

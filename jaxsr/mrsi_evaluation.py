@@ -26,6 +26,7 @@ paper's perceptual measure, needs pretrained weights that cannot be downloaded).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -66,7 +67,7 @@ class TestMaps:
   def __len__(self) -> int:
     return len(self.metabolite)
 
-  @property
+  @functools.cached_property  # computed once per set of maps (frozen: stored in __dict__)
   def peaks(self) -> np.ndarray:
     """(K,) each truth's maximum inside its quality mask: the metrics' unit."""
     masked = np.where(self.images["mask"] > 0, self.images["hr"], -np.inf)
@@ -76,7 +77,7 @@ class TestMaps:
     """(K, 64, 64) maps in mM divided by the truths' peaks (the truth's peak becomes 1)."""
     return maps / self.peaks[:, None, None]
 
-  @property
+  @functools.cached_property
   def truth(self) -> np.ndarray:
     """(K, 64, 64) the truths inside their quality masks, in peak units (0 outside)."""
     return self.in_peak_units(self.images["hr"] * self.images["mask"])
@@ -159,22 +160,13 @@ def training_seconds(directory: pathlib.Path) -> float:
   return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
 
 
-def patient_means(rows: list[dict], method: str, key: str) -> dict[str, float]:
-  """{patient: mean of `key` over the patient's scored maps and n} for one method."""
-  means: dict[str, list[float]] = {}
-  for r in rows:
-    if r["method"] == method:
-      means.setdefault(r["patient"], []).append(r[key])
-  return {patient: float(np.mean(values)) for patient, values in means.items()}
-
-
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
   """Per method: mean ± sd over patients of each patient's mean PSNR and SSIM (maps and n)."""
   table = []
   for method in methods:
     entry = {"method": method, "num_maps": sum(r["method"] == method for r in rows)}
     for key in ("psnr", "ssim"):
-      values = np.array(list(patient_means(rows, method, key).values()))
+      values = np.array(list(tables.unit_means(rows, key, "patient", method=method).values()))
       entry[key], entry[f"{key}_std"] = float(values.mean()), float(values.std())
       entry["num_patients"] = len(values)
     table.append(entry)
@@ -184,7 +176,8 @@ def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
 def pairwise_wilcoxon(rows: list[dict], methods: list[str]) -> dict[str, dict[str, dict]]:
   """{a: {b: {"psnr_p", "ssim_p", "num_patients", "smallest_p"}}}: signed-rank tests of a
   against b over the patients both were scored on (each patient's mean over maps and n)."""
-  means = {m: {key: patient_means(rows, m, key) for key in ("psnr", "ssim")} for m in methods}
+  means = {m: {key: tables.unit_means(rows, key, "patient", method=m) for key in ("psnr", "ssim")}
+           for m in methods}
   out = {}
   for a in methods:
     out[a] = {}

@@ -33,16 +33,17 @@ def _mean_by(rows: list[dict], group: Sequence[str], key: str) -> dict[tuple, fl
   return {g: float(np.mean(values)) for g, values in groups.items()}
 
 
-def subject_means(rows: list[dict], method: str, scale: float, key: str) -> dict[str, float]:
-  """{subject: mean of `key`} for one method and scale, over its volumes and seeds.
+def unit_means(rows: list[dict], key: str, unit: str = "subject", **where) -> dict[str, float]:
+  """{unit: mean of `key`} over the rows matching `where` (field=value), e.g. one method and scale.
 
-  Each seed's volumes are averaged first, then the seeds, so every seed weighs the same.
+  `unit` is the independent sample ("subject"; "patient" for MRSI): each seed's rows of a
+  unit (volumes, maps, n) are averaged first, then the seeds, so every seed weighs the same.
   """
-  sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
-  per_seed = _mean_by(sel, ("subject", "seed"), key)
-  subjects = dict.fromkeys(subject for subject, _ in per_seed)
-  return {s: float(np.mean([v for (subject, _), v in per_seed.items() if subject == s]))
-          for s in subjects}
+  sel = [r for r in rows if all(r[field] == value for field, value in where.items())]
+  per_seed = _mean_by(sel, (unit, "seed"), key)
+  units = dict.fromkeys(u for u, _ in per_seed)
+  return {u: float(np.mean([v for (each, _), v in per_seed.items() if each == u]))
+          for u in units}
 
 
 def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
@@ -64,7 +65,7 @@ def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> list[
                "num_subjects": len(dict.fromkeys(r["subject"] for r in sel)),
                "num_seeds": sum(seed is not None for seed in seeds)}
       for key in keys:
-        per_subject = subject_means(sel, method, scale, key)
+        per_subject = unit_means(sel, key)
         per_seed_subject = _mean_by(sel, ("seed", "subject"), key)
         seed_means = [np.mean([v for (seed, _), v in per_seed_subject.items() if seed == s])
                       for s in seeds]
@@ -111,7 +112,8 @@ def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "s
     for scale in _scales_in_paper_order(rows):
       entry = {"method": method, "reference": reference, "scale": scale}
       for key in keys:
-        ref, other = (subject_means(rows, m, scale, key) for m in (reference, method))
+        ref, other = (unit_means(rows, key, method=m, scale=scale)
+                      for m in (reference, method))
         subjects = [s for s in ref if s in other]
         entry[f"{key}_p"] = signed_rank_p(np.array([ref[s] - other[s] for s in subjects]))
         entry["num_subjects"] = len(subjects)

@@ -51,6 +51,10 @@ def run_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, name
 BEST_METRIC = "val_psnr"
 
 
+def _rank(metrics: dict) -> float:
+  return metrics[BEST_METRIC]
+
+
 class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` that names this project's items.
 
@@ -69,12 +73,12 @@ class Checkpointer:
       policies = ocp.checkpoint_managers
       keep = [policies.LatestN(n=max_to_keep)]
       if keep_best:
-        keep.append(policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+        keep.append(policies.BestN(get_metric_fn=_rank, n=1,
                                    keep_checkpoints_without_metrics=False))
       options = ocp.CheckpointManagerOptions(
           save_interval_steps=save_interval_steps, cleanup_tmp_directories=True,
           preservation_policy=policies.AnyPreservationPolicy(keep),
-          best_fn=(lambda m: m[BEST_METRIC]) if keep_best else None, best_mode="max")
+          best_fn=_rank if keep_best else None, best_mode="max")
     self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
   def latest_step(self) -> int | None:
