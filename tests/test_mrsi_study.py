@@ -15,14 +15,18 @@ from jaxsr.train.checkpoint import load_run
 from jaxsr.train.mrsi_task import study_runs
 
 pytestmark = pytest.mark.slow
-NETWORKS = ("single_scale_n16", "single_scale_n24", "unconditioned", "amlayer", "hypernetwork",
-            "filter_scaling", "filter_scaling_met", "sharpness_filter_scaling_met")
+# The study's orchestration on a subset of its methods (every conditioning's network is built,
+# counted and checked against the reference in test_mrsi_models / test_torch_reference).
+METHODS = ("single_scale", "unconditioned", "filter_scaling_met")
+NETWORKS = ("single_scale_n16", "single_scale_n24", "unconditioned", "filter_scaling_met",
+            "sharpness_filter_scaling_met")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
   """The smoke study trained and evaluated once: (config, workdir, evaluation text, seconds)."""
   config = mrsi_config.get_config("smoke")
+  config.methods = METHODS
   config.data.cache_dir = str(tmp_path_factory.mktemp("mrsi_cache"))
   workdir = tmp_path_factory.mktemp("mrsi_study")
   start = time.perf_counter()
@@ -49,8 +53,7 @@ def test_smoke_study_trains_and_evaluates(study):
   for r in rows.values():
     assert 0 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["num_maps"] > 0
   assert tables["parameters"]["single_scale"] == 2 * tables["parameters"]["unconditioned"]
-  assert (tables["parameters"]["unconditioned"] < tables["parameters"]["filter_scaling"]
-          < tables["parameters"]["filter_scaling_met"])
+  assert tables["parameters"]["unconditioned"] < tables["parameters"]["filter_scaling_met"]
   assert set(tables["wilcoxon"]["filter_scaling_met"]) == set(rows) - {"filter_scaling_met"}
   assert np.array(tables["condition_study"]["ssim_by_n"]).shape == (2, 2)
   assert [r["lambda"] for r in tables["sharpness"]["table"]] == [0.0, 0.05, 0.1]
