@@ -15,7 +15,11 @@ r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
       the MRSI study (runs in DIR/fold<f>/<name>): DIR/eval/table1.md, tables.json and
       condition/sharpness figures
 
+--out DIR writes the results to DIR instead of WORKDIR/eval (checked writable first).
 Only checkpoints are read (with the config each run was trained with); nothing is retrained.
+A checkpoint that cannot be restored (unreadable files, non-finite parameters) is
+skipped with a warning for the next older (or next best) one. Failures are one
+line (docs/reliability.md): exit 2 for bad input, 1 for a failed write.
 """
 
 import sys
@@ -23,9 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxsr import evaluation, mrsi_evaluation, real_scans
-from jaxsr.data.nifti import DataError
-from jaxsr.train.checkpoint import CheckpointError
+from jaxsr import entry
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with the test data and evaluation settings, e.g. "
@@ -33,26 +35,28 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory holding checkpoints/ (a comparison: its runs in DIR/<name>).")
+_OUT = flags.DEFINE_string(
+    "out", None, "Folder for the results (default: WORKDIR/eval).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # keep library INFO logs off the progress bar
-    logging.set_verbosity(logging.WARNING)
-  try:
-    config = _CONFIG.value
-    if config.get("task") == "mrsi":
-      text = mrsi_evaluation.evaluate(config, _WORKDIR.value)
-    elif config.get("task") == "real_scans":
-      text = real_scans.evaluate(config, _WORKDIR.value)
-    else:
-      text = evaluation.evaluate(config, _WORKDIR.value)
-  except (DataError, CheckpointError) as error:
-    sys.exit(f"error: {error}")
-  print(text, end="")
+  if not flags.FLAGS["verbosity"].present:  # keep library logs (e.g. orbax's notes on
+    logging.set_verbosity(logging.ERROR)  # read-only restores) off the progress bar
+  from jaxsr import evaluation, mrsi_evaluation, real_scans  # after the flags are good
+
+  entry.quiet_library_noise()
+  config = entry.config_value(_CONFIG)
+  family = {"mrsi": mrsi_evaluation, "real_scans": real_scans}.get(config.get("task"), evaluation)
+  texts = []
+  code = entry.report_errors(
+      lambda: texts.append(family.evaluate(config, _WORKDIR.value, out=_OUT.value)))
+  if texts:
+    print(texts[0], end="")
+  sys.exit(code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=entry.parse_flags)

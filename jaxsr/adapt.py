@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from jaxsr import losses
 from jaxsr.data import psf as psf_lib
+from jaxsr.errors import JaxsrError
 
 # Per degraded axis: LR crops of fewer voxels are mostly border, and fine-tuning on them
 # wrecked whole-volume outputs on the validation scans (docs/results_real.md).
@@ -37,7 +38,7 @@ MIN_LR_VOXELS = 4
 SIGNAL_FRACTION = 0.1  # crop centres: voxels above this fraction of the scan's 99th percentile
 
 
-class AdaptError(ValueError):
+class AdaptError(JaxsrError, ValueError):
   """A scan that cannot be adapted to (too small for the factors, bad options); one line."""
 
 

@@ -6,7 +6,10 @@
       --metabolite NAA --sharpness 0.03 --out naa_sr.nii.gz
 
 Training and evaluation have their own entry points (train.py, evaluate.py).
-Bad input stops with one line naming the problem, exit code 2, and no output file.
+Bad input (files, requests, an output folder that takes no file, a checkpoint that
+does not restore) stops with one line naming the problem, exit code 2, before any
+computation; a write that fails later is one line, exit code 1. No partial output
+file is left either way (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -19,19 +22,16 @@ from typing import Sequence
 from absl import logging as absl_logging
 
 from jaxsr import __version__
-from jaxsr.adapt import AdaptError, AdaptSettings
+from jaxsr.adapt import AdaptSettings
 from jaxsr.data.mrsi import METABOLITES
-from jaxsr.data.nifti import DataError
-from jaxsr.data.psf import PSFS, PSFError
-from jaxsr.pretrained import PretrainedError, export_run
-from jaxsr.inference import MemoryBudgetError, format_bytes
+from jaxsr.data.psf import PSFS
+from jaxsr.errors import JaxsrError, exit_code, one_line
+from jaxsr.inference import format_bytes
 from jaxsr.mrsi_upsampling import upsample_mrsi_files
-from jaxsr.train.checkpoint import CheckpointError
+from jaxsr.pretrained import export_run
 from jaxsr.upsampling import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                              DEFAULT_MAX_OUTPUT_VOXELS, UpsampleError, parse_size,
+                              DEFAULT_MAX_OUTPUT_VOXELS, parse_size,
                               upsample_files)
-
-EXIT_BAD_INPUT = 2
 
 
 def _numbers(kind: type, name: str):
@@ -233,17 +233,16 @@ COMMANDS = {"upsample": _upsample, "upsample-mrsi": _upsample_mrsi, "export": _e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command; returns the exit code (0, or 2 for bad input with a one-line message)."""
+  """Runs the command; returns the exit code (0; 2 for bad input, 1 for a failed write, each with
+  a one-line message)."""
   parser = build_parser()
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. orbax's notes on read-only restores
   try:
     message = COMMANDS[args.command](args)
-  except (DataError, CheckpointError, PretrainedError, UpsampleError, AdaptError, PSFError,
-          MemoryBudgetError, OSError) as error:
-    text = " ".join(str(error).split())
-    print(f"jaxsr {args.command}: error: {text}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+  except (JaxsrError, OSError) as error:
+    print(f"jaxsr {args.command}: error: {one_line(error)}", file=sys.stderr)
+    return exit_code(error)
   print(message)
   return 0
 

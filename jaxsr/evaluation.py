@@ -21,7 +21,7 @@ trained with), so tables can be remade at any time without retraining.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import pathlib
 from typing import Callable
 
@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr import dti, figures, metrics, tables
+from jaxsr import dti, figures, files, metrics, tables
 from jaxsr.data import subjects as subjects_lib
 from jaxsr.data.degrade import degrade, kspace_zero_fill, lr_shape_for_scale, tricubic_upsample
 from jaxsr.inference import reconstruct, reconstruct_fixed_scale
@@ -196,10 +196,6 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
   return rows, dti_rows
 
 
-def _write_json(path: pathlib.Path, value) -> None:
-  path.write_text(json.dumps(value, indent=2) + "\n")
-
-
 def checkpoint_choice(value) -> int | str:
   """`eval.checkpoint` as `load_run` takes it: "latest", "best" or a step (int, or digits)."""
   if isinstance(value, int) or str(value).isdigit():
@@ -209,9 +205,12 @@ def checkpoint_choice(value) -> int | str:
   return value
 
 
-def eval_dir(workdir: pathlib.Path, split: str) -> pathlib.Path:
-  """Where an evaluation of `split` is written: WORKDIR/eval for the test split, else a subfolder."""
-  return workdir / "eval" if split == "test" else workdir / "eval" / split
+def eval_dir(workdir: pathlib.Path, split: str, out: str | os.PathLike | None = None
+             ) -> pathlib.Path:
+  """Where an evaluation of `split` is written, checked writable (created): OUT (default
+  WORKDIR/eval) for the test split, else its subfolder named after the split."""
+  base = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
+  return files.check_writable_folder(base if split == "test" else base / split)
 
 
 def scored_subjects(config) -> tuple[str, list]:
@@ -226,7 +225,7 @@ def scored_subjects(config) -> tuple[str, list]:
   return split, subjects
 
 
-def evaluate(config, workdir: str | pathlib.Path) -> str:
+def evaluate(config, workdir: str | pathlib.Path, out: str | os.PathLike | None = None) -> str:
   """Evaluates `workdir` on the test (or validation) subjects; returns the Markdown it wrote.
 
   A config with a `runs` section (configs/compare_dmri.py) compares the runs
@@ -235,17 +234,18 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
   `eval/table.md`, `eval/table.json` (a list of {"method", "scale", "psnr",
   "ssim", ...} means over subjects) and `eval/per_subject.json` (one row per
   subject, volume, method and scale); `eval.split=val` scores the validation
-  subjects instead and writes `eval/val/`.
+  subjects instead and writes `eval/val/`. `out` replaces WORKDIR/eval (checked
+  writable before any scoring).
   """
   if "runs" in config:
-    return make_tables(config, workdir)
+    return make_tables(config, workdir, out)
   workdir = pathlib.Path(workdir)
+  split, subjects = scored_subjects(config)
+  out_dir = eval_dir(workdir, split, out)
   run = load_run(workdir, checkpoint_choice(config.eval.checkpoint))
   methods = classical_methods()
   name = run.config.model.kind
   methods[name] = trained_method(name, run, config.eval)
-  split, subjects = scored_subjects(config)
-  out_dir = eval_dir(workdir, split)
   write_run_record(out_dir / "run.json", config, checkpoint_step=run.step,
                    split=split, subjects=[s.name for s in subjects])
   rows = []
@@ -254,15 +254,16 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
                           num_volumes=config.eval.num_volumes)[0]
   table = tables.summarise(rows)
   text = tables.markdown_table(table)
-  _write_json(out_dir / "per_subject.json", rows)
-  _write_json(out_dir / "table.json", table)
-  (out_dir / "table.md").write_text(text)
+  files.write_json(out_dir / "per_subject.json", rows)
+  files.write_json(out_dir / "table.json", table)
+  files.write_text(out_dir / "table.md", text)
   tqdm.write(f"Evaluated checkpoint step {run.step} on {len(subjects)} {split} subject(s): "
              f"{', '.join(s.name for s in subjects)}")
   return text
 
 
-def make_tables(config, workdir: str | pathlib.Path) -> str:
+def make_tables(config, workdir: str | pathlib.Path, out: str | os.PathLike | None = None
+                ) -> str:
   """Tables 1 and 2, Wilcoxon tests, DTI errors and figures for the runs of a comparison config.
 
   Every run is read at `eval.checkpoint` for each of `config.seeds` (WORKDIR/<name>/seed<s>).
@@ -271,9 +272,11 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   bold, p-values of config.reference against each method over subjects), `table2.md` (the
   ablations, config.table2, with their T1 / FFT-loss flags), `dti.md` (FA and MD RMSE in
   the WM mask), `tables.json` (everything, including per-volume scores), `figures/*.png`
-  and `run.json`. Returns the Markdown.
+  and `run.json` (`out` replaces WORKDIR/eval). Returns the Markdown.
   """
   workdir = pathlib.Path(workdir)
+  split, subjects = scored_subjects(config)
+  out_dir = eval_dir(workdir, split, out)
   classical = classical_methods()
   names = list(dict.fromkeys([*config.table1, *config.table2]))
   unknown = [n for n in names if n not in classical and n not in config.runs]
@@ -295,8 +298,6 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
       methods[name if seed is None else f"{name}/seed{seed}"] = trained_method(
           name, run, config.eval, seed)
       steps.setdefault(name, {})[str(seed)] = run.step
-  split, subjects = scored_subjects(config)
-  out_dir = eval_dir(workdir, split)
   write_run_record(out_dir / "run.json", config, checkpoint_steps=steps, split=split,
                    subjects=[s.name for s in subjects])
   figure = None
@@ -327,8 +328,8 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
   text2 = ("## Table 2: ablations (PSNR dB, SSIM)\n\n"
            + tables.markdown_table(table, methods=config.table2, extra_columns=flags) + "\n"
            + tables.markdown_pvalues(pvalues, methods=config.table2))
-  (out_dir / "table1.md").write_text(text1)
-  (out_dir / "table2.md").write_text(text2)
+  files.write_text(out_dir / "table1.md", text1)
+  files.write_text(out_dir / "table2.md", text2)
   result = {"table": table, "wilcoxon": pvalues, "per_volume": rows, "checkpoint_steps": steps,
             "split": split, "subjects": [s.name for s in subjects]}
   texts = [text1, text2]
@@ -336,10 +337,10 @@ def make_tables(config, workdir: str | pathlib.Path) -> str:
     dti_table = tables.summarise(dti_rows, keys=("fa_rmse", "md_rmse"))
     text_dti = ("## DTI-metric errors in white matter (FA RMSE; MD RMSE in 10⁻³ mm²/s)\n\n"
                 + tables.markdown_table(dti_table, metrics=tables.DTI_METRICS, methods=names))
-    (out_dir / "dti.md").write_text(text_dti)
+    files.write_text(out_dir / "dti.md", text_dti)
     result.update(dti=dti_table, dti_per_subject=dti_rows)
     texts.append(text_dti)
-  _write_json(out_dir / "tables.json", result)
+  files.write_json(out_dir / "tables.json", result)
   if figure is not None:
     write_figures(figure, config.table1, out_dir / "figures", subjects[0].name)
   return "\n".join(texts)

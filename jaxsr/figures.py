@@ -21,6 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from jaxsr import files
+
 DPI = 150
 PANEL_INCHES = 2.2  # width and height of one panel
 TITLE_INCHES = 0.4  # extra height for the suptitle
@@ -126,8 +128,9 @@ def _grid(views: tuple[str, ...], columns: list[str], title: str,
 def _save(fig: Figure, path) -> None:
   """Saves `fig` at `DPI`, creating the parent folders of `path`."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=DPI)
+  with files.write_errors(path.parent):
+    path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_with(path, lambda temp: fig.savefig(temp, dpi=DPI, format=path.suffix[1:] or "png"))
 
 
 def _slice_comparison_figure(volumes: dict[str, np.ndarray], truth: np.ndarray, mask: np.ndarray,

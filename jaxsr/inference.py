@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.data.degrade import resize_spatial, tricubic_upsample
+from jaxsr.errors import JaxsrError
 from jaxsr.models.conv import forward_compiler_options, resolve_conv_impl
 from jaxsr.models.sampling import chunk_coordinates
 
@@ -166,7 +167,7 @@ MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxel
 NATIVE_CONV_SLOWDOWN = 2.5
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(JaxsrError, ValueError):
   """The memory budget cannot hold even the smallest tile or chunk of a reconstruction."""
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 
 import jax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr import figures, metrics, tables
+from jaxsr import figures, files, metrics, tables
 from jaxsr.data import kspace, mrsi, mrsi_pipeline
 from jaxsr.train.checkpoint import TrainedRun, load_run, run_dir
 from jaxsr.train.mrsi_task import study_runs
@@ -328,18 +329,19 @@ def _sharpness_examples(generator: Generator, maps: TestMaps, n_values, lambdas,
   figures.map_rows(rows, path, title="Sharpness: PSNR / SSIM / gradient sharpness under each map")
 
 
-def evaluate(config, workdir: str | pathlib.Path) -> str:
+def evaluate(config, workdir: str | pathlib.Path, out: str | os.PathLike | None = None) -> str:
   """Evaluates the study's runs in `workdir` and returns the Markdown it wrote.
 
   Writes `WORKDIR/eval/`: `table1.md` (Table 1, Wilcoxon tests, per-n table,
   condition and sharpness studies), `tables.json` (all numbers, per-map scores
   included), `condition_n.png`, `condition_metabolite.png`, `sharpness.png`,
-  `sharpness_examples.png` and `run.json`.
+  `sharpness_examples.png` and `run.json` (`out` replaces WORKDIR/eval; checked
+  writable before any scoring).
   """
   workdir = pathlib.Path(workdir)
   runs = study_runs(config)
   n_values = tuple(int(n) for n in config.data.n_values)
-  out_dir = workdir / "eval"
+  out_dir = files.check_writable_folder(pathlib.Path(out) if out else workdir / "eval")
   rows, seconds, params, steps = [], {}, {}, {}
   extras = {}
   for f_index, fold in enumerate(config.folds):
@@ -426,9 +428,8 @@ def evaluate(config, workdir: str | pathlib.Path) -> str:
              f"the adversarial loss, fold {extras['sharpness']['fold']})\n\n"
              + markdown_sharpness(extras["sharpness"]["table"]))
   write_run_record(out_dir / "run.json", config, checkpoint_steps=steps)
-  (out_dir / "table1.md").write_text(text)
-  (out_dir / "tables.json").write_text(json.dumps(
-      {"table1": table, "training_seconds": seconds, "parameters": params,
-       "wilcoxon": wilcoxon, "checkpoint_steps": steps, **extras, "per_map": rows},
-      indent=2) + "\n")
+  files.write_text(out_dir / "table1.md", text)
+  files.write_json(out_dir / "tables.json",
+                   {"table1": table, "training_seconds": seconds, "parameters": params,
+                    "wilcoxon": wilcoxon, "checkpoint_steps": steps, **extras, "per_map": rows})
   return text

@@ -97,7 +97,7 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
   """
   start = time.perf_counter()
   out = nifti_output(out)
-  check_outputs([out], overwrite)
+  check_outputs([out], overwrite, inputs=(map_path, t1, flair, mask))
   run = load_run(checkpoint)
   if run.config.model.kind != KIND:
     raise CheckpointError(f"{checkpoint}: a {run.config.model.kind!r} model; upsample-mrsi "
@@ -147,5 +147,7 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
                    batch(anatomy["flair"][..., s]), jnp.asarray([n]), jnp.asarray([met]),
                    jnp.asarray([sharpness], jnp.float32), batch(inside))
     output[..., s] = np.asarray(result[0]) * scale
+  if not np.all(np.isfinite(output)):
+    raise UpsampleError(f"{source.path}: the network gave non-finite values; nothing written")
   nifti.save_volume(out, output, hr_affine, header=source.header)  # temp name, then renamed
   return MRSIUpsampleResult(os.fspath(out), hr_shape, n, size, time.perf_counter() - start)

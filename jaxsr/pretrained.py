@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxsr.errors import JaxsrError
 from jaxsr.models import build_model, init_params
 from jaxsr.train.checkpoint import load_run
 
@@ -36,7 +37,7 @@ GENERAL_MODEL = "general"
 FILES = ("params.msgpack", "config.json", "manifest.json")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(JaxsrError, ValueError):
   """A missing, incomplete or corrupted exported model; one line naming it."""
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import time
@@ -39,7 +38,7 @@ from dipy.segment.mask import median_otsu
 from tqdm import tqdm
 
 from jaxsr import adapt as adapt_lib
-from jaxsr import metrics, upsampling
+from jaxsr import files, metrics, upsampling
 from jaxsr.data import nifti
 from jaxsr.data import psf as psf_lib
 from jaxsr.data.degrade import kspace_zero_fill, tricubic_upsample
@@ -152,14 +151,16 @@ def classical_methods() -> dict[str, Method]:
 
 def model_method(upsampler: upsampling.Upsampler, *,
                  back_projection: int = upsampling.DEFAULT_BACK_PROJECTION,
-                 adapt: adapt_lib.AdaptSettings | None = None) -> Method:
+                 adapt: adapt_lib.AdaptSettings | None = None,
+                 max_memory: int = upsampling.DEFAULT_MAX_MEMORY) -> Method:
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
   def predict(lr: np.ndarray, case: Case) -> np.ndarray | tuple[np.ndarray, str]:
     factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
 
     def run(settings):
       return upsampling.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
-                                 back_projection=back_projection, adapt=settings)[0]
+                                 back_projection=back_projection, adapt=settings,
+                                 max_memory=max_memory)[0]
     try:
       return run(adapt)
     except adapt_lib.AdaptError as error:  # as `jaxsr upsample` would refuse: the model alone
@@ -231,15 +232,14 @@ def summary(rows: Sequence[dict], method_names: Sequence[str], reference: str = 
   return "\n".join(lines) + "\n"
 
 
-def evaluate(config, workdir: str | os.PathLike) -> str:
+def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
   """Scores the config's cases; writes WORKDIR/eval/real_scans.{md,json} and returns the text.
 
   `config.split` picks the scans ("test": TEST_SCANS, "validation": VALIDATION_SCANS);
   `config.checkpoint` the model ("" = the shipped general model) and
-  `config.checkpoint_step` its step (0 = the latest).
+  `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
   """
-  out_dir = pathlib.Path(workdir) / "eval"
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = files.check_writable_folder(pathlib.Path(out) if out else pathlib.Path(workdir) / "eval")
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
   scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
   upsampler = (upsampling.Upsampler.from_checkpoint(config.checkpoint,
@@ -264,7 +264,7 @@ def evaluate(config, workdir: str | os.PathLike) -> str:
   text = (f"Real scans ({config.split}), model {upsampler.run_dir} (step {upsampler.step}); "
           f"PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names)
           + "".join(f"\n† {n}" for n in notes) + "\n\n" + summary(rows, names))
-  (out_dir / f"real_scans_{config.split}.md").write_text(text)
-  (out_dir / f"real_scans_{config.split}.json").write_text(json.dumps(
-      {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows}, indent=2) + "\n")
+  files.write_text(out_dir / f"real_scans_{config.split}.md", text)
+  files.write_json(out_dir / f"real_scans_{config.split}.json",
+                   {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows})
   return text

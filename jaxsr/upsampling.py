@@ -50,10 +50,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import adapt as adapt_lib
-from jaxsr import figures, geometry, pretrained
+from jaxsr import figures, files, geometry, pretrained
 from jaxsr.data import nifti, subjects
 from jaxsr.data import psf as psf_lib
 from jaxsr.data.degrade import back_project, degrade
+from jaxsr.errors import JaxsrError, WriteError
 from jaxsr.inference import MemoryPlan, plan_memory, reconstruct
 from jaxsr.models import is_implicit
 from jaxsr.train.checkpoint import CheckpointError, load_run
@@ -63,7 +64,7 @@ DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
 DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
 
 
-class UpsampleError(ValueError):
+class UpsampleError(JaxsrError, ValueError):
   """A request that cannot be carried out (grid, size limit, paths, options); one line."""
 
 
@@ -292,6 +293,8 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
           out = super_resolve(np.clip(ratio, 0.0, 1.0), bar) * mean_b0_hr
         else:
           out = intensity(volume, bar)
+        if not np.all(np.isfinite(out)):  # never written: the caller writes to a temporary
+          raise UpsampleError(f"{source}: volume {index}: the model gave non-finite values")
         yield out if mask_hr is None else out * mask_hr
 
   return generate()
@@ -350,6 +353,14 @@ def prepare_adaptation(upsampler: Upsampler, lr_shape: Sequence[int], hr_shape: 
                         settings.lr_patch_size)
 
 
+def check_magnitude(peak: float, source: str) -> None:
+  """DataError if an input's largest voxel is not positive: jaxsr super-resolves magnitude
+  images (negative voxels are clipped to 0, so a signed or phase image would come out blank)."""
+  if not peak > 0:
+    raise nifti.DataError(f"{source}: no voxel is positive (largest {peak:g}); jaxsr "
+                          "super-resolves magnitude images, not phase or signed ones")
+
+
 def _lr_mask(mask: np.ndarray | None, lr_shape: Sequence[int], source: str) -> np.ndarray | None:
   if mask is None:
     return None
@@ -399,6 +410,7 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
   if not np.all(np.isfinite(data)):
     raise nifti.DataError("<array>: has non-finite voxels (NaN/inf)")
+  check_magnitude(float(data.max()), "<array>")
   num_volumes = data.shape[3] if data.ndim == 4 else 1
   if bvals is not None and np.size(bvals) != num_volumes:
     raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
@@ -456,13 +468,26 @@ def nifti_output(out: str | os.PathLike) -> pathlib.Path:
   return out
 
 
-def check_outputs(targets: Iterable[pathlib.Path], overwrite: bool) -> None:
-  """UpsampleError unless each target's folder exists and, without `overwrite`, it does not."""
+def check_outputs(targets: Iterable[pathlib.Path], overwrite: bool,
+                  inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+  """UpsampleError unless each target's folder exists and takes a file, the target is none of
+  `inputs` (even with `overwrite`) and, without `overwrite`, does not exist yet.
+
+  Temporaries a killed run left beside a target are removed (`files.remove_stale_temporaries`).
+  """
+  sources = {pathlib.Path(p).resolve() for p in inputs if p is not None}
   for target in targets:
     if not target.parent.is_dir():
       raise UpsampleError(f"{target}: folder {target.parent} does not exist")
+    if target.resolve() in sources:
+      raise UpsampleError(f"{target}: is one of the inputs; write the output elsewhere")
     if target.exists() and not overwrite:
       raise UpsampleError(f"{target}: already exists (use --overwrite to replace it)")
+    try:
+      files.check_writable_folder(target.parent, create=False)
+    except WriteError as error:
+      raise UpsampleError(f"{target}: cannot be written ({error})") from error
+    files.remove_stale_temporaries(target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,7 +535,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     targets.update(bval=companion_path(out, ".bval"), bvec=companion_path(out, ".bvec"))
   if preview is not None:
     targets["preview"] = pathlib.Path(preview)
-  check_outputs(targets.values(), overwrite)
+  check_outputs(targets.values(), overwrite, inputs=(dwi, t1, bvals, bvecs, mask))
   if psf is not None:
     psf_lib.check_psf(psf)
   adapt = _with_psf(adapt, psf)
@@ -532,8 +557,10 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     mask_array = _lr_mask(nifti.mask_on_grid(mask, lr_shape, source.affine), lr_shape,
                           os.fspath(mask))
   t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
+  peak = -np.inf
   for index in range(source.num_volumes):  # every voxel is checked before any output is made
-    source.volume(index)
+    peak = max(peak, float(np.max(source.volume(index))))
+  check_magnitude(peak, source.path)
   prepare_adaptation(upsampler, lr_shape, grid.shape, adapt)
   plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
                      grid.shape, max_memory)
@@ -542,7 +569,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   if adapt is not None and adapt.steps:
     upsampler = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape, adapt,
                                 mask=mask_array, progress=progress)
-  temps = {name: pathlib.Path(nifti.temporary_path(path)) for name, path in targets.items()}
+  temps = {name: files.temporary_path(path) for name, path in targets.items()}
   first = {}
 
   def volumes() -> Iterator[np.ndarray]:
@@ -557,17 +584,22 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   out_shape = grid.shape + ((source.num_volumes,) if len(source.shape) == 4 else ())
   zooms = source.header.get_zooms()
   try:
-    nifti.write_volumes(temps["image"], out_shape, grid.affine, volumes(), header=source.header,
-                        repetition_time=zooms[3] if len(zooms) > 3 else None)
+    with files.write_errors(out):
+      nifti.write_volumes(temps["image"], out_shape, grid.affine, volumes(),
+                          header=source.header,
+                          repetition_time=zooms[3] if len(zooms) > 3 else None)
     if bvals is not None:
-      shutil.copyfile(bvals, temps["bval"])
-      shutil.copyfile(bvecs, temps["bvec"])
+      with files.write_errors(targets["bval"]):
+        shutil.copyfile(bvals, temps["bval"])
+        shutil.copyfile(bvecs, temps["bvec"])
     if preview is not None:
-      figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
-                               temps["preview"],
-                               title=f"{pathlib.Path(dwi).name} → {out.name}")
+      with files.write_errors(targets["preview"]):
+        figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
+                                 temps["preview"],
+                                 title=f"{pathlib.Path(dwi).name} → {out.name}")
     for name, path in targets.items():
-      os.replace(temps[name], path)
+      with files.write_errors(path):
+        os.replace(temps[name], path)
     if save_adapted is not None:
       save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi))
       targets["adapted"] = pathlib.Path(save_adapted)

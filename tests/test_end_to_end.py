@@ -80,7 +80,7 @@ def test_smoke_train_and_evaluate_write_the_table_and_score_the_validation_split
                         f"--workdir={workdir}", f"--config.data.cache_dir={cache}",
                         "--config.eval.split=train"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
-  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: eval.split")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: eval.split")
 
 
 def test_killed_training_resumes_with_the_same_steps_and_data(tmp_path, cache):
@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path):
              f"--config.data.cache_dir={tmp_path / 'cache'}"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert result.returncode == 1
+  assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and str(subject / "data.nii.gz") in last and "4D" in last
   assert not workdir.exists()

@@ -220,10 +220,12 @@ def test_bad_requests_fail_with_one_line_exit_2_and_no_output(arssr_smoke_run, t
 
 
 def _tampered_run(source: pathlib.Path, target: pathlib.Path, edit) -> pathlib.Path:
-  """A copy of run `source` whose latest checkpoint's JSON items are changed by `edit(step_dir)`."""
+  """A copy of run `source` whose checkpoints' JSON items are all changed by `edit(step_dir)`
+  (were one left as it was, loading would fall back to it)."""
   shutil.copytree(source, target)
-  steps = sorted(int(p.name) for p in (target / "checkpoints").iterdir() if p.name.isdigit())
-  edit(target / "checkpoints" / str(steps[-1]))
+  for step_dir in (target / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      edit(step_dir)
   return target
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 import warnings
 from typing import Iterable
 
@@ -20,10 +19,13 @@ import nibabel.openers
 import nibabel.processing
 import numpy as np
 
+from jaxsr import files
+from jaxsr.errors import JaxsrError
+
 B0_THRESHOLD = 50.0  # s/mm²: volumes at or below this b-value count as b0
 
 
-class DataError(ValueError):
+class DataError(JaxsrError, ValueError):
   """A missing, malformed or inconsistent input file; the message is one line naming it."""
 
   def __init__(self, message: str):
@@ -317,12 +319,6 @@ def _output_header(affine: np.ndarray, header: nib.Nifti1Header | None) -> nib.N
   return out
 
 
-def temporary_path(path: str | os.PathLike) -> str:
-  """A hidden, unique name beside `path` (same folder, same extension) to write before renaming."""
-  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-  return os.path.join(folder, f".{uuid.uuid4().hex}.tmp-{name}")
-
-
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
                 header: nib.Nifti1Header | None = None) -> None:
   """Writes a NIfTI-1 file atomically (temp file in the same folder, then `os.replace`).
@@ -341,13 +337,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
   image.set_qform(affine, code=int(codes["qform_code"]))
   image.set_sform(affine, code=int(codes["sform_code"]))
   image.header.set_xyzt_units(*codes.get_xyzt_units())
-  temp = temporary_path(path)
-  try:
-    nib.save(image, temp)
-    os.replace(temp, path)
-  finally:
-    if os.path.exists(temp):
-      os.remove(temp)
+  files.write_with(path, lambda temp: nib.save(image, temp))
 
 
 def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray,
@@ -359,7 +349,7 @@ def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.nd
   contiguous run of bytes: they are written as `volumes` yields them and only
   one is in memory (gzip when `path` ends in .gz). qform/sform codes and the
   time unit come from `header` as in `save_volume`; `repetition_time` is the
-  fourth pixdim of a 4D file. Not atomic: write to `temporary_path` and rename.
+  fourth pixdim of a 4D file. Not atomic: write to `jaxsr.files.temporary_path` and rename.
 
   Raises:
     ValueError: a volume of the wrong shape, or not as many as `shape` says.

@@ -33,11 +33,13 @@ from typing import Sequence
 import numpy as np
 from scipy import special
 
+from jaxsr.errors import JaxsrError
+
 PSFS = ("cubic", "block", "gaussian", "kspace")
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
-class PSFError(ValueError):
+class PSFError(JaxsrError, ValueError):
   """An unknown PSF, or a factor or shape it cannot make; one line."""
 
 

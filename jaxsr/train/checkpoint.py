@@ -13,8 +13,12 @@ format 1 keys are threefry keys).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import pathlib
-from typing import Any
+import re
+import shutil
+import sys
+from typing import Any, Callable
 
 import grain
 import jax
@@ -22,15 +26,28 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import jaxsr
+from jaxsr.errors import JaxsrError, WriteError
 from jaxsr.models import build_model
+from jaxsr.train.divergence import all_finite
 from jaxsr.train import mrsi_step, mrsi_task, step as step_lib
 
 CHECKPOINT_FORMAT = 2  # bump when the saved items or the state's structure change
 READABLE_FORMATS = (1, 2)  # 2 added meta.rng_impl; format 1 keys are threefry2x32
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JaxsrError, ValueError):
   """A run directory without a usable checkpoint; the message is one line naming it."""
+
+
+# How the array store words a file it cannot read (status codes), as against a shape mismatch.
+_STORAGE_ERROR = re.compile(r"\b(DATA_LOSS|NOT_FOUND|OUT_OF_RANGE|UNAVAILABLE|INTERNAL)\b|"
+                            r"Error reading|Error opening")
+
+
+def _reason(error: BaseException) -> str:
+  """One short line on why a checkpoint could not be read (orbax raises bare Exceptions)."""
+  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -80,6 +97,7 @@ class Checkpointer:
           preservation_policy=policies.AnyPreservationPolicy(keep),
           best_fn=_rank if keep_best else None, best_mode="max")
     self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    self._in_flight: int | None = None  # the step of the last save started
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -104,13 +122,32 @@ class Checkpointer:
     `rng` is a typed key (`jax.random.key`); its data and implementation are stored.
     `metrics` ({name: float}, e.g. validation scores) are stored with the checkpoint.
     """
-    return self.manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"train_state": state, "rng": jax.random.key_data(rng)}),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config.to_dict()),
-        meta=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT,
-                                "rng_impl": str(jax.random.key_impl(rng)),
-                                "jaxsr_version": jaxsr.__version__})))
+    try:
+      saved = self.manager.save(step, force=force, metrics=metrics, args=ocp.args.Composite(
+          state=ocp.args.StandardSave({"train_state": state, "rng": jax.random.key_data(rng)}),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(config.to_dict()),
+          meta=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT,
+                                  "rng_impl": str(jax.random.key_impl(rng)),
+                                  "jaxsr_version": jaxsr.__version__})))
+    except Exception as error:  # orbax raises what its writers raised (an earlier async save's too)
+      raise self._write_error(step, error) from error
+    if saved:
+      self._in_flight = step
+    return saved
+
+  def _write_error(self, step: int, error: BaseException) -> WriteError:
+    """The failed save as one line: the asynchronous save in flight if any (its error surfaces
+    at the next save or wait), else `step`; orbax's partial folders are removed."""
+    failed = self._in_flight if self._in_flight is not None else step
+    self._remove_partial_saves()
+    return WriteError(f"{self.manager.directory}: could not write checkpoint {failed} "
+                      f"({_reason(error)}); the checkpoints before it are kept")
+
+  def _remove_partial_saves(self) -> None:
+    """Removes orbax's temporary folders of saves that failed (nothing partial is left)."""
+    for path in self.manager.directory.glob("*.orbax-checkpoint-tmp*"):
+      shutil.rmtree(path, ignore_errors=True)
 
   def rng_impl(self, step: int) -> str:
     """PRNG implementation of the key saved at `step` (resumed runs keep drawing from it)."""
@@ -147,7 +184,46 @@ class Checkpointer:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the asynchronous save in flight; WriteError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as error:
+      raise self._write_error(self._in_flight or 0, error) from error
+    self._in_flight = None
+
+  def restore_latest_usable(self, restore: Callable[[int], Any], *, set_aside: bool,
+                            warn: Callable[[str], None]) -> tuple[int, Any] | None:
+    """(step, restore(step)) for the newest checkpoint that restores and holds finite values.
+
+    `restore(step)` restores it (raising on failure). Checkpoints that fail are reported
+    with `warn` (one line each: step and reason) and, with `set_aside` (training, which
+    saves again at those steps), moved to WORKDIR/checkpoints_unreadable/<step>-<time>
+    so nothing is deleted. Returns None if no checkpoint restores.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = restore(step)
+        if not bool(all_finite(restored)):
+          raise ValueError("non-finite values (saved from a diverged run)")
+      except Exception as error:  # a truncated or missing file: orbax raises bare Exceptions
+        where = ""
+        if set_aside:
+          where = f"; moved to {self.set_aside(step)}"
+        warn(f"warning: {self.manager.directory}/{step}: skipped, it cannot be restored "
+             f"({_reason(error)}){where}")
+        continue
+      return step, restored
+    return None
+
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves checkpoint `step` out of checkpoints/ (to checkpoints_unreadable/); returns where."""
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target = self.manager.directory.parent / "checkpoints_unreadable" / f"{step}-{stamp}"
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(self.manager.directory / str(step), target)
+    self.manager.reload()
+    return target
 
   def close(self) -> None:
     self.manager.close()
@@ -172,57 +248,105 @@ def model_variables(state) -> dict:
   return variables
 
 
-def load_run(run_dir: str | pathlib.Path, step: int | str | None = None) -> TrainedRun:
+def _candidate_steps(checkpointer: Checkpointer, run_dir, step: int | str | None) -> list[int]:
+  """The steps `load_run` tries, in order: newest first for "latest", best first for "best"."""
+  steps = sorted(checkpointer.manager.all_steps(), reverse=True)
+  if step in (None, "latest"):
+    if not steps:
+      raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
+                            f"--workdir {run_dir}")
+    return steps
+  if step == "best":
+    scores = {s: (checkpointer.manager.metrics(s) or {}).get(BEST_METRIC) for s in steps}
+    scored = sorted((s for s in steps if scores[s] is not None),
+                    key=lambda s: (-float(scores[s]), s))
+    if not scored:
+      raise CheckpointError(f"{run_dir}: no checkpoint carries a validation score (train "
+                            "with --config.train.validate=True, or evaluate the latest)")
+    return scored
+  if step not in steps:
+    raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (there are "
+                          f"{sorted(steps)})")
+  return [step]
+
+
+def _load_step(checkpointer: Checkpointer, run_dir, step: int) -> TrainedRun:
+  """Checkpoint `step` restored into the model its config describes, parameters verified finite."""
+  try:
+    meta = checkpointer.restore_meta(step)
+    config = checkpointer.restore_config(step)
+  except Exception as error:  # a missing or truncated file
+    raise CheckpointError(f"{run_dir}: checkpoint {step} cannot be read ({_reason(error)})"
+                          ) from error
+  if meta.get("format") not in READABLE_FORMATS:
+    raise CheckpointError(
+        f"{run_dir}: checkpoint format {meta.get('format')} (jaxsr "
+        f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {jaxsr.__version__}, "
+        f"which reads formats {', '.join(map(str, READABLE_FORMATS))}")
+  if "kind" not in config.get("model", {}):
+    raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
+                          "jaxsr); retrain it")
+  try:
+    model = build_model(config.model)
+    rng = lambda: jax.random.key(0, impl=checkpointer.rng_impl(step))  # shapes only
+    if config.model.kind == mrsi_task.KIND:
+      create = lambda: mrsi_task.create_state(config, rng())
+    else:
+      create = lambda: step_lib.create_train_state(model, config, rng())
+    state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(rng))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    if _STORAGE_ERROR.search(str(e)):
+      raise CheckpointError(f"{run_dir}: checkpoint {step} cannot be read ({_reason(e)})") from e
+    raise CheckpointError(f"{run_dir}: checkpoint {step} does not match the "
+                          f"{config.model.kind!r} model its config describes "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+  except Exception as error:  # orbax: a truncated or missing array file
+    raise CheckpointError(f"{run_dir}: checkpoint {step} cannot be read ({_reason(error)})"
+                          ) from error
+  variables = model_variables(state)
+  if not bool(all_finite(variables)):
+    raise CheckpointError(f"{run_dir}: checkpoint {step} holds non-finite parameters (saved "
+                          "from a diverged run); retrain with a lower train.learning_rate")
+  return TrainedRun(config, model, variables, step)
+
+
+def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
+             warn: Callable[[str], None] | None = None) -> TrainedRun:
   """Restores checkpoint `step` of `run_dir` into abstract shapes.
 
   `step`: an int, None or "latest" (the latest checkpoint), or "best" (the highest
   validation score among the kept checkpoints: runs trained with `train.validate`).
+  For "latest" and "best", a checkpoint that cannot be restored (a truncated or
+  missing file, non-finite parameters) is skipped with a one-line warning (`warn`,
+  default: stderr) and the next one tried: the next older, or the next best.
 
   Raises:
-    CheckpointError: no checkpoint, one written by a newer checkpoint format, a
-      config without model.kind, or parameters that do not fit the model the
-      config describes (e.g. files from another model or version).
+    CheckpointError: no checkpoint restores: none at all, one written by a newer
+      checkpoint format, a config without model.kind, parameters that do not fit
+      the model the config describes (e.g. files from another model or version),
+      unreadable files or non-finite parameters. The message is the first
+      candidate's reason.
   """
   if not checkpoint_dir(run_dir).is_dir():
     raise CheckpointError(f"{run_dir}: no checkpoints/ folder; train first with train.py "
                           f"--workdir {run_dir}")
+  warn = warn or (lambda line: print(line, file=sys.stderr))
   checkpointer = Checkpointer(run_dir, read_only=True)
   try:
-    if step in (None, "latest"):
-      step = checkpointer.latest_step()
-      if step is None:
-        raise CheckpointError(f"{run_dir}: no checkpoint found; train first with train.py "
-                              f"--workdir {run_dir}")
-    elif step == "best":
-      step = checkpointer.best_step()
-      if step is None:
-        raise CheckpointError(f"{run_dir}: no checkpoint carries a validation score (train "
-                              "with --config.train.validate=True, or evaluate the latest)")
-    elif step not in checkpointer.manager.all_steps():
-      raise CheckpointError(f"{run_dir}: no checkpoint at step {step} (there are "
-                            f"{sorted(checkpointer.manager.all_steps())})")
-    meta = checkpointer.restore_meta(step)
-    if meta.get("format") not in READABLE_FORMATS:
-      raise CheckpointError(
-          f"{run_dir}: checkpoint format {meta.get('format')} (jaxsr "
-          f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {jaxsr.__version__}, "
-          f"which reads formats {', '.join(map(str, READABLE_FORMATS))}")
-    config = checkpointer.restore_config(step)
-    if "kind" not in config.get("model", {}):
-      raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
-                            "jaxsr); retrain it")
-    try:
-      model = build_model(config.model)
-      rng = lambda: jax.random.key(0, impl=checkpointer.rng_impl(step))  # shapes only
-      if config.model.kind == mrsi_task.KIND:
-        create = lambda: mrsi_task.create_state(config, rng())
-      else:
-        create = lambda: step_lib.create_train_state(model, config, rng())
-      state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(rng))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise CheckpointError(f"{run_dir}: checkpoint {step} does not match the "
-                            f"{config.model.kind!r} model its config describes "
-                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    candidates = _candidate_steps(checkpointer, run_dir, step)
+    failures = []
+    for candidate in candidates:
+      try:
+        run = _load_step(checkpointer, run_dir, candidate)
+      except CheckpointError as error:
+        failures.append(error)
+        continue
+      for error in failures:  # said only when an older one is used: else the error says it
+        warn(f"warning: {error}; skipped for checkpoint {candidate}")
+      return run
+    if len(failures) == 1:
+      raise failures[0]
+    raise CheckpointError(f"{run_dir}: none of its {len(failures)} checkpoints restores "
+                          f"(the newest: {failures[0]})")
   finally:
     checkpointer.close()
-  return TrainedRun(config, model, model_variables(state), step)

@@ -22,6 +22,7 @@ import ml_collections
 import optax
 
 from jaxsr.data import mrsi, mrsi_pipeline
+from jaxsr.errors import ConfigError
 from jaxsr.models import build_model
 from jaxsr.models.critic import Critic
 from jaxsr.train import mrsi_step
@@ -57,9 +58,9 @@ def study_runs(config) -> dict[str, ml_collections.ConfigDict]:
   """{"fold<f>/<name>": run config} of every network the study trains (see the module doc)."""
   unknown = [m for m in config.methods if m not in METHODS]
   if unknown:
-    raise ValueError(f"unknown MRSI methods {unknown}: use {tuple(METHODS)}")
+    raise ConfigError(f"unknown MRSI methods {unknown}: use {tuple(METHODS)}")
   if config.sharpness_method and config.sharpness_method not in METHODS:
-    raise ValueError(f"sharpness_method must be one of {tuple(METHODS)} or '', got "
+    raise ConfigError(f"sharpness_method must be one of {tuple(METHODS)} or '', got "
                      f"{config.sharpness_method!r}")
   runs = {}
   for fold in config.folds:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import pathlib
 import platform
 import subprocess
 import sys
 
 import jax
+
+from jaxsr import files
 
 PACKAGES = ("jaxsr", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "numpy", "scipy", "nibabel", "nilearn", "dipy", "ml-collections")
@@ -52,6 +53,7 @@ def write_run_record(path: str | pathlib.Path, config, **extra) -> dict:
       **extra,
   }
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+  with files.write_errors(path.parent):
+    path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_json(path, record, default=str)
   return record
