@@ -132,3 +132,18 @@ def check_writable_folder(folder: str | os.PathLike, *, create: bool = True) -> 
       if probe.exists():
         probe.unlink()
   return folder
+
+
+def check_can_create(folder: str | os.PathLike) -> None:
+  """WriteError unless `folder` exists writable, or its nearest existing ancestor is (so it can
+  be created); nothing is left behind. Used before long work that writes `folder` later."""
+  folder = pathlib.Path(folder).absolute()
+  existing = folder
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    raise WriteError(f"{folder}: {existing} is not a folder")
+  try:
+    check_writable_folder(existing, create=False)
+  except WriteError as error:
+    raise WriteError(f"{folder}: cannot be created or written ({error})") from error

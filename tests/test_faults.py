@@ -201,6 +201,8 @@ def test_resuming_with_another_architecture_is_refused_before_anything_is_writte
   # The schedule may change when asked for: two more steps.
   assert loop.train(longer, workdir, allow_schedule_change=True) == 22
   assert steps_in(workdir)[-1] == 22
+  assert loop.train(longer, workdir) == 22  # finished: skipped, nothing rewritten
+  assert (workdir / "metrics.jsonl").read_text().count("\n") == 5
 
 
 def test_sigterm_saves_the_current_step_and_the_run_resumes_from_it(tmp_path, smoke_cache):
@@ -283,7 +285,7 @@ def test_evaluate_writes_elsewhere_on_request(tmp_path, arssr_smoke_run, smoke_c
 def test_config_errors_are_one_line_exit_2_and_create_nothing(tmp_path, arguments, message):
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
   result = subprocess.run([sys.executable, "train.py", f"--workdir={workdir}", *arguments],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2

@@ -92,7 +92,8 @@ MRSI_SCRIPT = textwrap.dedent("""
 
 def run_on_four_host_devices(script: str, *args: str) -> None:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ,
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", PYTHONPATH=root)
   result = subprocess.run([sys.executable, "-c", script, *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
