@@ -202,10 +202,6 @@ def _train_locked(config, task: Task, workdir: pathlib.Path, allow_schedule_chan
 def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib.Path,
                 allow_schedule_change: bool) -> int:
   _check_resume(checkpointer, config, workdir, allow_schedule_change)
-  latest = checkpointer.latest_step()
-  if latest is not None and latest >= config.train.num_steps:  # nothing to build or restore
-    tqdm.write(f"{workdir}: already trained to step {latest}")
-    return latest
   metrics_path = workdir / "metrics.jsonl"
   validation_path = workdir / "validation.jsonl"
   iterator = pipeline.training_batches(
@@ -229,6 +225,10 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
                             f"{workdir / 'checkpoints_unreadable'}); start a new --workdir")
     start_step, (state, rng) = restored
     state, rng = step_lib.replicate(state, mesh), step_lib.replicate(rng, mesh)
+  # A finished run is verified like any other (its newest checkpoint must restore), then left.
+  if start_step >= config.train.num_steps:
+    tqdm.write(f"{workdir}: already trained to step {start_step}")
+    return start_step
   if jax.process_index() == 0:
     write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
   previous_seconds = 0.0  # training time of earlier processes of this run
