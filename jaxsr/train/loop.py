@@ -257,15 +257,16 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
       step, values = bad
       shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()
                         if k in ("loss", "grad_norm", "critic_loss"))
+      kept = f"the last checkpoint is step {last_saved}" if last_saved else "none was saved"
       raise TrainingDiverged(
           f"{workdir}: training diverged at step {step} ({shown}); stopped without saving "
-          f"it, the last checkpoint is step {last_saved}; lower train.learning_rate and "
-          "train in a new --workdir")
+          f"it, {kept}; lower train.learning_rate and train in a new --workdir")
 
   progress = tqdm(total=config.train.num_steps, initial=start_step, desc="train",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
-  with progress, files.write_errors(metrics_path), metrics_path.open("a") as metrics_file, \
-      interrupt.stop_requests() as stop:
+  with files.write_errors(metrics_path):
+    metrics_file = metrics_path.open("a")
+  with progress, metrics_file, interrupt.stop_requests() as stop:
     for step in range(start_step, config.train.num_steps):
       batch = next(iterator)
       state, metrics = train_step(state, step_lib.shard_batch(batch, mesh),
@@ -282,8 +283,9 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
         elapsed = time.perf_counter() - window_start
         summary.update(step=done, voxels_per_s=window_voxels / elapsed,
                        elapsed_s=previous_seconds + time.perf_counter() - train_start)
-        metrics_file.write(files.json_text(summary) + "\n")
-        metrics_file.flush()
+        with files.write_errors(metrics_path):
+          metrics_file.write(files.json_text(summary) + "\n")
+          metrics_file.flush()
         progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
         window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
         window_first = done + 1
