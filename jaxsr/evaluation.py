@@ -207,10 +207,12 @@ def checkpoint_choice(value) -> int | str:
 
 def eval_dir(workdir: pathlib.Path, split: str, out: str | os.PathLike | None = None
              ) -> pathlib.Path:
-  """Where an evaluation of `split` is written, checked writable (created): OUT (default
-  WORKDIR/eval) for the test split, else its subfolder named after the split."""
+  """Where an evaluation of `split` is written, checked writable (not created yet): OUT
+  (default WORKDIR/eval) for the test split, else its subfolder named after the split."""
   base = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
-  return files.check_writable_folder(base if split == "test" else base / split)
+  folder = base if split == "test" else base / split
+  files.check_can_create(folder)
+  return folder
 
 
 def scored_subjects(config) -> tuple[str, list]:

@@ -341,7 +341,8 @@ def evaluate(config, workdir: str | pathlib.Path, out: str | os.PathLike | None 
   workdir = pathlib.Path(workdir)
   runs = study_runs(config)
   n_values = tuple(int(n) for n in config.data.n_values)
-  out_dir = files.check_writable_folder(pathlib.Path(out) if out else workdir / "eval")
+  out_dir = pathlib.Path(out) if out else workdir / "eval"
+  files.check_can_create(out_dir)  # before any scoring
   rows, seconds, params, steps = [], {}, {}, {}
   extras = {}
   for f_index, fold in enumerate(config.folds):

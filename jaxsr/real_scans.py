@@ -239,7 +239,8 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   `config.checkpoint` the model ("" = the shipped general model) and
   `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
   """
-  out_dir = files.check_writable_folder(pathlib.Path(out) if out else pathlib.Path(workdir) / "eval")
+  out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
+  files.check_can_create(out_dir)
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
   scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
   upsampler = (upsampling.Upsampler.from_checkpoint(config.checkpoint,
