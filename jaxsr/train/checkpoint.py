@@ -44,6 +44,10 @@ _STORAGE_ERROR = re.compile(r"\b(DATA_LOSS|NOT_FOUND|OUT_OF_RANGE|UNAVAILABLE|IN
                             r"Error reading|Error opening")
 
 
+class _NonFinite(ValueError):
+  """A checkpoint that restores but holds NaN or infinite values."""
+
+
 def _reason(error: BaseException) -> str:
   """One short line on why a checkpoint could not be read (orbax raises bare Exceptions)."""
   text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
@@ -205,8 +209,14 @@ class Checkpointer:
       try:
         restored = restore(step)
         if not bool(all_finite(restored)):
-          raise ValueError("non-finite values (saved from a diverged run)")
+          raise _NonFinite("non-finite values (saved from a diverged run)")
       except Exception as error:  # a truncated or missing file: orbax raises bare Exceptions
+        if not isinstance(error, _NonFinite) and not (
+            type(error) is Exception or _STORAGE_ERROR.search(str(error))):
+          # Not damage but a different state (e.g. another version's layout): every checkpoint
+          # would fail alike, so none is moved.
+          raise CheckpointError(f"{self.manager.directory}/{step}: does not restore into this "
+                                f"run's state ({_reason(error)})") from error
         where = ""
         if set_aside:
           where = f"; moved to {self.set_aside(step)}"
