@@ -1,4 +1,4 @@
-r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables.
+r"""Evaluates trained runs on the test subjects and prints PSNR/SSIM tables (by `config.task`).
 
   python evaluate.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR
       one run against tricubic and zero-filling: DIR/eval/table.md, table.json, per_subject.json
@@ -45,14 +45,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # keep library logs (e.g. orbax's notes on
     logging.set_verbosity(logging.ERROR)  # read-only restores) off the progress bar
-  from jaxsr import evaluation, mrsi_evaluation, real_scans  # after the flags are good
+  from jaxsr import tasks  # after the flags are good
 
   entry.quiet_library_noise()
   config = entry.config_value(_CONFIG)
-  family = {"mrsi": mrsi_evaluation, "real_scans": real_scans}.get(config.get("task"), evaluation)
   texts = []
   code = entry.report_errors(
-      lambda: texts.append(family.evaluate(config, _WORKDIR.value, out=_OUT.value)))
+      lambda: texts.append(tasks.evaluate(config, _WORKDIR.value, out=_OUT.value)))
   if texts:
     print(texts[0], end="")
   sys.exit(code)

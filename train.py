@@ -1,4 +1,4 @@
-r"""Trains a super-resolution model, or every run of a comparison config.
+r"""Trains a super-resolution model, or every run of a comparison config (by `config.task`).
 
   python train.py --config configs/csr_dmri.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
   python train.py --config configs/compare_dmri.py[:VARIANT] --workdir DIR   # DIR/<name>/seed<s>
@@ -44,15 +44,10 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  from jaxsr.train import loop  # after the flags: a bad command line fails without loading it
+  from jaxsr import tasks  # after the flags: a bad command line fails without loading it
 
-  if "runs" in config or config.get("task") == "mrsi":
-    command = lambda: loop.train_runs(config, _WORKDIR.value,
-                                      allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
-  else:
-    command = lambda: loop.train(config, _WORKDIR.value,
-                                 allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)
-  sys.exit(entry.report_errors(command))
+  sys.exit(entry.report_errors(lambda: tasks.train(
+      config, _WORKDIR.value, allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ on them) super-resolves a random LR volume of round(N / s) voxels per axis, with
 its T1 channel, onto the HR grid. Each measurement is one child process, so its
 peak resident memory (`ru_maxrss`) is its own:
 
-* JAX: `jaxsr.inference.plan_memory` under `--max-memory`, then `reconstruct`
+* JAX: `jaxsr.dmri.memory.plan_memory` under `--max-memory`, then `reconstruct`
   (encoder in one pass or tiles, decoder in chunks), as `jaxsr upsample` does for
   one volume: the wall time includes planning and compilation, and is split into
   planning, encoder and decoder;
@@ -44,26 +44,27 @@ def parse_bytes(text: str) -> int:
 
 
 def inputs(hr_shape, scale):
-  from jaxsr.data.degrade import lr_shape_for_scale
+  from jaxsr.dmri.degrade import lr_shape_for_scale
   lr_shape = lr_shape_for_scale(hr_shape, scale)
   return np.random.default_rng(0).random(lr_shape + (IN_CHANNELS,), dtype=np.float32)
 
 
 def run_jax(hr_shape, scale, max_bytes) -> dict:
   import jax
+
   from configs import csr_dmri
-  from jaxsr import inference
-  from jaxsr.models import build_model
-  from jaxsr.models.csr_dmri import init_params
+  from jaxsr.dmri import memory, reconstruct
+  from jaxsr.dmri.models import build_model
+  from jaxsr.dmri.models.csr_dmri import init_params
   from jaxsr.train.loop import RNG_IMPL
   model = build_model(csr_dmri.get_config().model)
   params = init_params(model, jax.random.key(0, impl=RNG_IMPL), IN_CHANNELS)
   lr = inputs(hr_shape, scale)
   start = time.perf_counter()
-  plan = inference.plan_memory(model, params, IN_CHANNELS, lr.shape[:3], hr_shape, max_bytes)
+  plan = memory.plan_memory(model, params, IN_CHANNELS, lr.shape[:3], hr_shape, max_bytes)
   plan_s = time.perf_counter() - start
   passes = []  # the time of each encoder tile and decoder chunk, in order
-  out = inference.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile,
+  out = reconstruct.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile,
                               progress=lambda _: passes.append(time.perf_counter()),
                               conv_impl=plan.conv_impl)
   seconds = time.perf_counter() - start
@@ -78,6 +79,7 @@ def run_jax(hr_shape, scale, max_bytes) -> dict:
 
 def run_torch(hr_shape, scale) -> dict:
   import torch
+
   from benchmarks import torch_reference
   from configs import csr_dmri
   torch.manual_seed(0)

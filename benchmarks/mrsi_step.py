@@ -6,7 +6,7 @@ The adversarial step of `configs/mrsi.py` (the network trained for adjustable
 sharpness): `train.num_critic` WGAN-GP critic updates, then one generator update
 of (1 − α)·L1 + α·(1 − MS-SSIM) + λ·(−D), on a batch of `batch_size` 64 × 64
 maps with random n, metabolites and quality masks. JAX runs it as one XLA
-program (`jaxsr.train.mrsi_step`, critic loop in `lax.scan`); PyTorch eager runs
+program (`jaxsr.mrsi.step`, critic loop in `lax.scan`); PyTorch eager runs
 `benchmarks.torch_mrsi_reference` (same networks and parameter counts, asserted;
 per-sample kernels as a grouped convolution, the penalty by double backward).
 After warm-up, rounds alternate (`benchmarks.time_alternating`). The last line
@@ -22,10 +22,11 @@ import numpy as np
 
 from benchmarks import compiled_step, machine_report, race_steps
 from configs import mrsi as mrsi_config
-from jaxsr.data.mrsi import MAP_SIZE
-from jaxsr.train import mrsi_task
-from jaxsr.train import step as step_lib
-from jaxsr.train.loop import RNG_IMPL, count_parameters
+from jaxsr.mrsi import task as mrsi_task
+from jaxsr.mrsi.phantom import MAP_SIZE
+from jaxsr.train import sharding
+from jaxsr.train.checkpoint import count_parameters
+from jaxsr.train.loop import RNG_IMPL
 
 
 def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -42,18 +43,19 @@ def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 def jax_step(config, batch):
   """(run one step, compile seconds, generator + critic parameter count)."""
-  mesh = step_lib.make_mesh()
+  mesh = sharding.make_mesh()
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
-  state = step_lib.replicate(mrsi_task.create_state(config, rng), mesh)
-  train_step = step_lib.compile_train_step(mrsi_task.make_train_step(config), mesh)
-  batch = step_lib.shard_batch(batch, mesh)
+  state = sharding.replicate(mrsi_task.create_state(config, rng), mesh)
+  train_step = sharding.compile_train_step(mrsi_task.make_train_step(config), mesh)
+  batch = sharding.shard_batch(batch, mesh)
   run, compile_s = compiled_step(train_step, state, batch, rng)
-  return run, compile_s, count_parameters(state.generator) + count_parameters(state.critic)
+  return run, compile_s, count_parameters(state.generator.params) + count_parameters(state.critic.params)
 
 
 def torch_step(config, batch):
   """(run one step, generator + critic parameter count) of the PyTorch eager reference."""
   import torch
+
   from benchmarks import torch_mrsi_reference as ref
   from benchmarks.torch_reference import count_parameters as torch_count
   torch.manual_seed(0)

@@ -1,8 +1,8 @@
 """jaxsr's MRSI generator, critic and WGAN-GP train step, written in PyTorch eager for `benchmarks.mrsi_step`.
 
-The same functions as `jaxsr.models.mrsi_unet.MRSIUNet` (filter-scaling
-conditionings), `jaxsr.models.critic.Critic`, `jaxsr.losses.mrsi_loss` and
-`jaxsr.train.mrsi_step.make_mrsi_train_step`, as a PyTorch user would write
+The same functions as `jaxsr.mrsi.unet.MRSIUNet` (filter-scaling
+conditionings), `jaxsr.mrsi.critic.Critic`, `jaxsr.mrsi.loss.mrsi_loss` and
+`jaxsr.mrsi.step.make_mrsi_train_step`, as a PyTorch user would write
 them: per-sample conditioned kernels as one grouped convolution, the gradient
 penalty by `torch.autograd.grad(create_graph=True)`. Tensors are NCHW; maps
 (B, H, W). `tests/test_torch_reference.py` loads jaxsr's parameters into these
@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxsr.losses import MS_SSIM_WEIGHTS, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_TRUNCATE
-from jaxsr.models.mrsi_unet import EMBEDDING_SIZE
+from jaxsr.metrics import SSIM_K1, SSIM_K2, SSIM_TRUNCATE
+from jaxsr.mrsi.loss import MS_SSIM_WEIGHTS, SSIM_SIGMA
+from jaxsr.mrsi.unet import EMBEDDING_SIZE
 
 
 class ConditionMLP(nn.Module):
-  """`jaxsr.models.mrsi_unet.ConditionMLP`: depth - 1 ReLU layers of `width`, a linear one to `out`."""
+  """`jaxsr.mrsi.unet.ConditionMLP`: depth - 1 ReLU layers of `width`, a linear one to `out`."""
 
   def __init__(self, d_in: int, depth: int, width: int, out: int, out_bias: torch.Tensor):
     super().__init__()
@@ -91,14 +92,14 @@ class MCM(nn.Module):
 
 
 def central_mask(size: int, n: torch.Tensor) -> torch.Tensor:
-  """(B, size, size) bool: the kept frequencies |f| < n/2 (`jaxsr.data.kspace.central_mask`)."""
+  """(B, size, size) bool: the kept frequencies |f| < n/2 (`jaxsr.kspace.central_mask`)."""
   f = torch.abs(torch.fft.fftfreq(size) * size)
   half = n.to(torch.float32)[:, None, None] / 2
   return (f[:, None] < half) & (f[None, :] < half)
 
 
 def truncate(maps: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-  """(B, N, N) maps -> their central n × n k-space, zero-filled (`jaxsr.data.kspace.truncate`)."""
+  """(B, N, N) maps -> their central n × n k-space, zero-filled (`jaxsr.kspace.truncate`)."""
   spectrum = torch.fft.fft2(maps)
   return torch.fft.ifft2(torch.where(central_mask(maps.shape[-1], n), spectrum, 0)).real
 
@@ -120,7 +121,7 @@ def data_consistency(output, measured, n):
 
 
 class MRSIUNet(nn.Module):
-  """`jaxsr.models.mrsi_unet.MRSIUNet` with conditioning "filter_scaling_met" or "filter_scaling"."""
+  """`jaxsr.mrsi.unet.MRSIUNet` with conditioning "filter_scaling_met" or "filter_scaling"."""
 
   def __init__(self, channels=(8, 16, 32, 64, 128), conditioning="filter_scaling_met",
                num_metabolites=7):
@@ -183,7 +184,7 @@ class MRSIUNet(nn.Module):
 
 
 class Critic(nn.Module):
-  """`jaxsr.models.critic.Critic`: stride-2 3 × 3 convs ('SAME' as XLA pads them) + LeakyReLU, two dense layers."""
+  """`jaxsr.mrsi.critic.Critic`: stride-2 3 × 3 convs ('SAME' as XLA pads them) + LeakyReLU, two dense layers."""
 
   def __init__(self, map_size: int, channels=(16, 32, 64, 128), hidden=64, in_channels=4):
     super().__init__()
@@ -212,7 +213,7 @@ def _symmetric_indices(size: int, radius: int) -> torch.Tensor:
 
 
 def _blur(images):
-  """Separable Gaussian (sigma 1.5, 11 taps) of (N, H, W), mirrored borders (`jaxsr.losses`)."""
+  """Separable Gaussian (sigma 1.5, 11 taps) of (N, H, W), mirrored borders (`jaxsr.mrsi.loss`)."""
   radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
   taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / SSIM_SIGMA) ** 2)
   taps = taps / taps.sum()
@@ -223,7 +224,7 @@ def _blur(images):
 
 
 def ms_ssim(x, y, data_range: float = 1.0):
-  """`jaxsr.losses.ms_ssim` of (B, H, W) maps -> (B,)."""
+  """`jaxsr.mrsi.loss.ms_ssim` of (B, H, W) maps -> (B,)."""
   c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
   result = torch.ones(x.shape[0])
   for scale, weight in enumerate(MS_SSIM_WEIGHTS):
@@ -242,7 +243,7 @@ def ms_ssim(x, y, data_range: float = 1.0):
 
 
 def mrsi_loss(pred, target, mask, alpha: float = 0.84):
-  """(1 - alpha) L1 + alpha (1 - MS-SSIM) inside the quality mask (`jaxsr.losses.mrsi_loss`)."""
+  """(1 - alpha) L1 + alpha (1 - MS-SSIM) inside the quality mask (`jaxsr.mrsi.loss.mrsi_loss`)."""
   l1 = torch.sum(torch.abs(pred - target) * mask) / torch.clamp(mask.sum(), min=1.0)
   return (1 - alpha) * l1 + alpha * (1 - ms_ssim(pred * mask, target * mask).mean())
 
@@ -250,7 +251,7 @@ def mrsi_loss(pred, target, mask, alpha: float = 0.84):
 def make_train_step(generator: MRSIUNet, critic: Critic, *, learning_rate: float, alpha: float,
                     gp_weight: float, num_critic: int, lambda_max: float,
                     lambda_zero_fraction: float = 0.1):
-  """`jaxsr.train.mrsi_step.make_mrsi_train_step(adversarial=True)` in PyTorch eager.
+  """`jaxsr.mrsi.step.make_mrsi_train_step(adversarial=True)` in PyTorch eager.
 
   Returns step(batch) -> generator loss; batch: "hr", "t1", "flair", "mask" (B, H, W),
   "n" (B,), "metabolite" (B,) int64 tensors. Adam(b1 = 0.5, b2 = 0.9) for both nets.

@@ -3,7 +3,7 @@
 The public ArSSR-style code's structure, at jaxsr's shapes and conventions so the
 work is the same: a 3D RDN encoder (Conv3d, zero 'SAME' padding) over the LR
 input, features sampled trilinearly at HR voxel centres (`grid_sample`,
-align_corners=False, border clamping: `jaxsr.models.sampling`'s convention), the
+align_corners=False, border clamping: `jaxsr.dmri.models.sampling`'s convention), the
 periodic offset input, an 8 × 256 ReLU MLP that re-injects its input after layer
 4, and L1 + 0.01 · mean |FFT(pred − target)|. The LR input is made inside the
 step, as jaxsr's step does, by the same anti-aliased cubic resize
@@ -40,7 +40,7 @@ class ResidualDenseBlock(nn.Module):
 
 
 class RDN3D(nn.Module):
-  """`jaxsr.models.rdn.RDN3D` in PyTorch: (B, C_in, X, Y, Z) -> (B, out_features, X, Y, Z)."""
+  """`jaxsr.dmri.models.rdn.RDN3D` in PyTorch: (B, C_in, X, Y, Z) -> (B, out_features, X, Y, Z)."""
 
   def __init__(self, in_channels, num_features=64, growth=64, num_blocks=8, num_layers=3,
                out_features=128):
@@ -83,7 +83,7 @@ class ImplicitMLP(nn.Module):
 
 
 class CSRdMRI(nn.Module):
-  """`jaxsr.models.csr_dmri.CSRdMRI` (periodic position input) in PyTorch."""
+  """`jaxsr.dmri.models.csr_dmri.CSRdMRI` (periodic position input) in PyTorch."""
 
   def __init__(self, in_channels=2, num_features=64, growth=64, num_blocks=8, num_layers=3,
                latent_features=128, mlp_depth=8, mlp_width=256, mlp_skip_after=4,
@@ -136,7 +136,7 @@ def resize_matrix(n_in: int, n_out: int, antialias: bool) -> torch.Tensor:
 
 
 def resize_3d(volumes: torch.Tensor, shape, antialias: bool = True) -> torch.Tensor:
-  """Cubic resize of the last three axes of (..., X, Y, Z), as `jaxsr.data.degrade.resize_spatial`."""
+  """Cubic resize of the last three axes of (..., X, Y, Z), as `jaxsr.dmri.degrade.resize_spatial`."""
   for axis, n_out in zip((-3, -2, -1), shape):
     matrix = resize_matrix(volumes.shape[axis], n_out, antialias).to(volumes.device)
     volumes = torch.movedim(torch.tensordot(volumes, matrix, dims=([axis], [1])), -1, axis)
@@ -144,14 +144,14 @@ def resize_3d(volumes: torch.Tensor, shape, antialias: bool = True) -> torch.Ten
 
 
 def grid_coordinates(shape) -> torch.Tensor:
-  """(X·Y·Z, 3) voxel-centre coordinates in [-1, 1], C order (`jaxsr.models.sampling`)."""
+  """(X·Y·Z, 3) voxel-centre coordinates in [-1, 1], C order (`jaxsr.dmri.models.sampling`)."""
   axes = [(2 * torch.arange(n, dtype=torch.float32) + 1 - n) / n for n in shape]
   return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
 
 def make_train_step(model: CSRdMRI, learning_rate: float, lr_size: int, fft_weight: float,
                     compute_dtype: torch.dtype | None = None):
-  """The step of `jaxsr.train.step.make_train_step` for implicit models, in PyTorch eager.
+  """The step of `jaxsr.dmri.step.make_train_step` for implicit models, in PyTorch eager.
 
   With `compute_dtype` (e.g. torch.bfloat16) the model runs under `torch.autocast`
   in it, with float32 parameters and loss, like jaxsr's `model.dtype`. The step

@@ -28,31 +28,34 @@ import numpy as np
 
 from benchmarks import compiled_step, machine_report, race_steps
 from configs import csr_dmri
-from jaxsr.data import pipeline
-from jaxsr.models import build_model, init_params
-from jaxsr.models.conv import CONV_IMPLS, resolve_conv_impl
-from jaxsr.train import step as step_lib
-from jaxsr.train.loop import RNG_IMPL, count_parameters
+from jaxsr.dmri import patches as pipeline
+from jaxsr.dmri import step as step_lib
+from jaxsr.dmri.models import build_model, init_params
+from jaxsr.dmri.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxsr.train import sharding
+from jaxsr.train.checkpoint import count_parameters
+from jaxsr.train.loop import RNG_IMPL
 
 
 def jax_step(config, hr_size: int):
   """(run one step, compile seconds, parameter count) of jaxsr's sharded, jitted train step."""
-  mesh = step_lib.make_mesh()
+  mesh = sharding.make_mesh()
   model = build_model(config.model)
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
-  state = step_lib.replicate(step_lib.create_train_state(model, config, rng), mesh)
-  train_step = step_lib.compile_train_step(step_lib.make_train_step(config), mesh)
+  state = sharding.replicate(step_lib.create_train_state(model, config, rng), mesh)
+  train_step = sharding.compile_train_step(step_lib.make_train_step(config), mesh)
   data = np.random.default_rng(0)
-  batch = step_lib.shard_batch(
+  batch = sharding.shard_batch(
       {k: data.random((config.batch_size,) + (hr_size,) * 3, dtype=np.float32)
        for k in ("hr", "t1")}, mesh)
   run, compile_s = compiled_step(train_step, state, batch, rng)
-  return run, compile_s, count_parameters(state)
+  return run, compile_s, count_parameters(state.params)
 
 
 def torch_step(config, hr_size: int, device: str):
   """(run one step, parameter count) of the PyTorch eager reference on `device`."""
   import torch
+
   from benchmarks import torch_reference
   torch.manual_seed(0)
   model = torch_reference.CSRdMRI.from_config(config.model).to(device)
@@ -93,18 +96,18 @@ def compiled_step_shapes(config, num_steps: int) -> tuple[int, int]:
                                                  "num_scale_buckets")})
   sizes = pipeline.hr_patch_sizes(small.data.lr_patch_size, small.data.scale_min,
                                   small.data.scale_max, small.data.num_scale_buckets)
-  mesh = step_lib.make_mesh()
+  mesh = sharding.make_mesh()
   rng = jax.random.key(0, impl=RNG_IMPL)
-  state = step_lib.replicate(
+  state = sharding.replicate(
       step_lib.create_train_state(build_model(small.model), small, rng), mesh)
-  train_step = step_lib.compile_train_step(step_lib.make_train_step(small), mesh)
+  train_step = sharding.compile_train_step(step_lib.make_train_step(small), mesh)
   draws = np.random.default_rng(0)
   seen = set()
   for _ in range(num_steps):
     size = int(draws.choice(sizes))  # as PatchSampler draws it for each batch
     seen.add(size)
     batch = {k: np.zeros((small.batch_size,) + (size,) * 3, np.float32) for k in ("hr", "t1")}
-    state, _ = train_step(state, step_lib.shard_batch(batch, mesh), rng)
+    state, _ = train_step(state, sharding.shard_batch(batch, mesh), rng)
   return len(seen), train_step._cache_size()  # noqa: SLF001 (jit's own count of programs)
 
 

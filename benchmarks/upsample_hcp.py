@@ -26,8 +26,7 @@ import numpy as np
 
 from benchmarks import machine_report
 from configs import csr_dmri
-from jaxsr.data import synthetic
-from jaxsr.train import loop
+from jaxsr import anatomy, tasks
 
 LR_SHAPE, LR_VOXEL = (73, 87, 73), 2.5
 HR_SHAPE = (145, 174, 145)
@@ -41,13 +40,13 @@ def default_model_run(workdir: pathlib.Path) -> pathlib.Path:
   config.batch_size = 1
   config.train.num_steps = 1
   config.train.checkpoint_every_steps = 1
-  loop.train(config, workdir)
+  tasks.train(config, workdir)
   return workdir
 
 
 def hcp_size_inputs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   """(2.5 mm input, 1 mm T1) NIfTI files made from the template in the nilearn wheel."""
-  t1_path = pathlib.Path(synthetic.TEMPLATE_DIR) / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+  t1_path = pathlib.Path(anatomy.TEMPLATE_DIR) / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
   t1 = nib.load(t1_path)
   centre = nib.affines.apply_affine(t1.affine, (np.asarray(t1.shape) - 1) / 2)
   affine = nib.affines.from_matvec(np.eye(3) * LR_VOXEL,

@@ -60,6 +60,7 @@ def matched_run(base: ml_collections.ConfigDict, name: str) -> ml_collections.Co
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base = csr_dmri.get_config(arg)
   c = ml_collections.ConfigDict()
+  c.task = "compare_dmri"  # its runs, each a "dmri" task (jaxsr.tasks)
   c.variant = base.variant
   c.distributed = base.distributed  # call jax.distributed.initialize() for multi-host runs
   c.seeds = {"smoke": (0,)}.get(c.variant, (0, 1, 2))  # every run is trained once per seed

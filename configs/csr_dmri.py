@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant != "default" and variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: use default, quick or smoke")
   c = ml_collections.ConfigDict()
+  c.task = "dmri"  # one model (jaxsr.tasks)
   c.variant = variant
   c.seed = 0
   c.batch_size = 9  # global batch, split over devices (and processes)
@@ -76,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prefetch = 4
 
   c.model = ml_collections.ConfigDict()
-  c.model.kind = "csr_dmri"  # see jaxsr.models.factory
+  c.model.kind = "csr_dmri"  # see jaxsr.dmri.models.factory
   c.model.in_channels = 2  # LR DWI + LR T1; 1 = DWI only (ArSSR-style ablation)
   c.model.num_features = 64
   c.model.growth = 64
@@ -88,13 +89,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mlp_skip_after = 4
   c.model.coordinates = "periodic"  # MLP position input: "periodic" (sin, cos of the offset
   #   from the nearest LR voxel centre: the same on patches and whole volumes, continuous across
-  #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.models.csr_dmri
+  #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.dmri.models.csr_dmri
   c.model.predict_residual = True  # the MLP predicts the difference from the trilinear
   #   interpolation of the LR DWI (a global residual, not in the paper: False is the paper's
-  #   decoder); see jaxsr.models.csr_dmri and the README
+  #   decoder); see jaxsr.dmri.models.csr_dmri and the README
   c.model.dtype = "float32"
   c.model.conv_impl = "auto"  # 3D convs: "auto" (2D-convolution form on CPU, native on GPU/TPU),
-  #   "xla" (native) or "depth_taps" (the 2D-convolution form); see jaxsr.models.conv
+  #   "xla" (native) or "depth_taps" (the 2D-convolution form); see jaxsr.dmri.models.conv
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 200_000

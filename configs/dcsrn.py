@@ -13,9 +13,9 @@ from configs import csr_dmri
 # Overrides by variant: quick/smoke shrink the network as csr_dmri's variants do. A
 # fixed-scale CNN runs at HR resolution (s³ times the implicit encoder's voxels): the quick
 # network is kept small enough to evaluate whole volumes on a laptop CPU, and trained for
-# about the wall time of a quick implicit run on 2 CPU cores (0.12 s per step here, against
-# 0.19 s for the implicit model's 2400 steps), with the same schedule: the learning rate
-# halved every third of the run.
+# about the wall time of a quick implicit run on 2 CPU cores (more, cheaper steps; the
+# measured step times are in docs/results_dmri.md), with the same schedule: the learning
+# rate halved every third of the run.
 VARIANTS = {
     "quick": {"model.growth": 8, "train.num_steps": 3600, "train.lr_decay_steps": 1200,
               "train.checkpoint_every_steps": 600},

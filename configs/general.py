@@ -1,12 +1,12 @@
 """The general model shipped with jaxsr: DWI-only, arbitrary scale, trained on domain-randomised MRI.
 
-`jaxsr upsample` uses it when no `--checkpoint` is given (`jaxsr.pretrained`).
+`jaxsr upsample` uses it when no `--checkpoint` is given (`jaxsr.dmri.pretrained`).
 It is the implicit model of `configs/csr_dmri.py:quick` (RDN 16/16/3x3 -> 32,
 MLP 6x64, residual decoder) with one input channel, trained on patches rendered
 per step from the MNI anatomy with random contrast, noise, geometry, per-axis
-factors in [1, 4] and a random PSF (`jaxsr.data.randomised`), so that it is not
+factors in [1, 4] and a random PSF (`jaxsr.dmri.randomised`), so that it is not
 tied to one phantom, one contrast or one degradation. Inputs are scaled by
-`data.intensity_percentile` of the volume (`jaxsr.upsampling`).
+`data.intensity_percentile` of the volume (`jaxsr.dmri.upsample`).
 
 Variants (`--config configs/general.py:VARIANT`):
   default  the shipped model's run: 16,000 steps, 69 minutes on 2 CPU cores; the

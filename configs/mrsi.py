@@ -6,7 +6,7 @@
 `train.py` trains, for every fold of `folds`, one network per method of `methods`
 (Single-scale: one per n) with λ = 0, and one network of `sharpness_method` with
 the adversarial loss (λ ~ U(0, λ_max)), each in DIR/fold<f>/<name>; re-running
-resumes, finished runs are skipped (`jaxsr.train.mrsi_task`). `evaluate.py`
+resumes, finished runs are skipped (`jaxsr.mrsi.task`). `evaluate.py`
 reads their checkpoints and writes DIR/eval/{table1.md, tables.json, *.png}.
 A single network: `--config.methods=filter_scaling_met --config.folds=0
 --config.sharpness_method=`.
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 8  # global batch, split over devices (and processes)
   c.distributed = False  # call jax.distributed.initialize() for multi-host runs
-  # Table 1 rows (jaxsr.train.mrsi_task.METHODS), trained with lambda = 0.
+  # Table 1 rows (jaxsr.mrsi.task.METHODS), trained with lambda = 0.
   c.methods = ("single_scale", "unconditioned", "amlayer", "hypernetwork", "filter_scaling",
                "filter_scaling_met")
   c.folds = (0, 1, 2, 3, 4)
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.fold = 0  # set per run by the study
   c.data.n_values = (16, 18, 20, 22, 24, 26, 28, 30, 32)  # acquired matrix sizes (of 64)
   c.data.decoupled = True  # the phantom's anatomy does not give the metabolic lesion away;
-  #   False: lesion, maps and T1/FLAIR from the same weights (jaxsr.data.mrsi)
+  #   False: lesion, maps and T1/FLAIR from the same weights (jaxsr.mrsi.phantom)
   c.data.augment = True  # flips, 90-degree rotations, shifts
   c.data.max_shift = 4  # voxels
   c.data.num_threads = 2
@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64  # maps per inference call
   c.eval.max_slices_per_patient = 0  # 0: every usable slice of a test patient
-  c.eval.metabolites = (0, 1, 2, 3, 4, 5, 6)  # indices into jaxsr.data.mrsi.METABOLITES
+  c.eval.metabolites = (0, 1, 2, 3, 4, 5, 6)  # indices into jaxsr.mrsi.phantom.METABOLITES
   c.eval.sharpness_lambdas = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1)
   c.eval.figure_lambdas = (0.0, 0.03, 0.06, 0.09)
 

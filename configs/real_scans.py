@@ -1,4 +1,4 @@
-"""Real-scan evaluation of an arbitrary-scale model (`jaxsr.real_scans`, docs/results_real.md).
+"""Real-scan evaluation of an arbitrary-scale model (`jaxsr.dmri.real_scans`, docs/results_real.md).
 
   python evaluate.py --config configs/real_scans.py --workdir DIR          # test scans: the table
   python evaluate.py --config configs/real_scans.py:validation --workdir DIR
@@ -11,10 +11,10 @@ Variants: `test` (default: the dipy scans of the table, scored once), `validatio
 
 import ml_collections
 
-from jaxsr.adapt import AdaptSettings
-from jaxsr.data.psf import PSFS
-from jaxsr.real_scans import DEGRADATIONS
-from jaxsr.upsampling import DEFAULT_BACK_PROJECTION
+from jaxsr.dmri.adapt import AdaptSettings
+from jaxsr.dmri.psf import PSFS
+from jaxsr.dmri.real_scans import DEGRADATIONS
+from jaxsr.dmri.upsample import DEFAULT_BACK_PROJECTION
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -3,17 +3,19 @@
 `jaxsr.upsample(data, affine, voxel_size=...)` super-resolves arrays with the
 general model shipped in the package, or with `checkpoint=` a trained run, and
 `adapt=jaxsr.AdaptSettings(steps=300)` first fine-tunes it on the input (see
-`jaxsr.upsampling`); the `jaxsr` command does the same on NIfTI files.
+`jaxsr.dmri.upsample`); the `jaxsr` command does the same on NIfTI files.
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+__version__ = importlib.metadata.version("jaxsr")
 
 
 def __getattr__(name: str):
   if name == "upsample":  # imported on first use: `import jaxsr` stays light
-    from jaxsr.upsampling import upsample
+    from jaxsr.dmri.upsample import upsample
     return upsample
   if name == "AdaptSettings":
-    from jaxsr.adapt import AdaptSettings
+    from jaxsr.dmri.adapt import AdaptSettings
     return AdaptSettings
   raise AttributeError(f"module 'jaxsr' has no attribute {name!r}")

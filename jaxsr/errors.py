@@ -40,6 +40,10 @@ class TrainingDiverged(JaxsrError):
   exit_code = EXIT_FAILED
 
 
+class UpsampleError(JaxsrError, ValueError):
+  """A request that cannot be carried out (grid, size limit, output paths, options)."""
+
+
 class WriteError(JaxsrError, OSError):
   """A file or folder that could not be written (names it and the reason)."""
   exit_code = EXIT_FAILED

@@ -1,7 +1,7 @@
 """Output grids of a super-resolution: voxel counts and voxel-to-world affines.
 
 An input grid of n voxels per axis and an output grid of N voxels cover the
-same field of view (the training convention of `jaxsr.models.sampling`: both
+same field of view (the training convention of `jaxsr.dmri.models.sampling`: both
 span [-1, 1]), so output voxel j's centre lies at the continuous input voxel
 index
 

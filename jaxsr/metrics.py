@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-_SSIM_K1, _SSIM_K2 = 0.01, 0.03
-_SSIM_TRUNCATE = 3.5
+# SSIM's constants (Wang et al. 2004), shared with the MS-SSIM training loss: K1, K2 and the
+# Gaussian window's truncation in standard deviations.
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+SSIM_TRUNCATE = 3.5
 
 
 def _prepare(pred, target, mask, data_range):
@@ -53,19 +55,19 @@ def ssim(pred, target, mask=None, data_range=None, sigma: float = 1.5) -> float:
   to target.max() - target.min() over the mask.
   """
   pred, target, select, data_range = _prepare(pred, target, mask, data_range)
-  radius = int(_SSIM_TRUNCATE * sigma + 0.5)
+  radius = int(SSIM_TRUNCATE * sigma + 0.5)
   if mask is None and min(pred.shape) <= 2 * radius:
     raise ValueError(f"unmasked SSIM crops a {radius}-voxel border: every side must exceed "
                      f"{2 * radius} voxels, got shape {pred.shape}")
 
   def blur(x):
-    return ndimage.gaussian_filter(x, sigma=sigma, truncate=_SSIM_TRUNCATE, mode="reflect")
+    return ndimage.gaussian_filter(x, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
 
   mu_x, mu_y = blur(pred), blur(target)
   var_x = blur(pred * pred) - mu_x * mu_x
   var_y = blur(target * target) - mu_y * mu_y
   cov_xy = blur(pred * target) - mu_x * mu_y
-  c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+  c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
   ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
               / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
   if mask is None:
@@ -96,7 +98,7 @@ def high_frequency_ratio(pred, target, n: int) -> float:
 
   pred, target: (N, N) images (masked alike). Frequencies f (integers of the 2D DFT)
   with max(|f_x|, |f_y|) >= n/2 are the ones a super-resolution network has to
-  supply (the others are measured, see `jaxsr.data.kspace`); 1 means as much
+  supply (the others are measured, see `jaxsr.kspace`); 1 means as much
   detail there as the truth, 0 none (zero-filling).
   """
   pred, target, _, _ = _prepare(pred, target, None, 1.0)

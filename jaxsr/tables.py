@@ -1,11 +1,12 @@
-"""Result tables: means over subjects and seeds, exact Wilcoxon tests over subjects, Markdown.
+"""Result tables: means over units and seeds, exact Wilcoxon tests over units, Markdown.
 
-Rows are dicts with "method", "scale", "subject" and metric values, optionally
-"volume" (several scored volumes of a subject) and "seed" (the training seed of a
-learned method; absent or None for a classical one). The independent unit is the
-subject: a subject's volumes are averaged before anything else, so volumes of
-one subject never count as independent samples, and seeds measure the variance
-of training, reported beside the mean.
+Rows are dicts with "method", the unit ("subject" for dMRI, "patient" for MRSI),
+grouping fields such as "scale", and metric values, optionally "volume" (several
+scored volumes or maps of a unit) and "seed" (the training seed of a learned
+method; absent or None for a classical one). The unit is the independent sample:
+its volumes or maps are averaged before anything else, so they never count as
+independent samples, and seeds measure the variance of training, reported beside
+the mean.
 """
 
 from __future__ import annotations
@@ -46,31 +47,42 @@ def unit_means(rows: list[dict], key: str, unit: str = "subject", **where) -> di
           for u in units}
 
 
-def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
-  """Means for each (method, scale): over subjects, then over seeds.
+def _groups(rows: list[dict], by: Sequence[str]) -> list[tuple]:
+  """The values of the `by` fields present in `rows`, scales in the paper's order."""
+  if not by:
+    return [()]
+  if tuple(by) == ("scale",):
+    return [(s,) for s in _scales_in_paper_order(rows)]
+  return list(dict.fromkeys(tuple(r[b] for b in by) for r in rows))
 
-  Entries: "method", "scale", "num_subjects", "num_seeds" (0 for a classical
-  method), and for each key its mean, `{key}_std` (sd over subjects of the
-  per-subject means, seeds averaged) and `{key}_seed_std` (sd over seeds of the
-  per-seed means over subjects, ddof 1; 0 with fewer than two seeds).
+
+def summarise(rows: list[dict], keys: Sequence[str] = ("psnr", "ssim"), *,
+              unit: str = "subject", by: Sequence[str] = ("scale",)) -> list[dict]:
+  """Means for each method and value of the `by` fields: over units, then over seeds.
+
+  Entries: "method", the `by` fields, "num_<unit>s", "num_seeds" (0 for a classical
+  method), "num_rows", and for each key its mean, `{key}_std` (sd over units of the
+  per-unit means, seeds averaged) and `{key}_seed_std` (sd over seeds of the per-seed
+  means over units, ddof 1; 0 with fewer than two seeds).
   """
   table = []
   for method in dict.fromkeys(r["method"] for r in rows):
-    for scale in _scales_in_paper_order(rows):
-      sel = [r for r in rows if r["method"] == method and r["scale"] == scale]
+    for group in _groups(rows, by):
+      sel = [r for r in rows if r["method"] == method
+             and all(r[b] == value for b, value in zip(by, group))]
       if not sel:
         continue
       seeds = list(dict.fromkeys(r.get("seed") for r in sel))
-      entry = {"method": method, "scale": scale,
-               "num_subjects": len(dict.fromkeys(r["subject"] for r in sel)),
-               "num_seeds": sum(seed is not None for seed in seeds)}
+      entry = {"method": method, **dict(zip(by, group)),
+               f"num_{unit}s": len(dict.fromkeys(r[unit] for r in sel)),
+               "num_seeds": sum(seed is not None for seed in seeds), "num_rows": len(sel)}
       for key in keys:
-        per_subject = unit_means(sel, key)
-        per_seed_subject = _mean_by(sel, ("seed", "subject"), key)
-        seed_means = [np.mean([v for (seed, _), v in per_seed_subject.items() if seed == s])
+        per_unit = unit_means(sel, key, unit)
+        per_seed_unit = _mean_by(sel, ("seed", unit), key)
+        seed_means = [np.mean([v for (seed, _), v in per_seed_unit.items() if seed == s])
                       for s in seeds]
         entry[key] = float(np.mean(seed_means))
-        entry[f"{key}_std"] = float(np.std(list(per_subject.values())))
+        entry[f"{key}_std"] = float(np.std(list(per_unit.values())))
         entry[f"{key}_seed_std"] = float(np.std(seed_means, ddof=1)) if len(seeds) > 1 else 0.0
       table.append(entry)
   return table
@@ -97,27 +109,30 @@ def signed_rank_p(differences: np.ndarray) -> float:
   return float(stats.wilcoxon(differences, method="exact" if exact else "approx").pvalue)
 
 
-def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "ssim")) -> list[dict]:
-  """Two-sided Wilcoxon signed-rank tests of `reference` against every other method, per scale.
+def wilcoxon(rows: list[dict], reference: str, keys: Sequence[str] = ("psnr", "ssim"), *,
+             unit: str = "subject", by: Sequence[str] = ("scale",)) -> list[dict]:
+  """Two-sided Wilcoxon signed-rank tests of `reference` against every other method, for
+  each value of the `by` fields.
 
-  Pairs are subjects (each subject's mean over its volumes and seeds), the
-  independent unit; "num_subjects" is their count and "smallest_p" the least p
-  an exact test can reach with that many. p is NaN below two subjects and 1 when
+  Pairs are units (each unit's mean over its volumes or maps and seeds), the
+  independent samples; "num_<unit>s" is their count and "smallest_p" the least p
+  an exact test can reach with that many. p is NaN below two units and 1 when
   all differences are 0.
   """
   out = []
   for method in dict.fromkeys(r["method"] for r in rows):
     if method == reference:
       continue
-    for scale in _scales_in_paper_order(rows):
-      entry = {"method": method, "reference": reference, "scale": scale}
+    for group in _groups(rows, by):
+      where = dict(zip(by, group))
+      entry = {"method": method, "reference": reference, **where}
       for key in keys:
-        ref, other = (unit_means(rows, key, method=m, scale=scale)
+        ref, other = (unit_means(rows, key, unit, method=m, **where)
                       for m in (reference, method))
-        subjects = [s for s in ref if s in other]
-        entry[f"{key}_p"] = signed_rank_p(np.array([ref[s] - other[s] for s in subjects]))
-        entry["num_subjects"] = len(subjects)
-        entry["smallest_p"] = smallest_p(len(subjects))
+        units = [u for u in ref if u in other]
+        entry[f"{key}_p"] = signed_rank_p(np.array([ref[u] - other[u] for u in units]))
+        entry[f"num_{unit}s"] = len(units)
+        entry["smallest_p"] = smallest_p(len(units))
       out.append(entry)
   return out
 

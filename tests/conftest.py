@@ -28,7 +28,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import pytest
 
 from configs import arssr, csr_dmri
-from jaxsr.train import loop
+from jaxsr import tasks
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def _train_smoke(config_module, workdir: pathlib.Path, cache: pathlib.Path, **ov
   config = config_module.get_config("smoke")
   config.data.cache_dir = str(cache)
   config.update_from_flattened_dict(overrides)
-  loop.train(config, workdir)
+  tasks.train(config, workdir)
   return workdir
 
 

@@ -1,4 +1,4 @@
-"""Self-supervised adaptation (`jaxsr.adapt`) and `jaxsr upsample --adapt`."""
+"""Self-supervised adaptation (`jaxsr.dmri.adapt`) and `jaxsr upsample --adapt`."""
 
 import json
 
@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from configs import general
-from jaxsr import adapt, pretrained
-from jaxsr.data import psf
-from jaxsr.models import build_model, init_params
-from jaxsr.upsampling import Upsampler
+from jaxsr.dmri import adapt, pretrained, psf
+from jaxsr.dmri.models import build_model, init_params
+from jaxsr.dmri.upsample import Upsampler
 from tests.cli_helpers import run_cli
 
 

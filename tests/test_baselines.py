@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr.models import DCSRN, ResCNN3D
+from jaxsr.dmri.models import DCSRN, ResCNN3D
 
 TINY_DCSRN = dict(growth=3, num_units=2)
 TINY_RESCNN = dict(num_features=4, num_layers=3)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr.models.conv import Conv3D, conv3d_same, forward_compiler_options, resolve_conv_impl
-from jaxsr.models.rdn import RDN3D
+from jaxsr.dmri.models.conv import Conv3D, conv3d_same, forward_compiler_options, resolve_conv_impl
+from jaxsr.dmri.models.rdn import RDN3D
 
 
 def lax_conv(x, kernel):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxsr.dti import dti_errors, tensor_maps
+from jaxsr.dmri.dti import dti_errors, tensor_maps
 
 
 def _directions(count, seed=0):

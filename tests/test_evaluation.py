@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from jaxsr.evaluation import Method, classical_methods, evaluated_volumes, score_subject
+from jaxsr.dmri.evaluation import Method, classical_methods, evaluated_volumes, score_subject
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 
@@ -102,6 +102,22 @@ def test_summarise_reports_the_mean_over_seeds_and_their_spread():
   assert row["psnr_std"] == 1.0  # subjects' means over seeds: 22 and 24
   text = markdown_table([row])
   assert f"23.0000** ± {np.std([21.0, 25.0], ddof=1):.4f}" in text
+
+
+def test_summarise_and_wilcoxon_count_another_unit_without_grouping():
+  """MRSI's tables: patients are the unit, each patient's maps (here two n) averaged first."""
+  data = [{"patient": f"p{i}", "n": n, "method": m, "ssim": 0.5,
+           "psnr": 20 + i + 0.1 * n + (m == "net") * (1 + i)}
+          for i in range(3) for n in (1, 2) for m in ("zero_fill", "net")]
+  rows = {r["method"]: r for r in summarise(data, unit="patient", by=())}
+  assert rows["zero_fill"]["num_patients"] == 3 and rows["zero_fill"]["num_rows"] == 6
+  assert rows["zero_fill"]["psnr"] == pytest.approx(21.15)
+  assert rows["net"]["psnr"] == pytest.approx(23.15)
+  assert rows["zero_fill"]["psnr_std"] == pytest.approx(np.std([20.15, 21.15, 22.15]))
+  (entry,) = wilcoxon(data, "net", unit="patient", by=())
+  assert entry["method"] == "zero_fill" and entry["num_patients"] == 3
+  assert entry["psnr_p"] == pytest.approx(0.25) and entry["smallest_p"] == pytest.approx(0.25)
+  assert entry["ssim_p"] == 1.0  # no difference at all
 
 
 def test_evaluated_volumes_spread_over_the_shell():

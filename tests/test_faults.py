@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from configs import arssr
-from jaxsr import entry, errors
-from jaxsr.train import divergence, loop
-from jaxsr.train.checkpoint import CheckpointError, load_run
+from jaxsr import entry, errors, tasks
+from jaxsr.tasks import load_run
+from jaxsr.train import divergence
+from jaxsr.train.checkpoint import CheckpointError
 from jaxsr.train.workdir_lock import WorkdirLock
 from tests.cli_helpers import run_cli
 
@@ -72,7 +73,7 @@ def test_divergence_stops_at_the_step_and_saves_nothing_non_finite(tmp_path, smo
                                                                    capsys):
   workdir = tmp_path / "run"
   config = smoke_config(smoke_cache, **{"train.learning_rate": 1e6})
-  code, err = report(lambda: loop.train(config, workdir), capsys)
+  code, err = report(lambda: tasks.train(config, workdir), capsys)
   assert code == 1
   last = err.strip().splitlines()[-1]
   assert last.startswith("error: ") and "training diverged at step" in last
@@ -127,7 +128,7 @@ def test_checkpoints_with_non_finite_parameters_are_refused(tmp_path, arssr_smok
                       "--out", tmp_path / "out.nii.gz")
   assert code == 2 and "non-finite parameters" in err and err.count("\n") == 1
   assert not (tmp_path / "out.nii.gz").exists()
-  from jaxsr import evaluation
+  from jaxsr.dmri import evaluation
   code, err = report(lambda: evaluation.evaluate(smoke_config(smoke_cache), workdir), capsys)
   assert code == 2 and "non-finite parameters" in err.strip().splitlines()[-1]
   assert not (workdir / "eval" / "table.json").exists()
@@ -145,7 +146,7 @@ def test_a_second_trainer_on_a_locked_workdir_stops_at_once_naming_the_holder(tm
     assert holder.stdout.readline().strip() == "locked"
     config = smoke_config(smoke_cache, **{"train.num_steps": 2})
     with pytest.raises(errors.WorkdirBusy, match=f"pid {holder.pid} on"):
-      loop.train(config, workdir)
+      tasks.train(config, workdir)
     assert sorted(p.name for p in workdir.iterdir()) == [".lock"]  # nothing written
   finally:
     holder.kill()
@@ -166,7 +167,7 @@ def test_a_truncated_checkpoint_is_skipped_by_readers_and_set_aside_by_training(
   assert len(warnings) == 1 and "checkpoint 20 cannot be read" in warnings[0]
 
   # Training resumes from 10, keeps the unreadable checkpoint aside, and trains 10 -> 20 again.
-  assert loop.train(smoke_config(smoke_cache), workdir) == 20
+  assert tasks.train(smoke_config(smoke_cache), workdir) == 20
   assert f"{workdir / 'checkpoints' / '20'}: skipped" in capsys.readouterr().err
   assert steps_in(workdir)[-1] == 20 and load_run(workdir).step == 20
   aside = list((workdir / "checkpoints_unreadable").iterdir())
@@ -189,19 +190,19 @@ def test_resuming_with_another_architecture_is_refused_before_anything_is_writte
   metrics = (workdir / "metrics.jsonl").read_bytes()
   changed = smoke_config(smoke_cache, **{"model.num_features": 12, "seed": 1})
   with pytest.raises(errors.ConfigError) as refused:
-    loop.train(changed, workdir)
+    tasks.train(changed, workdir)
   message = str(refused.value)
   assert "model.num_features: 8 -> 12" in message and "seed: 0 -> 1" in message
   assert "\n" not in message
   longer = smoke_config(smoke_cache, **{"train.num_steps": 22})
   with pytest.raises(errors.ConfigError, match="--allow_schedule_change"):
-    loop.train(longer, workdir)
+    tasks.train(longer, workdir)
   assert (workdir / "run.json").read_bytes() == record
   assert (workdir / "metrics.jsonl").read_bytes() == metrics and steps_in(workdir)[-1] == 20
   # The schedule may change when asked for: two more steps.
-  assert loop.train(longer, workdir, allow_schedule_change=True) == 22
+  assert tasks.train(longer, workdir, allow_schedule_change=True) == 22
   assert steps_in(workdir)[-1] == 22
-  assert loop.train(longer, workdir) == 22  # finished: skipped, nothing rewritten
+  assert tasks.train(longer, workdir) == 22  # finished: skipped, nothing rewritten
   assert (workdir / "metrics.jsonl").read_text().count("\n") == 5
 
 
@@ -231,7 +232,7 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes_from_it(tmp_path, sm
   config = smoke_config(smoke_cache, **{"train.num_steps": stopped + 3,
                                         "train.checkpoint_every_steps": 100000,
                                         "train.log_every_steps": 1})
-  loop.train(config, workdir, allow_schedule_change=True)
+  tasks.train(config, workdir, allow_schedule_change=True)
   assert json.loads((workdir / "run.json").read_text())["resumed_from_step"] == stopped
   assert [m["step"] for m in read_jsonl(metrics)] == list(range(1, stopped + 4))
 
@@ -266,7 +267,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, arssr_smok
 
 
 def test_evaluate_writes_elsewhere_on_request(tmp_path, arssr_smoke_run, smoke_cache):
-  from jaxsr import evaluation
+  from jaxsr.dmri import evaluation
   out = tmp_path / "results"
   evaluation.evaluate(smoke_config(smoke_cache), arssr_smoke_run, out=out)
   assert {p.name for p in out.iterdir()} == {"run.json", "per_subject.json", "table.json",

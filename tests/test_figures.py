@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from jaxsr import figures
+from jaxsr.dmri import figures
 
 SHAPE = (24, 28, 20)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jaxsr import geometry
-from jaxsr.data.degrade import tricubic_upsample
-from jaxsr.models.sampling import continuous_index, grid_coordinates
+from jaxsr.dmri.degrade import tricubic_upsample
+from jaxsr.dmri.models.sampling import continuous_index, grid_coordinates
 
 
 def oblique_affine(voxel=(2.0, 2.0, 2.0), origin=(-40.0, 30.0, -20.0)):

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
-
 from scipy import ndimage
 
-from jaxsr import losses, metrics
-from jaxsr.losses import MS_SSIM_WEIGHTS, ms_ssim, mrsi_loss
+from jaxsr import metrics
+from jaxsr.dmri import loss as losses
+from jaxsr.mrsi.loss import MS_SSIM_WEIGHTS, mrsi_loss, ms_ssim
 
 
 def random_volumes(shape=(2, 4, 6, 5), seed=0):

@@ -97,7 +97,8 @@ def test_unmasked_ssim_rejects_volumes_smaller_than_the_window():
 
 def test_sharpness_measures_are_one_for_the_truth_and_fall_with_blur():
   from scipy import ndimage
-  from jaxsr.data import kspace
+
+  from jaxsr import kspace
   rng = np.random.default_rng(7)
   truth = ndimage.gaussian_filter(rng.random((64, 64)), 1.0)
   mask = np.zeros((64, 64), bool)

@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxsr.models import CSRdMRI, ImplicitMLP, RDN3D, build_model, init_params
-from jaxsr.models.sampling import grid_coordinates
+from jaxsr.dmri.models import RDN3D, CSRdMRI, ImplicitMLP, build_model, init_params
+from jaxsr.dmri.models.sampling import grid_coordinates
 
 TINY = dict(num_features=4, growth=3, num_blocks=2, num_layers=2, latent_features=5,
             mlp_depth=3, mlp_width=8, mlp_skip_after=1)

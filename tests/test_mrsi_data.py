@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxsr.data import kspace, mrsi
+from jaxsr import kspace
+from jaxsr.mrsi import phantom as mrsi
 
 
 def band_limited(size: int, max_frequency: int, seed: int = 0) -> np.ndarray:

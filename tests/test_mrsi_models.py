@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr.data import kspace
-from jaxsr.models.mrsi_unet import (CONDITIONINGS, ConditionalInstanceNorm, ConditionedConv,
-                                    ConditionMLP, MRSIUNet, conv_per_sample)
+from jaxsr import kspace
+from jaxsr.mrsi.unet import (CONDITIONINGS, ConditionalInstanceNorm, ConditionedConv, ConditionMLP,
+                             MRSIUNet, conv_per_sample)
 
 
 def plain_conv(x, kernel, bias):

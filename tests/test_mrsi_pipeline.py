@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from configs import mrsi as mrsi_config
-from jaxsr.data import mrsi, mrsi_pipeline
-from jaxsr.data.pipeline import training_batches
-from jaxsr.train.mrsi_task import study_runs
+from jaxsr.mrsi import phantom as mrsi
+from jaxsr.mrsi import pipeline as mrsi_pipeline
+from jaxsr.mrsi.task import study_runs
+from jaxsr.train.batches import training_batches
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.models.critic import Critic
-from jaxsr.models.mrsi_unet import MRSIUNet
-from jaxsr.train import step as step_lib
-from jaxsr.train.mrsi_step import (create_gan_state, draw_lambda, gradient_penalty,
-                                   make_mrsi_train_step)
+from jaxsr.mrsi.critic import Critic
+from jaxsr.mrsi.step import create_gan_state, draw_lambda, gradient_penalty, make_mrsi_train_step
+from jaxsr.mrsi.unet import MRSIUNet
+from jaxsr.train import sharding
 
 
 def tiny_batch(seed=0, size=16, batch=2):
@@ -37,10 +36,10 @@ def test_gradient_penalty_of_a_linear_critic():
 
 
 def test_critic_and_generator_updates_are_one_jitted_program():
-  mesh = step_lib.make_mesh()
-  state = step_lib.replicate(tiny_state(), mesh)
-  train_step = step_lib.compile_train_step(make_mrsi_train_step(num_critic=3), mesh)
-  batch = step_lib.shard_batch(tiny_batch(), mesh)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(tiny_state(), mesh)
+  train_step = sharding.compile_train_step(make_mrsi_train_step(num_critic=3), mesh)
+  batch = sharding.shard_batch(tiny_batch(), mesh)
   lowered = train_step.lower(state, batch, jax.random.key(1, impl="rbg"))
   text = lowered.as_text()
   assert text.count("func.func public @main") == 1  # one program: critic and generator

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from configs import mrsi as mrsi_config
-from jaxsr import mrsi_evaluation
+from jaxsr import tasks
+from jaxsr.mrsi import evaluation as mrsi_evaluation
+from jaxsr.mrsi import task as mrsi_task
+from jaxsr.mrsi.task import study_runs
+from jaxsr.tasks import load_run
 from jaxsr.train import loop
-from jaxsr.train.checkpoint import load_run
-from jaxsr.train.mrsi_task import study_runs
 
 pytestmark = pytest.mark.slow
 # The study's orchestration on a subset of its methods (every conditioning's network is built,
@@ -30,7 +32,7 @@ def study(tmp_path_factory):
   config.data.cache_dir = str(tmp_path_factory.mktemp("mrsi_cache"))
   workdir = tmp_path_factory.mktemp("mrsi_study")
   start = time.perf_counter()
-  loop.train_runs(config, workdir)
+  tasks.train(config, workdir)
   text = mrsi_evaluation.evaluate(config, workdir)
   return config, workdir, text, time.perf_counter() - start
 
@@ -51,7 +53,7 @@ def test_smoke_study_trains_and_evaluates(study):
   rows = {r["method"]: r for r in tables["table1"]}
   assert list(rows) == ["zero_fill", *config.methods]
   for r in rows.values():
-    assert 0 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["num_maps"] > 0
+    assert 0 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["num_rows"] > 0
   assert tables["parameters"]["single_scale"] == 2 * tables["parameters"]["unconditioned"]
   assert tables["parameters"]["unconditioned"] < tables["parameters"]["filter_scaling_met"]
   assert set(tables["wilcoxon"]["filter_scaling_met"]) == set(rows) - {"filter_scaling_met"}
@@ -68,7 +70,7 @@ def test_zero_filling_row_is_the_truncated_truth(study):
   quality mask, the truth's peak there as the unit, PSNR's definition."""
   config, workdir, _, _ = study
   tables = json.loads((workdir / "eval" / "tables.json").read_text())
-  patients = mrsi_evaluation.mrsi.load_patients(config.data.cache_dir, config.data.num_patients)
+  patients = mrsi_evaluation.phantom.load_patients(config.data.cache_dir, config.data.num_patients)
   patient, n = patients[0], 16  # fold 0 tests patient 0
   f = np.abs(np.fft.fftfreq(64) * 64)
   central = (f[:, None] < n / 2) & (f[None, :] < n / 2)
@@ -76,7 +78,7 @@ def test_zero_filling_row_is_the_truncated_truth(study):
   for row in tables["per_map"]:
     if row["method"] != "zero_fill" or row["n"] != n:
       continue
-    m = mrsi_evaluation.mrsi.METABOLITES.index(row["metabolite"])
+    m = mrsi_evaluation.phantom.METABOLITES.index(row["metabolite"])
     truth, mask = patient.maps[row["slice"], m], patient.quality[row["slice"]]
     lr = np.real(np.fft.ifft2(np.fft.fft2(truth) * central))
     peak = truth[mask].max()
@@ -94,7 +96,7 @@ def test_gan_run_resumes_to_the_same_state(study, tmp_path):
   copy = tmp_path / "resumed"
   shutil.copytree(workdir / name, copy)
   shutil.rmtree(copy / "checkpoints" / "4")
-  loop.train(study_runs(config)[name], copy)
+  loop.train(study_runs(config)[name], copy, family=mrsi_task)
   record = json.loads((copy / "run.json").read_text())
   assert record["resumed_from_step"] == 2
   original, resumed = load_run(workdir / name), load_run(copy)
@@ -132,11 +134,11 @@ def test_upsample_mrsi_command_matches_the_evaluated_network(study, tmp_path, ca
   """A user's n × n map through `jaxsr upsample-mrsi` gives the network's evaluation output
   (same geometry, normalisation and inputs), on the map's affine scaled in-plane by n / 64."""
   import nibabel as nib
-  from jaxsr import cli
-  from jaxsr.data import kspace
+
+  from jaxsr import cli, kspace
   config, workdir, _, _ = study
   run_dir = workdir / "fold0" / "sharpness_filter_scaling_met"
-  patients = mrsi_evaluation.mrsi.load_patients(config.data.cache_dir, config.data.num_patients)
+  patients = mrsi_evaluation.phantom.load_patients(config.data.cache_dir, config.data.num_patients)
   patient, n, metabolite = patients[0], 24, 2
   paths, acquired = _write_patient_files(tmp_path, patient, metabolite, n)
   out = tmp_path / "naa_sr.nii.gz"
@@ -180,7 +182,7 @@ def test_upsample_mrsi_refuses_bad_requests_with_one_line(study, tmp_path, capsy
                                                           message):
   from jaxsr import cli
   config, workdir, _, _ = study
-  patients = mrsi_evaluation.mrsi.load_patients(config.data.cache_dir, config.data.num_patients)
+  patients = mrsi_evaluation.phantom.load_patients(config.data.cache_dir, config.data.num_patients)
   paths, _ = _write_patient_files(tmp_path, patients[0], 2, change.pop("map_n", 24))
   options = {"--checkpoint": "fold0/sharpness_filter_scaling_met", "--map": str(paths["map"]),
              "--t1": str(paths["t1"]), "--flair": str(paths["flair"]), "--metabolite": "NAA",
@@ -201,9 +203,9 @@ def test_a_network_trained_longer_beats_zero_filling(study, tmp_path):
   config = config.copy_and_resolve_references()
   config.methods, config.sharpness_method = ("filter_scaling_met",), ""
   config.train.num_steps = config.train.checkpoint_every_steps = 80
-  loop.train_runs(config, tmp_path)
+  tasks.train(config, tmp_path)
   run = load_run(tmp_path / "fold0" / "filter_scaling_met")
-  patients = mrsi_evaluation.mrsi.load_patients(config.data.cache_dir, config.data.num_patients)
+  patients = mrsi_evaluation.phantom.load_patients(config.data.cache_dir, config.data.num_patients)
   maps = mrsi_evaluation.test_maps([patients[0]], config.eval)  # fold 0 tests patient 0
   generator = mrsi_evaluation.Generator(run, config.eval.batch_size)
   psnr = {name: np.mean([mrsi_evaluation.score(predict(n), maps)[0].mean()

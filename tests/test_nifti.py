@@ -5,7 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jaxsr.data import nifti
+from jaxsr import nifti
+from jaxsr.dmri import btable
 from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti
 
 
@@ -72,14 +73,14 @@ def _bvals_count(tmp_path):
   np.savetxt(tmp_path / "bvals", [[0, 1000, 1000, 1000, 1000]])
   np.savetxt(tmp_path / "bvecs", np.eye(3)[[0, 0, 1, 2, 0, 1]].T)
   path = str(tmp_path / "bvals")
-  return path, lambda: nifti.load_bvals_bvecs(path, tmp_path / "bvecs", 6, "data.nii.gz")
+  return path, lambda: btable.load_bvals_bvecs(path, tmp_path / "bvecs", 6, "data.nii.gz")
 
 
 def _bvecs_shape(tmp_path):
   np.savetxt(tmp_path / "bvals", [[0, 1000, 1000]])
   np.savetxt(tmp_path / "bvecs", np.ones((2, 3)))
   path = str(tmp_path / "bvecs")
-  return path, lambda: nifti.load_bvals_bvecs(tmp_path / "bvals", path, 3, "data.nii.gz")
+  return path, lambda: btable.load_bvals_bvecs(tmp_path / "bvals", path, 3, "data.nii.gz")
 
 
 def _complex_data(tmp_path):
@@ -119,19 +120,19 @@ def test_bvecs_are_read_in_either_orientation_and_normalised(tmp_path):
   vectors = np.array([[np.nan, np.nan, np.nan], [2.0, 0.0, 0.0], [0.0, 3.0, 4.0], [0, 0, 0]])
   for name, table in (("fsl", vectors.T), ("rows", vectors)):
     np.savetxt(tmp_path / name, table)
-    bvals, bvecs = nifti.load_bvals_bvecs(tmp_path / "bvals", tmp_path / name, 4, "dwi")
+    bvals, bvecs = btable.load_bvals_bvecs(tmp_path / "bvals", tmp_path / name, 4, "dwi")
     np.testing.assert_array_equal(bvals, [0, 1000, 995, 5])
     np.testing.assert_allclose(bvecs, [[0, 0, 0], [1, 0, 0], [0, 0.6, 0.8], [0, 0, 0]])
 
 
 def test_shell_and_b0_indices():
   bvals = np.array([5, 1000, 2000, 0, 950, 1105, 40])
-  np.testing.assert_array_equal(nifti.shell_indices(bvals, 1000, 100), [1, 4])
-  np.testing.assert_array_equal(nifti.b0_indices(bvals), [0, 3, 6])
+  np.testing.assert_array_equal(btable.shell_indices(bvals, 1000, 100), [1, 4])
+  np.testing.assert_array_equal(btable.b0_indices(bvals), [0, 3, 6])
   with pytest.raises(nifti.DataError, match="b = 3000"):
-    nifti.shell_indices(bvals, 3000, 100)
+    btable.shell_indices(bvals, 3000, 100)
   with pytest.raises(nifti.DataError, match="bv: no b0"):
-    nifti.b0_indices(np.array([1000, 2000]), source="bv")
+    btable.b0_indices(np.array([1000, 2000]), source="bv")
 
 
 def test_normalise_by_mean_b0_known_answer():
@@ -140,12 +141,12 @@ def test_normalise_by_mean_b0_known_answer():
   dwi[1, 0, 0] = [4.0, 1.0, 4.0, 1.0, 1.0]  # outside the mask
   bvals = np.array([0, 1000, 0, 2000, 1010])
   mask = np.array([True, False]).reshape(2, 1, 1)
-  out = nifti.normalise_by_mean_b0(dwi, bvals, mask, bval=1000, tol=100)
+  out = btable.normalise_by_mean_b0(dwi, bvals, mask, bval=1000, tol=100)
   assert out.dtype == np.float32 and out.shape == (2, 1, 1, 2)
   np.testing.assert_array_equal(out[0, 0, 0], [0.5, 1.0])  # 9 / 2 clipped to 1
   np.testing.assert_array_equal(out[1], 0.0)
   dwi[0, 0, 0, [0, 2]] = 0.0  # no b0 signal: guarded division
-  np.testing.assert_array_equal(nifti.normalise_by_mean_b0(dwi, bvals, mask), 0.0)
+  np.testing.assert_array_equal(btable.normalise_by_mean_b0(dwi, bvals, mask), 0.0)
 
 
 @pytest.mark.parametrize("order", [1, 3])

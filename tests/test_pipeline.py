@@ -3,7 +3,8 @@ import types
 import numpy as np
 import pytest
 
-from jaxsr.data.pipeline import PatchSampler, hr_patch_sizes, training_batches
+from jaxsr.dmri.patches import PatchSampler, hr_patch_sizes
+from jaxsr.train.batches import training_batches
 
 
 def fake_subject(name, shape=(36, 34, 32), volumes=3, mask=None):

@@ -1,4 +1,4 @@
-"""Exported models (`jaxsr.pretrained`) and the general model shipped in the package."""
+"""Exported models (`jaxsr.dmri.pretrained`) and the general model shipped in the package."""
 
 import json
 import pathlib
@@ -9,10 +9,10 @@ import pytest
 from dipy.data import get_fnames
 
 from configs import general
-from jaxsr import pretrained, real_scans
-from jaxsr.inference import resident_bytes
-from jaxsr.models import build_model, init_params
-from jaxsr.upsampling import Upsampler
+from jaxsr.dmri import pretrained, real_scans
+from jaxsr.dmri.memory import resident_bytes
+from jaxsr.dmri.models import build_model, init_params
+from jaxsr.dmri.upsample import Upsampler
 from tests.cli_helpers import run_cli
 
 

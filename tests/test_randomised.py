@@ -1,9 +1,9 @@
-"""Domain-randomised training patches (`jaxsr.data.randomised`)."""
+"""Domain-randomised training patches (`jaxsr.dmri.randomised`)."""
 
 import numpy as np
 import pytest
 
-from jaxsr.data import psf, randomised
+from jaxsr.dmri import psf, randomised
 
 
 @pytest.fixture(scope="module")

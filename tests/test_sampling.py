@@ -1,4 +1,4 @@
-"""Voxel-centre coordinates and trilinear sampling (jaxsr.models.sampling)."""
+"""Voxel-centre coordinates and trilinear sampling (jaxsr.dmri.models.sampling)."""
 
 import itertools
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxsr.models import sampling
+from jaxsr.dmri.models import sampling
 
 SHAPE = (4, 5, 3)
 

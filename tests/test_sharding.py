@@ -14,8 +14,9 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import importlib, sys
     import jax, numpy as np
-    from jaxsr.models import build_model
-    from jaxsr.train import step as step_lib
+    from jaxsr.dmri import step as step_lib
+    from jaxsr.dmri.models import build_model
+    from jaxsr.train import sharding
 
     assert jax.device_count() == 4, jax.devices()
     config = importlib.import_module("configs." + sys.argv[1]).get_config("smoke")
@@ -28,11 +29,11 @@ SCRIPT = textwrap.dedent("""
     step_fn = step_lib.make_train_step(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-      mesh = step_lib.make_mesh(devices)
-      state = step_lib.replicate(
+      mesh = sharding.make_mesh(devices)
+      state = sharding.replicate(
           step_lib.create_train_state(model, config, jax.random.key(1, impl="rbg")), mesh)
-      train_step = step_lib.compile_train_step(step_fn, mesh)
-      sharded = step_lib.shard_batch(batch, mesh)
+      train_step = sharding.compile_train_step(step_fn, mesh)
+      sharded = sharding.shard_batch(batch, mesh)
       assert len(sharded["hr"].sharding.device_set) == len(devices)
       for i in range(2):
         state, metrics = train_step(state, sharded, jax.random.key(i, impl="rbg"))
@@ -49,10 +50,10 @@ SCRIPT = textwrap.dedent("""
 
 MRSI_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from jaxsr.models.critic import Critic
-    from jaxsr.models.mrsi_unet import MRSIUNet
-    from jaxsr.train import step as step_lib
-    from jaxsr.train.mrsi_step import create_gan_state, make_mrsi_train_step
+    from jaxsr.mrsi.critic import Critic
+    from jaxsr.mrsi.step import create_gan_state, make_mrsi_train_step
+    from jaxsr.mrsi.unet import MRSIUNet
+    from jaxsr.train import sharding
 
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
@@ -63,12 +64,12 @@ MRSI_SCRIPT = textwrap.dedent("""
     step_fn = make_mrsi_train_step(num_critic=2)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-      mesh = step_lib.make_mesh(devices)
-      state = step_lib.replicate(create_gan_state(
+      mesh = sharding.make_mesh(devices)
+      state = sharding.replicate(create_gan_state(
           MRSIUNet(channels=(4,)), Critic(channels=(4, 8), hidden=8), jax.random.key(1, impl="rbg"),
           (16, 16), learning_rate=1e-3), mesh)
-      train_step = step_lib.compile_train_step(step_fn, mesh)
-      sharded = step_lib.shard_batch(batch, mesh)
+      train_step = sharding.compile_train_step(step_fn, mesh)
+      sharded = sharding.shard_batch(batch, mesh)
       assert len(sharded["hr"].sharding.device_set) == len(devices)
       for i in range(2):
         state, metrics = train_step(state, sharded, jax.random.key(i, impl="rbg"))

@@ -6,7 +6,9 @@ import pytest
 from dipy.core.gradients import gradient_table as dipy_gradient_table
 from dipy.reconst.dti import TensorModel
 
-from jaxsr.data import nifti, synthetic
+from jaxsr import anatomy, nifti
+from jaxsr.dmri import btable
+from jaxsr.dmri import phantom as synthetic
 
 BUILD = dict(num_subjects=2, voxel_size_mm=8.0, num_directions=6, num_b0=2, snr=30.0)
 
@@ -32,14 +34,14 @@ def test_layout_shapes_and_grids_follow_the_voxel_size(dataset):
   root, folders = dataset
   assert [f.name for f in folders] == ["sub-00", "sub-01"]
   assert sorted(p.name for p in root.parent.iterdir()) == ["data"]  # no temp folders left
-  low, high = synthetic.load_template().brain_bounds()
+  low, high = anatomy.load_template().brain_bounds()
   expected = np.ceil((high - low) / 8.0).astype(int) + 1 + 2 * synthetic.GRID_MARGIN_VOXELS
   for folder in folders:
     dwi = nifti.load_volume(folder / "data.nii.gz", ndim=4)
-    bvals, bvecs = nifti.load_bvals_bvecs(folder / "bvals", folder / "bvecs", 8, dwi.path)
+    bvals, bvecs = btable.load_bvals_bvecs(folder / "bvals", folder / "bvecs", 8, dwi.path)
     assert dwi.data.shape == tuple(expected) + (8,)
     np.testing.assert_allclose(dwi.voxel_size, 8.0)
-    assert len(nifti.b0_indices(bvals)) == 2 and len(nifti.shell_indices(bvals)) == 6
+    assert len(btable.b0_indices(bvals)) == 2 and len(btable.shell_indices(bvals)) == 6
     for name in ("nodif_brain_mask.nii.gz", "wm_mask.nii.gz"):
       mask = nifti.load_volume(folder / name, ndim=3)
       assert mask.data.shape == dwi.data.shape[:3] and set(np.unique(mask.data)) == {0.0, 1.0}

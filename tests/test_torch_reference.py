@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import torch  # the test extra installs it: these tests must run, never be skipped
 
 from benchmarks import torch_reference  # noqa: E402
-from jaxsr.data.degrade import degrade  # noqa: E402
-from jaxsr.models import CSRdMRI, init_params  # noqa: E402
+from jaxsr.dmri.degrade import degrade  # noqa: E402
+from jaxsr.dmri.models import CSRdMRI, init_params  # noqa: E402
 
 TINY = dict(num_features=4, growth=3, num_blocks=2, num_layers=2, latent_features=5,
             mlp_depth=4, mlp_width=8, mlp_skip_after=2)
@@ -103,11 +102,11 @@ def load_mrsi_params(generator, critic, g_params, c_params):
 @pytest.mark.parametrize("conditioning", ["filter_scaling_met", "filter_scaling"])
 def test_the_mrsi_reference_computes_jaxsrs_generator_critic_and_loss(conditioning):
   from benchmarks import torch_mrsi_reference as ref
-  from jaxsr import losses
-  from jaxsr.models.critic import Critic
-  from jaxsr.models.mrsi_unet import MRSIUNet
-  from jaxsr.data import mrsi_pipeline
-  from jaxsr.train import mrsi_step
+  from jaxsr.mrsi import loss as losses
+  from jaxsr.mrsi import pipeline as mrsi_pipeline
+  from jaxsr.mrsi import step as mrsi_step
+  from jaxsr.mrsi.critic import Critic
+  from jaxsr.mrsi.unet import MRSIUNet
   channels, size, batch = (4, 6), 16, 3
   generator, critic = MRSIUNet(channels, conditioning), Critic((4, 8), hidden=8)
   state = mrsi_step.create_gan_state(generator, critic, jax.random.key(0, impl="rbg"), (size, size))

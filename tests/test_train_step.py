@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import dcsrn, rescnn3d
-from jaxsr.data.degrade import degrade, tricubic_upsample
-from jaxsr.models import build_model
-from jaxsr.train import step as step_lib
+from jaxsr.dmri import step as step_lib
+from jaxsr.dmri.degrade import degrade, tricubic_upsample
+from jaxsr.dmri.models import build_model
 
 
 def _batch(size, seed=0):

@@ -14,10 +14,11 @@ import pytest
 from dipy.data import get_fnames
 
 import jaxsr
-from jaxsr import cli, geometry
-from jaxsr.data import nifti
-from jaxsr.data.degrade import degrade
-from jaxsr.upsampling import Upsampler, companion_path, parse_size
+from jaxsr import cli, geometry, nifti
+from jaxsr.dmri.cli import parse_size
+from jaxsr.dmri.degrade import degrade
+from jaxsr.dmri.upsample import Upsampler
+from jaxsr.outputs import companion_path
 from tests.cli_helpers import run_cli
 from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti
 
@@ -148,7 +149,7 @@ def test_command_on_the_real_4d_dwi_copies_the_gradient_table(arssr_smoke_run, t
 
 
 def test_help_explains_every_flag():
-  parser = cli.build_parser()
+  parser, _ = cli.build_parser()
   upsample = parser._subparsers._group_actions[0].choices["upsample"]
   flags = [a for a in upsample._actions if a.option_strings and a.dest != "help"]
   assert {a.dest for a in flags} >= {"checkpoint", "dwi", "t1", "bvals", "bvecs", "mask",

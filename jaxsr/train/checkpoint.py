@@ -8,28 +8,32 @@ run's ConfigDict as JSON, so `evaluate.py`, `jaxsr upsample` and later runs can
 read it, and `meta` the checkpoint format, the key's PRNG implementation and the
 jaxsr version that wrote it (checkpoints without `meta` predate it and are format 1;
 format 1 keys are threefry keys).
+
+A checkpoint knows no model: `load_run` rebuilds a run's state through the
+family of its model kind, among those it is given (`families`: each family's
+`step` module, with `FAMILY`, `MODEL_KINDS`, `build_model` and `create_state`);
+`jaxsr.tasks.load_run` gives every family.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata
 import pathlib
 import re
 import shutil
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
-import jaxsr
 from jaxsr.errors import JaxsrError, WriteError
-from jaxsr.models import build_model
 from jaxsr.train.divergence import all_finite
-from jaxsr.train import mrsi_step, mrsi_task, step as step_lib
 
 CHECKPOINT_FORMAT = 2  # bump when the saved items or the state's structure change
 READABLE_FORMATS = (1, 2)  # 2 added meta.rng_impl; format 1 keys are threefry2x32
@@ -52,6 +56,10 @@ def _reason(error: BaseException) -> str:
   """One short line on why a checkpoint could not be read (orbax raises bare Exceptions)."""
   text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
   return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
+
+
+def _version() -> str:
+  return importlib.metadata.version("jaxsr")
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -133,7 +141,7 @@ class Checkpointer:
           config=ocp.args.JsonSave(config.to_dict()),
           meta=ocp.args.JsonSave({"format": CHECKPOINT_FORMAT,
                                   "rng_impl": str(jax.random.key_impl(rng)),
-                                  "jaxsr_version": jaxsr.__version__})))
+                                  "jaxsr_version": _version()})))
     except Exception as error:  # orbax raises what its writers raised (an earlier async save's too)
       raise self._write_error(step, error) from error
     if saved:
@@ -248,12 +256,16 @@ class TrainedRun:
   step: int
 
 
+def count_parameters(params) -> int:
+  """The number of values in a parameter pytree (arrays or shape structs)."""
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
 def model_variables(state) -> dict:
-  """The variables a model is applied with, from a train state (of the generator for a GAN)."""
-  if isinstance(state, mrsi_step.GANState):  # the generator is the model; the critic only trains it
-    state = state.generator
+  """The variables a model is applied with, from a train state: its `params` (a GAN state's
+  are its generator's) and `batch_stats` where it has non-empty ones."""
   variables = {"params": state.params}
-  if isinstance(state, step_lib.BatchStatsTrainState) and state.batch_stats:
+  if getattr(state, "batch_stats", None):
     variables["batch_stats"] = state.batch_stats
   return variables
 
@@ -280,7 +292,7 @@ def _candidate_steps(checkpointer: Checkpointer, run_dir, step: int | str | None
   return [step]
 
 
-def _load_step(checkpointer: Checkpointer, run_dir, step: int) -> TrainedRun:
+def _load_step(checkpointer: Checkpointer, run_dir, step: int, families) -> TrainedRun:
   """Checkpoint `step` restored into the model its config describes, parameters verified finite."""
   try:
     meta = checkpointer.restore_meta(step)
@@ -291,18 +303,20 @@ def _load_step(checkpointer: Checkpointer, run_dir, step: int) -> TrainedRun:
   if meta.get("format") not in READABLE_FORMATS:
     raise CheckpointError(
         f"{run_dir}: checkpoint format {meta.get('format')} (jaxsr "
-        f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {jaxsr.__version__}, "
+        f"{meta.get('jaxsr_version', '?')}) cannot be read by jaxsr {_version()}, "
         f"which reads formats {', '.join(map(str, READABLE_FORMATS))}")
   if "kind" not in config.get("model", {}):
     raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
                           "jaxsr); retrain it")
+  family = next((f for f in families if config.model.kind in f.MODEL_KINDS), None)
+  if family is None:
+    kinds = [kind for f in families for kind in f.MODEL_KINDS]
+    raise CheckpointError(f"{run_dir}: a {config.model.kind!r} model, not one this reads "
+                          f"({', '.join(kinds)}: {', '.join(f.FAMILY for f in families)} models)")
   try:
-    model = build_model(config.model)
+    model = family.build_model(config.model)
     rng = lambda: jax.random.key(0, impl=checkpointer.rng_impl(step))  # shapes only
-    if config.model.kind == mrsi_task.KIND:
-      create = lambda: mrsi_task.create_state(config, rng())
-    else:
-      create = lambda: step_lib.create_train_state(model, config, rng())
+    create = lambda: family.create_state(config, rng())
     state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(rng))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     if _STORAGE_ERROR.search(str(e)):
@@ -321,8 +335,11 @@ def _load_step(checkpointer: Checkpointer, run_dir, step: int) -> TrainedRun:
 
 
 def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
-             warn: Callable[[str], None] | None = None) -> TrainedRun:
-  """Restores checkpoint `step` of `run_dir` into abstract shapes.
+             families: Sequence[Any], warn: Callable[[str], None] | None = None) -> TrainedRun:
+  """Restores checkpoint `step` of `run_dir` into abstract shapes of its family's state.
+
+  `families`: the families whose runs may be read (their `step` modules); the one
+  whose `MODEL_KINDS` holds the run's model kind rebuilds its model and state.
 
   `step`: an int, None or "latest" (the latest checkpoint), or "best" (the highest
   validation score among the kept checkpoints: runs trained with `train.validate`).
@@ -332,7 +349,8 @@ def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
 
   Raises:
     CheckpointError: no checkpoint restores: none at all, one written by a newer
-      checkpoint format, a config without model.kind, parameters that do not fit
+      checkpoint format, a config without model.kind or with a kind of another
+      family, parameters that do not fit
       the model the config describes (e.g. files from another model or version),
       unreadable files or non-finite parameters. The message is the first
       candidate's reason.
@@ -347,7 +365,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
     failures = []
     for candidate in candidates:
       try:
-        run = _load_step(checkpointer, run_dir, candidate)
+        run = _load_step(checkpointer, run_dir, candidate, families)
       except CheckpointError as error:
         failures.append(error)
         continue
@@ -360,3 +378,4 @@ def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
                           f"(the newest: {failures[0]})")
   finally:
     checkpointer.close()
+

@@ -1,18 +1,15 @@
 """The training loop: data, sharded steps, metrics, progress and resumable checkpoints.
 
-One loop serves every model kind; what differs is a `Task` (`make_task`): the
-batch sampler, the initial state and the pure train step. dMRI runs
-(`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the subjects, or
-on domain-randomised patches (`data.source` "randomised", `jaxsr.data.randomised`);
-MRSI runs (`mrsi_unet`) on metabolite maps of one cross-validation fold
-(`jaxsr.train.mrsi_task`).
+One loop serves every family; what differs is the `Task` a family makes of a run
+config: the batch sampler, the initial state and the pure train step, and
+optionally a validation. The family is passed in (`family`: its `task` module,
+with `MODEL_KINDS`, `build_model` and `make_task`); the loop imports none
+(`jaxsr.tasks` picks it from the config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import pathlib
 import sys
 import time
@@ -22,21 +19,16 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxsr import evaluation, files
-from jaxsr.data import pipeline, randomised, subjects as subjects_lib
-from jaxsr.data.nifti import DataError
+from jaxsr import files
 from jaxsr.errors import ConfigError, Interrupted, TrainingDiverged
-from jaxsr.models import build_model
-from jaxsr.models.factory import KINDS
-from jaxsr.train import divergence, interrupt, mrsi_task, resume, step as step_lib
-from jaxsr.train.checkpoint import CheckpointError, Checkpointer, run_dir
-from jaxsr.train.run_record import write_run_record
+from jaxsr.train import batches, divergence, interrupt, resume, run_record, sharding
+from jaxsr.train.checkpoint import Checkpointer, CheckpointError, count_parameters, run_dir
 from jaxsr.train.workdir_lock import WorkdirLock
 
-# PRNG of new runs. XLA:CPU compiles threefry's random bits slowly (about 1-4 s per
-# distinct shape drawn, in every compiled train step and in parameter init); "rbg"
-# draws them with XLA's RngBitGenerator in a fraction of that and keeps threefry's
-# split/fold_in. A resumed run keeps the implementation it started with.
+# PRNG of new runs. XLA:CPU compiles threefry's random bits slowly (for every distinct
+# shape drawn, in every compiled train step and in parameter init; docs/design.md); "rbg"
+# draws them with XLA's RngBitGenerator and keeps threefry's split/fold_in. A resumed run
+# keeps the implementation it started with.
 RNG_IMPL = "rbg"
 
 
@@ -60,40 +52,6 @@ class Task:
   validate: Callable[[Any], dict] | None = None
 
 
-def make_sampler(config, train_subjects) -> pipeline.PatchSampler:
-  d = config.data
-  sizes = pipeline.hr_patch_sizes(d.lr_patch_size, d.scale_min, d.scale_max, d.num_scale_buckets)
-  return pipeline.PatchSampler(train_subjects, sizes, patch_size=d.patch_size)
-
-
-def make_task(config) -> Task:
-  """The task of `config.model.kind`; bad data raises before anything is written."""
-  if config.model.kind == mrsi_task.KIND:
-    sampler, description = mrsi_task.make_sampler(config)
-    return Task(sampler, lambda rng: mrsi_task.create_state(config, rng),
-                mrsi_task.make_train_step(config), description)
-  model = build_model(config.model)
-  validate = None
-  if config.data.source == "randomised":
-    sampler = randomised.RandomisedSampler(config.data.lr_patch_size,
-                                           tuple(config.data.axis_scales),
-                                           tuple(config.data.psfs))
-    description = (f"domain-randomised patches rendered per step; {len(sampler.hr_shapes)} HR "
-                   f"patch shapes (compiled steps) for LR {config.data.lr_patch_size}^3")
-  else:
-    splits = subjects_lib.load_subjects(config.data)
-    sampler = make_sampler(config, splits["train"])
-    description = (f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
-                   f"pairs; HR patch sizes {sampler.hr_sizes}")
-    if config.train.get("validate"):
-      if not splits["val"]:
-        raise DataError("train.validate needs validation subjects: set data.num_val >= 1")
-      validate = functools.partial(evaluation.validation_scores, config, model, splits["val"])
-      description += f"; validated on {', '.join(s.name for s in splits['val'])}"
-  return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
-              step_lib.make_train_step(config), description, validate)
-
-
 def per_process_batch_size(batch_size: int) -> int:
   """The global batch split over processes; it must also split evenly over devices."""
   return batch_size // jax.process_count()
@@ -107,8 +65,8 @@ def _positive_int(config, key: str) -> None:
     raise ConfigError(f"{key}={value!r}: must be a positive integer")
 
 
-def check_config(config) -> None:
-  """ConfigError (one line naming the key) for settings no run can train with."""
+def check_config(config, family) -> None:
+  """ConfigError (one line naming the key) for settings no run of `family` can train with."""
   for key in ("batch_size", "train.num_steps", "train.checkpoint_every_steps",
               "train.log_every_steps", "train.keep_checkpoints"):
     _positive_int(config, key)
@@ -118,10 +76,10 @@ def check_config(config) -> None:
   if not config.train.learning_rate > 0:
     raise ConfigError(f"train.learning_rate={config.train.learning_rate!r}: must be positive")
   kind = config.model.get("kind")
-  if kind not in KINDS:
-    raise ConfigError(f"model.kind={kind!r}: must be one of {', '.join(KINDS)}")
+  if kind not in family.MODEL_KINDS:
+    raise ConfigError(f"model.kind={kind!r}: must be one of {', '.join(family.MODEL_KINDS)}")
   try:
-    build_model(config.model)
+    family.build_model(config.model)
   except ValueError as error:
     raise ConfigError(str(error)) from error
 
@@ -134,22 +92,9 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> float:
   """
   if not path.exists():
     return 0.0
-  kept = []
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if record["step"] <= last_step:
-      kept.append(record)
+  kept = [record for record in run_record.read_metrics(path) if record["step"] <= last_step]
   files.write_text(path, "".join(files.json_text(m) + "\n" for m in kept))
   return float(kept[-1].get("elapsed_s", 0.0)) if kept else 0.0
-
-
-def count_parameters(state) -> int:
-  """Trained parameters of a train state (of the generator for a GAN state)."""
-  params = state.generator.params if hasattr(state, "generator") else state.params
-  return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
 
 def _check_resume(checkpointer: Checkpointer, config, workdir: pathlib.Path,
@@ -165,8 +110,12 @@ def _check_resume(checkpointer: Checkpointer, config, workdir: pathlib.Path,
     return
 
 
-def train(config, workdir: str | pathlib.Path, *, allow_schedule_change: bool = False) -> int:
+def train(config, workdir: str | pathlib.Path, *, family,
+          allow_schedule_change: bool = False) -> int:
   """Trains the model of `config`, resuming from the latest checkpoint in `workdir`.
+
+  `family` is the run's family: its `task` module (`MODEL_KINDS`, `build_model`,
+  `make_task(config) -> Task`).
 
   Writes `workdir/run.json` (config, seed, versions, commit), `workdir/metrics.jsonl`
   (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
@@ -180,10 +129,10 @@ def train(config, workdir: str | pathlib.Path, *, allow_schedule_change: bool = 
   training with TrainingDiverged (no such checkpoint is saved); SIGINT/SIGTERM
   save the current step and raise Interrupted; failed writes raise WriteError.
   """
-  check_config(config)
+  check_config(config, family)
   workdir = pathlib.Path(workdir)
   files.check_can_create(workdir)  # before the data is built, without creating DIR
-  task = make_task(config)  # bad data fails before DIR is touched
+  task = family.make_task(config)  # bad data fails before DIR is touched
   files.check_writable_folder(workdir)
   with WorkdirLock(workdir):
     return _train_locked(config, task, workdir, allow_schedule_change)
@@ -202,35 +151,25 @@ def _train_locked(config, task: Task, workdir: pathlib.Path, allow_schedule_chan
 def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib.Path,
                 allow_schedule_change: bool) -> int:
   _check_resume(checkpointer, config, workdir, allow_schedule_change)
-  metrics_path = workdir / "metrics.jsonl"
+  metrics_path = workdir / run_record.METRICS_FILE
   validation_path = workdir / "validation.jsonl"
-  iterator = pipeline.training_batches(
+  iterator = batches.training_batches(
       task.sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
       shard_index=jax.process_index(), num_shards=jax.process_count(),
       num_threads=config.data.num_threads, prefetch=config.data.prefetch)
-  mesh = step_lib.make_mesh()
+  mesh = sharding.make_mesh()
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
   init_rng, rng = jax.random.split(rng)
-  state = step_lib.replicate(task.create_state(init_rng), mesh)
-  rng = step_lib.replicate(rng, mesh)
+  state = sharding.replicate(task.create_state(init_rng), mesh)
+  rng = sharding.replicate(rng, mesh)
 
-  start_step = 0
-  if checkpointer.latest_step() is not None:
-    restored = checkpointer.restore_latest_usable(
-        lambda step: checkpointer.restore(step, state, _saved_key(checkpointer, step, rng),
-                                          iterator),
-        set_aside=True, warn=lambda line: tqdm.write(line, file=sys.stderr))
-    if restored is None:
-      raise CheckpointError(f"{workdir}: no checkpoint can be restored (set aside in "
-                            f"{workdir / 'checkpoints_unreadable'}); start a new --workdir")
-    start_step, (state, rng) = restored
-    state, rng = step_lib.replicate(state, mesh), step_lib.replicate(rng, mesh)
+  start_step, state, rng = _resume(checkpointer, workdir, state, rng, iterator, mesh)
   # A finished run is verified like any other (its newest checkpoint must restore), then left.
   if start_step >= config.train.num_steps:
     tqdm.write(f"{workdir}: already trained to step {start_step}")
     return start_step
   if jax.process_index() == 0:
-    write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
+    run_record.write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
   previous_seconds = 0.0  # training time of earlier processes of this run
   if start_step:
     previous_seconds = truncate_metrics(metrics_path, start_step)
@@ -240,10 +179,10 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
     metrics_path.unlink(missing_ok=True)
     validation_path.unlink(missing_ok=True)
   if jax.process_index() == 0:
-    tqdm.write(f"{count_parameters(state):,} parameters; {task.description}; "
+    tqdm.write(f"{count_parameters(state.params):,} parameters; {task.description}; "
                f"{jax.device_count()} device(s)")
 
-  train_step = step_lib.compile_train_step(divergence.keep_finite(task.train_step), mesh)
+  train_step = sharding.compile_train_step(divergence.keep_finite(task.train_step), mesh)
   log_every = config.train.log_every_steps
   window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
   window_first = start_step + 1  # the step the window's first metrics belong to
@@ -269,7 +208,7 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
   with progress, metrics_file, interrupt.stop_requests() as stop:
     for step in range(start_step, config.train.num_steps):
       batch = next(iterator)
-      state, metrics = train_step(state, step_lib.shard_batch(batch, mesh),
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh),
                                   jax.random.fold_in(rng, step))
       window_metrics.append(metrics)
       window_voxels += batch["hr"].size * jax.process_count()
@@ -278,11 +217,9 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
       stopping = bool(stop)  # read once: a signal arriving later is seen after the next step
       if done % log_every == 0 or final or stopping:
         check_window()
-        summary = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
-                   for k in window_metrics[0] if k != divergence.FLAG}
-        elapsed = time.perf_counter() - window_start
-        summary.update(step=done, voxels_per_s=window_voxels / elapsed,
-                       elapsed_s=previous_seconds + time.perf_counter() - train_start)
+        summary = _window_summary(window_metrics, done, window_voxels,
+                                  time.perf_counter() - window_start,
+                                  previous_seconds + time.perf_counter() - train_start)
         with files.write_errors(metrics_path):
           metrics_file.write(files.json_text(summary) + "\n")
           metrics_file.flush()
@@ -320,6 +257,31 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
   return config.train.num_steps
 
 
+def _resume(checkpointer: Checkpointer, workdir: pathlib.Path, state, rng, iterator, mesh):
+  """(start step, state, rng): the newest usable checkpoint's, with the data iterator moved to
+  its position (unusable ones set aside), or (0, state, rng) for a new run."""
+  if checkpointer.latest_step() is None:
+    return 0, state, rng
+  restored = checkpointer.restore_latest_usable(
+      lambda step: checkpointer.restore(step, state, _saved_key(checkpointer, step, rng),
+                                        iterator),
+      set_aside=True, warn=lambda line: tqdm.write(line, file=sys.stderr))
+  if restored is None:
+    raise CheckpointError(f"{workdir}: no checkpoint can be restored (set aside in "
+                          f"{workdir / 'checkpoints_unreadable'}); start a new --workdir")
+  start_step, (state, rng) = restored
+  return start_step, sharding.replicate(state, mesh), sharding.replicate(rng, mesh)
+
+
+def _window_summary(window_metrics: list[dict], step: int, voxels: int, window_seconds: float,
+                    training_seconds: float) -> dict:
+  """One metrics.jsonl line: the window's mean metrics, its throughput and the training time."""
+  summary = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
+             for k in window_metrics[0] if k != divergence.FLAG}
+  summary.update(step=step, voxels_per_s=voxels / window_seconds, elapsed_s=training_seconds)
+  return summary
+
+
 def _saved_key(checkpointer: Checkpointer, step: int, like: jax.Array) -> jax.Array:
   """An abstract key of the implementation saved at `step` (runs keep the one they began with)."""
   impl = checkpointer.rng_impl(step)
@@ -328,43 +290,23 @@ def _saved_key(checkpointer: Checkpointer, step: int, like: jax.Array) -> jax.Ar
   return jax.eval_shape(lambda: jax.random.key(0, impl=impl))
 
 
-def comparison_runs(config) -> list[tuple[str, int | None, Any]]:
-  """(name, seed, run config) of every run of a comparison config: `config.runs` × `config.seeds`.
+def train_runs(config, runs: list[tuple[str, int | None, Any]], workdir: str | pathlib.Path, *,
+               family, allow_schedule_change: bool = False) -> None:
+  """Trains every run of a comparison or study config in turn, each in its own workdir.
 
-  A comparison without `seeds` trains each run once with its own seed (seed None).
+  `runs` are (name, seed or None, run config), e.g. the dMRI comparison's methods ×
+  seeds (WORKDIR/<name>/seed<s>) or an MRSI study's methods × folds
+  (WORKDIR/fold<f>/<name>). `config.run_dirs[name]`, if set, replaces
+  WORKDIR/<name>; finished runs are skipped and interrupted ones resume. Every run's
+  config is checked before the first trains; WORKDIR is locked as each run's folder
+  is (`train`).
   """
-  seeds = config.get("seeds")
-  if not seeds:
-    return [(name, None, run) for name, run in config.runs.items()]
-  out = []
-  for seed in seeds:  # seed-major: a partly trained comparison has every method of seed 0 first
-    for name, run in config.runs.items():
-      seeded = run.copy_and_resolve_references()
-      seeded.seed = int(seed)
-      out.append((name, int(seed), seeded))
-  return out
-
-
-def train_runs(config, workdir: str | pathlib.Path, *, allow_schedule_change: bool = False
-               ) -> None:
-  """Trains every run of a comparison config in turn, each in its own workdir.
-
-  The runs are `config.runs` × `config.seeds` (the dMRI comparison: WORKDIR/<name>/seed<s>),
-  or those of an MRSI study (`config.task == "mrsi"`, `jaxsr.train.mrsi_task.study_runs`:
-  methods × folds). `config.run_dirs[name]`, if set, replaces WORKDIR/<name>; finished
-  runs are skipped and interrupted ones resume. Every run's config is checked before
-  the first trains; WORKDIR is locked as each run's folder is (`train`).
-  """
-  if config.get("task") == "mrsi":
-    runs = [(name, None, run) for name, run in mrsi_task.study_runs(config).items()]
-  else:
-    runs = comparison_runs(config)
   for _, _, run_config in runs:
-    check_config(run_config)
+    check_config(run_config, family)
   files.check_writable_folder(workdir)
   with WorkdirLock(workdir):
     for name, seed, run_config in runs:
       directory = run_dir(config, workdir, name, seed)
       tqdm.write(f"== {name}{'' if seed is None else f' (seed {seed})'} "
                  f"({run_config.model.kind}) -> {directory}")
-      train(run_config, directory, allow_schedule_change=allow_schedule_change)
+      train(run_config, directory, family=family, allow_schedule_change=allow_schedule_change)

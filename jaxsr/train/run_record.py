@@ -1,8 +1,10 @@
-"""What a run records in its workdir so it can be reproduced: config, seed, versions, commit."""
+"""What a run records in its workdir: run.json (config, seed, versions, commit, so it can be
+reproduced) and metrics.jsonl (one JSON line per logged step), and how they are read."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import importlib.metadata
 import pathlib
 import platform
@@ -57,3 +59,27 @@ def write_run_record(path: str | pathlib.Path, config, **extra) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
   files.write_json(path, record, default=str)
   return record
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict]:
+  """The JSON lines of a metrics file ([] if there is none); a line cut short by a failed
+  write is skipped."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
+  return records
+
+
+def training_seconds(workdir: str | pathlib.Path) -> float:
+  """Training time (s) of a run, across resumes: the last metrics line's, 0 if none."""
+  records = read_metrics(pathlib.Path(workdir) / METRICS_FILE)
+  return float(records[-1].get("elapsed_s", 0.0)) if records else 0.0

@@ -1,0 +1,1 @@
+"""Diffusion MRI super-resolution (CSR-dMRI and its baselines)."""

@@ -1,0 +1,105 @@
+"""FSL gradient tables (bvals, bvecs) and the b-shell selection and b0 normalisation of DWI.
+
+b-values are in s/mm²; b-vectors are unit vectors in the DWI's voxel axes (FSL).
+Every bad input raises `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxsr.nifti import DataError
+
+B0_THRESHOLD = 50.0  # s/mm²: volumes at or below this b-value count as b0
+
+
+def _load_table(path: str, dwi_path: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found (gradient table for {dwi_path})")
+  try:
+    return np.loadtxt(path, dtype=np.float64, ndmin=2)
+  except ValueError as e:
+    raise DataError(f"{path}: malformed gradient table ({e})") from e
+
+
+def load_bvals_bvecs(bvals_path: str | os.PathLike, bvecs_path: str | os.PathLike,
+                     num_volumes: int, dwi_path: str | os.PathLike
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads FSL `bvals` (one row or column) and `bvecs` (3 × V, or V × 3).
+
+  Args:
+    bvals_path, bvecs_path: the text files.
+    num_volumes: V, the number of volumes of the DWI they describe.
+    dwi_path: that DWI, for error messages.
+
+  Returns:
+    bvals (V,) in s/mm² and bvecs (V, 3): unit vectors for diffusion-weighted
+    volumes, zero for b0 volumes (whose bvecs may be zero or NaN in the file).
+  """
+  bvals_path, bvecs_path, dwi_path = map(os.fspath, (bvals_path, bvecs_path, dwi_path))
+  bvals = _load_table(bvals_path, dwi_path)
+  if min(bvals.shape) != 1:
+    raise DataError(f"{bvals_path}: expected one row of b-values, got a {bvals.shape} table")
+  bvals = bvals.ravel()
+  if bvals.size != num_volumes:
+    raise DataError(f"{bvals_path}: {bvals.size} b-values but {dwi_path} has {num_volumes} volumes")
+  if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
+    raise DataError(f"{bvals_path}: b-values must be finite and non-negative")
+  bvecs = _load_table(bvecs_path, dwi_path)
+  if bvecs.shape == (3, num_volumes):
+    bvecs = bvecs.T
+  elif bvecs.shape != (num_volumes, 3):
+    raise DataError(f"{bvecs_path}: expected 3 x {num_volumes} b-vectors for {dwi_path}, "
+                    f"got a {bvecs.shape[0]} x {bvecs.shape[1]} table")
+  is_b0 = bvals <= B0_THRESHOLD
+  bvecs = np.where(is_b0[:, None], np.nan_to_num(bvecs), bvecs)
+  norms = np.linalg.norm(bvecs, axis=1)
+  bad = ~is_b0 & ~(norms > 1e-6)  # also catches NaN
+  if np.any(bad):
+    raise DataError(f"{bvecs_path}: {np.count_nonzero(bad)} diffusion-weighted volumes have a "
+                    "zero or non-finite b-vector")
+  bvecs = np.divide(bvecs, norms[:, None], out=np.zeros_like(bvecs), where=norms[:, None] > 1e-6)
+  return bvals, bvecs
+
+
+def shell_indices(bvals: np.ndarray, bval: float = 1000.0, tol: float = 100.0,
+                  source: str = "bvals") -> np.ndarray:
+  """Indices of the volumes with |b - bval| <= tol; `source` names the b-values in errors."""
+  bvals = np.asarray(bvals)
+  indices = np.flatnonzero(np.abs(bvals - bval) <= tol)
+  if indices.size == 0:
+    raise DataError(f"{source}: no volumes with b = {bval:g} ± {tol:g} s/mm² "
+                    f"(b-values present: {np.unique(np.round(bvals)).tolist()})")
+  return indices
+
+
+def b0_indices(bvals: np.ndarray, threshold: float = B0_THRESHOLD,
+               source: str = "bvals") -> np.ndarray:
+  """Indices of the b0 volumes (b <= threshold s/mm²); `source` names the b-values in errors."""
+  indices = np.flatnonzero(np.asarray(bvals) <= threshold)
+  if indices.size == 0:
+    raise DataError(f"{source}: no b0 volume (b <= {threshold:g} s/mm²)")
+  return indices
+
+
+def normalise_by_mean_b0(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray,
+                         bval: float = 1000.0, tol: float = 100.0) -> np.ndarray:
+  """The b-shell volumes divided by the mean b0, as in CSR-dMRI.
+
+  Args:
+    dwi: (X, Y, Z, V) signal.
+    bvals: (V,) s/mm².
+    mask: (X, Y, Z) brain mask (bool or 0/1).
+    bval, tol: the shell, |b - bval| <= tol.
+
+  Returns:
+    (X, Y, Z, K) float32 in [0, 1]; 0 outside the mask and where the mean b0 is not positive.
+  """
+  mean_b0 = dwi[..., b0_indices(bvals)].mean(axis=-1, dtype=np.float32)
+  shell = dwi[..., shell_indices(bvals, bval, tol)].astype(np.float32, copy=False)
+  valid = (np.asarray(mask) > 0) & (mean_b0 > 0)
+  out = np.zeros(shell.shape, np.float32)
+  np.divide(shell, mean_b0[..., None], out=out, where=valid[..., None])
+  return np.clip(out, 0.0, 1.0, out=out)

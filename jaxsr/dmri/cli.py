@@ -1,0 +1,175 @@
+"""The dMRI commands of `jaxsr`: `upsample` (any voxel size, NIfTI in and out) and `export`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import textwrap
+
+from jaxsr.dmri.adapt import AdaptSettings
+from jaxsr.dmri.memory import format_bytes
+from jaxsr.dmri.pretrained import export_run
+from jaxsr.dmri.psf import PSFS
+from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
+                                 DEFAULT_MAX_OUTPUT_VOXELS)
+from jaxsr.dmri.upsample_files import upsample_files
+
+
+def parse_size(text: str) -> int:
+  """Bytes from '4G', '512M', '1.5GiB', '2e9' (K/M/G/T are powers of 1024)."""
+  match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*",
+                       str(text))
+  if not match:
+    raise ValueError(f"not a memory size: {text!r} (e.g. 4G, 512M)")
+  value = float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+  if not value > 0:
+    raise ValueError(f"memory size must be positive, got {text!r}")
+  return int(value)
+
+
+def _numbers(kind: type, name: str):
+  """An argparse type: one number or three comma-separated ones (x, y, z)."""
+
+  def parse(text: str):
+    parts = [p for p in text.replace(" ", "").split(",")]
+    if len(parts) not in (1, 3):
+      raise argparse.ArgumentTypeError(f"{name} takes one number or three (x,y,z), got {text!r}")
+    try:
+      values = [kind(p) for p in parts]
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{name}: not {'integers' if kind is int else 'numbers'}: "
+                                       f"{text!r}") from None
+    return values[0] if len(values) == 1 else tuple(values)
+  return parse
+
+
+def _size(text: str) -> int:
+  try:
+    return parse_size(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_commands(commands) -> dict:
+  """Adds `upsample` and `export` to the `jaxsr` subparsers; returns {name: handler}."""
+  _add_upsample(commands)
+  _add_export(commands)
+  return {"upsample": _upsample, "export": _export}
+
+
+def _add_upsample(commands) -> None:
+  up = commands.add_parser(
+      "upsample", help="super-resolve a 3D volume or a 4D DWI series to any voxel size",
+      description=textwrap.fill(
+          "Super-resolves a NIfTI volume (3D, or 4D DWI with every volume done) onto a finer "
+          "grid over the same field of view with a trained arbitrary-scale model: the general "
+          "model shipped with jaxsr unless --checkpoint names another, optionally adapted to "
+          "the input first (--adapt). The output "
+          "affine keeps the input's orientation (oblique included), scales the voxel axes and "
+          "shifts the origin to the new voxel centres; qform/sform codes and units are kept, so "
+          "the result lines up with the input in world coordinates.", 79),
+      epilog="Give exactly one of --voxel-size, --scale and --shape. Examples:\n"
+      "  jaxsr upsample --dwi b0.nii.gz --scale 2 --out b0_sr.nii.gz --adapt 300 --psf block\n"
+      "  jaxsr upsample --checkpoint runs/arssr --dwi b0.nii.gz --voxel-size 1 --out b0_1mm.nii.gz\n"
+      "  jaxsr upsample --checkpoint runs/csr --dwi dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec "
+      "--t1 T1w.nii.gz --mask mask.nii.gz --scale 2 --out dwi_sr.nii.gz --preview sr.png",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  up.add_argument("--checkpoint", metavar="RUN_DIR",
+                  help="run directory of a trained arbitrary-scale model (train.py --workdir; "
+                  "its latest checkpoint is used) or a folder written by --save-adapted; "
+                  "default: the general model shipped with jaxsr (configs/general.py)")
+  up.add_argument("--dwi", required=True, metavar="FILE",
+                  help="input NIfTI (.nii/.nii.gz): a 3D volume or a 4D DWI series, any voxel "
+                  "size and orientation")
+  up.add_argument("--t1", metavar="FILE",
+                  help="T1-weighted NIfTI at its own resolution and orientation; resampled "
+                  "through the affines. Required by models trained with a T1, refused by "
+                  "models trained without")
+  up.add_argument("--bvals", metavar="FILE",
+                  help="FSL b-values (s/mm²) of a 4D DWI: diffusion-weighted volumes are "
+                  "divided by the mean b0 as in training and written back in signal units; "
+                  "copied beside the output as OUT.bval")
+  up.add_argument("--bvecs", metavar="FILE",
+                  help="FSL b-vectors (3 x V), with --bvals; copied beside the output as "
+                  "OUT.bvec (still valid: the output keeps the voxel axes' orientation)")
+  up.add_argument("--mask", metavar="FILE",
+                  help="brain mask NIfTI (on the input grid, or resampled onto it by nearest "
+                  "neighbour): intensities are normalised inside it and the output is 0 "
+                  "outside it")
+  grid = up.add_mutually_exclusive_group(required=True)
+  grid.add_argument("--voxel-size", type=_numbers(float, "--voxel-size"), metavar="MM",
+                    help="output voxel size in mm: 1.25, or per axis 1,1,1.5 (rounded to whole "
+                    "voxels over the input's field of view)")
+  grid.add_argument("--scale", type=_numbers(float, "--scale"), metavar="S",
+                    help="upsampling factor, >= 1: 2.4, or per axis 2,2,1.5")
+  grid.add_argument("--shape", type=_numbers(int, "--shape"), metavar="X,Y,Z",
+                    help="output voxel counts per axis, e.g. 145,174,145")
+  up.add_argument("--out", required=True, metavar="FILE",
+                  help="output NIfTI (.nii or .nii.gz), float32, in the input's units")
+  up.add_argument("--max-memory", type=_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                  help="memory budget for the whole process, e.g. 4G or 512M (default "
+                  f"{format_bytes(DEFAULT_MAX_MEMORY)}): the encoder runs over overlapping "
+                  "tiles and the decoder over chunks of output voxels sized to fit")
+  up.add_argument("--max-output-voxels", type=int, default=DEFAULT_MAX_OUTPUT_VOXELS,
+                  metavar="N", help="refuse output grids of more voxels per 3D volume "
+                  f"(default {DEFAULT_MAX_OUTPUT_VOXELS:,})")
+  up.add_argument("--psf", metavar="NAME",
+                  help="the input's point-spread function, if known: one of "
+                  f"{', '.join(PSFS)} (block: thick slices / block averaging; gaussian: a "
+                  "smooth slice profile; kspace: a smaller k-space matrix). Back-projection and "
+                  "--adapt degrade with it; without it, --adapt draws one per training crop")
+  up.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
+                  help="iterations of back-projection onto the input: the output is corrected "
+                  "until downsampling it (with --psf, else the training degradation) gives back "
+                  f"the input; 0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION})")
+  up.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                  help="first fine-tune the model on the input itself for STEPS steps "
+                  "(self-supervised: the input degraded once more by the requested factors is "
+                  "restored to the input), then apply it; DWI-only models; 100-300 steps take "
+                  "about a minute on a laptop (default 0: off)")
+  up.add_argument("--save-adapted", metavar="DIR",
+                  help="with --adapt, also save the adapted model to DIR (reuse it with "
+                  "--checkpoint DIR)")
+  up.add_argument("--preview", metavar="PNG",
+                  help="also write a PNG montage of axial, sagittal and coronal slices of the "
+                  "first volume, input above output")
+  up.add_argument("--overwrite", action="store_true",
+                  help="replace existing output files (refused otherwise)")
+  up.add_argument("--quiet", action="store_true",
+                  help="do not show the progress bar over volumes, encoder tiles and chunks")
+
+
+
+def _add_export(commands) -> None:
+  ex = commands.add_parser(
+      "export", help="export a trained model to a small folder that --checkpoint takes",
+      description="Writes one checkpoint of a training run as params.msgpack, config.json, "
+      "manifest.json (with the parameters' SHA-256) and run.json: the format of the shipped "
+      "model (jaxsr.dmri.pretrained), without the optimizer state.")
+  ex.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="train.py --workdir")
+  ex.add_argument("--step", type=int, metavar="N", help="the checkpoint (default: the latest)")
+  ex.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
+
+def _upsample(args: argparse.Namespace) -> str:
+  adapt = AdaptSettings(steps=args.adapt, psf=args.psf) if args.adapt else None
+  result = upsample_files(
+      args.checkpoint, args.dwi, args.out, t1=args.t1, bvals=args.bvals, bvecs=args.bvecs,
+      mask=args.mask, voxel_size=args.voxel_size, scale=args.scale, shape=args.shape,
+      max_memory=args.max_memory, max_output_voxels=args.max_output_voxels,
+      back_projection=args.back_projection, psf=args.psf, adapt=adapt,
+      save_adapted=args.save_adapted, preview=args.preview, overwrite=args.overwrite,
+      progress=not args.quiet)
+  voxel = "×".join(f"{v:.4g}" for v in result.grid.voxel_size)
+  plan = result.plan
+  return (f"wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
+          f"{'×'.join(map(str, result.grid.shape))} voxels of {voxel} mm "
+          f"in {result.seconds:.1f} s (encoder tiles of {'×'.join(map(str, plan.tile))} input "
+          f"voxels with the {plan.conv_impl} convolution, decoder chunks of "
+          f"{plan.chunk_size:,} output voxels, estimated peak "
+          f"{format_bytes(plan.peak_bytes)} of {format_bytes(args.max_memory)})")
+
+
+def _export(args: argparse.Namespace) -> str:
+  folder = export_run(args.checkpoint, args.out, args.step)
+  return f"wrote {folder}"

@@ -1,0 +1,253 @@
+"""Domain-randomised training patches: MR images of many kinds rendered from real anatomy.
+
+A model trained on one phantom learns that phantom. Here every training example
+is a new image (the approach of SynthSR for contrast and resolution): an HR
+patch is rendered from the MNI ICBM152 tissue maps (WM, GM, CSF; 1 mm, inside
+the nilearn wheel) and degraded by a random acquisition, so what the model can
+learn is what all of them share: anatomy seen through an MR scanner.
+
+Per patch (`render_patch`):
+  geometry   HR voxels of 1-2.5 mm, the acquisition axial, sagittal or coronal
+             with a random tilt (sd 10 degrees), affine scaling of +-15 % per
+             axis, flips, a smooth non-linear warp (up to 4 mm), and a centre
+             anywhere in the brain or, for 15 % of patches, anywhere in the head
+             (partial fields of view, background in the patch);
+  anatomy    partial-volume fractions blended a random amount towards their hard
+             labels (individual brains have sharper tissue borders than the
+             average template), a skull and scalp of random thickness and signal;
+  contrast   b0-like (bright CSF), b=1000-like (dark CSF), T1-like, T2*-EPI-like
+             or random tissue intensities, each jittered, a within-tissue texture,
+             a smooth multiplicative bias field, a power-law intensity
+             non-linearity and a random gain;
+  noise      magnitude noise of 1, 2 or 4 receive channels (Rician, non-central
+             chi) at SNR 5-40 everywhere, the background included; the target is
+             this noisy HR image (the protocol of a real-scan evaluation, where
+             the reference is itself a scan) and, for 30 % of patches, the LR
+             image gets further noise of its own (an LR acquisition's);
+  resolution per-axis factors (x, y in-plane alike, z through-plane): isotropic,
+             in-plane only, through-plane only or anisotropic, from
+             `axis_scales`; the LR patch is the HR one degraded by a random
+             `jaxsr.dmri.psf` PSF (cubic, block, Gaussian of FWHM 0.7-1.5 LR
+             voxels, k-space truncation).
+
+Compiled shapes: the LR patch is always `lr_patch_size`^3 and the HR patch
+(round(l s_xy), round(l s_xy), round(l s_z)), one factor pair per batch, so a
+run compiles at most len(axis_scales)^2 - 1 train steps (`hr_shapes`).
+Intensities come out with the brightest tissue near 1 (times the gain), the
+scale `jaxsr upsample` gives a user's scan (`intensity_scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage, special
+
+from jaxsr import anatomy
+from jaxsr.dmri import psf as psf_lib
+
+# Relative WM, GM, CSF signal of each contrast family (brightest tissue 1):
+# b0 from phantom.WM/GM/CSF s0 (1 : 1.3 : 3); b=1000 s/mm^2 from exp(-b MD) with
+# MD 0.8e-3 (tissue) and 3e-3 (CSF); T1-weighted and T2*-EPI as in typical 3 T images.
+CONTRASTS = {
+    "b0": (0.33, 0.43, 1.0),
+    "dwi": (1.0, 0.9, 0.12),
+    "t1": (1.0, 0.65, 0.18),
+    "t2": (0.45, 0.6, 1.0),
+}
+PRE_FILTER_MM = (1.0, 1.5, 2.0, 2.5)  # anatomy pre-filtered for these HR voxel sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Anatomy:
+  """Template maps on its 1 mm grid, pre-filtered per HR voxel size.
+
+  Attributes:
+    maps: voxel size (mm) -> (4, X, Y, Z) float32 WM, GM, CSF fractions and the
+      intracranial region, anti-aliased for sampling at that voxel size.
+    outside_mm: (X, Y, Z) float32 distance (mm) outside the intracranial region
+      (0 inside): where skull and scalp are drawn.
+    brain_voxels: (K, 3) template voxels inside the brain (patch centres).
+    head_voxels: (H, 3) template voxels within 15 mm of it (off-centre patches).
+  """
+  maps: dict
+  outside_mm: np.ndarray
+  brain_voxels: np.ndarray
+  head_voxels: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def load_anatomy() -> Anatomy:
+  """The template's anatomy (`anatomy.load_template`), prepared once per process."""
+  template = anatomy.load_template()
+  base = np.stack([template.wm, template.gm, template.csf, template.brain]).astype(np.float32)
+  maps = {}
+  for voxel in PRE_FILTER_MM:
+    sigma = math.sqrt(max(voxel**2 - 1.0, 0.0)) * psf_lib.FWHM_TO_SIGMA
+    maps[voxel] = np.stack([ndimage.gaussian_filter(m, sigma) for m in base]) if sigma else base
+  inside = template.brain > 0.5
+  outside_mm = ndimage.distance_transform_edt(~inside).astype(np.float32)
+  return Anatomy(maps=maps, outside_mm=outside_mm, brain_voxels=np.argwhere(inside),
+                 head_voxels=np.argwhere(outside_mm < 15.0))
+
+
+def hr_shapes(lr_patch_size: int, axis_scales: Sequence[float]) -> list[tuple[int, int, int]]:
+  """Every HR patch shape (x, y, z) a run can draw: (s_xy, s_z) pairs from `axis_scales`, not (1, 1)."""
+  sizes = sorted({int(round(lr_patch_size * s)) for s in axis_scales})
+  return [(a, a, b) for a in sizes for b in sizes if not a == b == lr_patch_size]
+
+
+def random_rotation(rng: np.random.Generator, tilt_sd_deg: float) -> np.ndarray:
+  """(3, 3): an axial, sagittal or coronal acquisition with random flips, tilted by N(0, sd)."""
+  base = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)[:, None]
+  axis = rng.standard_normal(3)
+  axis /= np.linalg.norm(axis)
+  angle = math.radians(rng.normal(0.0, tilt_sd_deg))
+  k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+  tilt = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k  # Rodrigues
+  return tilt @ base
+
+
+@functools.lru_cache(maxsize=256)
+def _bump_weights(n: int, control: int) -> np.ndarray:
+  """(n, control) Gaussian bumps on `control` evenly spaced centres, rows of unit L2 norm."""
+  x = (np.arange(n) + 0.5) / n
+  centres = (np.arange(control) + 0.5) / control
+  weights = np.exp(-0.5 * ((x[:, None] - centres[None, :]) * control) ** 2)
+  return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
+
+
+def smooth_field(rng: np.random.Generator, shape: Sequence[int], control: int,
+                 channels: int = 1) -> np.ndarray:
+  """(channels, *shape) float32 smooth random field of unit sd: N(0, 1) weights of control^3 bumps."""
+  field = rng.standard_normal((channels, control, control, control)).astype(np.float32)
+  for n in shape:  # each contraction moves the new axis last
+    field = np.tensordot(field, _bump_weights(int(n), control), axes=([1], [1]))
+  return field
+
+
+def sample_points(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int],
+                  voxel_mm: float, warp_mm: float) -> np.ndarray:
+  """(3, X, Y, Z) template voxel coordinates of the HR patch's voxel centres."""
+  rotation = random_rotation(rng, tilt_sd_deg=10.0)
+  scaling = rng.uniform(0.85, 1.15, size=3) * voxel_mm
+  matrix = rotation * scaling[None, :]  # patch voxel offsets -> template mm (= voxels, 1 mm)
+  pool = anatomy.head_voxels if rng.random() < 0.15 else anatomy.brain_voxels
+  centre = pool[rng.integers(len(pool))] + rng.uniform(-0.5, 0.5, size=3)
+  offsets = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in hr_shape],
+                                 indexing="ij"))
+  points = np.tensordot(matrix, offsets, axes=1) + centre[:, None, None, None]
+  if warp_mm > 0:
+    points += warp_mm * smooth_field(rng, hr_shape, control=3, channels=3)
+  return points.astype(np.float32)
+
+
+def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int]
+                 ) -> np.ndarray:
+  """One noisy HR patch (X, Y, Z) float32 of a random contrast (see the module docstring)."""
+  voxel_mm = rng.uniform(1.0, 2.5)
+  level = min(PRE_FILTER_MM, key=lambda v: abs(v - voxel_mm))
+  points = sample_points(anatomy, rng, hr_shape, voxel_mm, warp_mm=rng.uniform(0.0, 4.0))
+  wm, gm, csf, brain = (ndimage.map_coordinates(m, points, order=1, mode="constant", cval=0.0)
+                        for m in anatomy.maps[level])
+  outside = ndimage.map_coordinates(anatomy.outside_mm, points, order=1, mode="nearest")
+
+  # Partial-volume fractions blended towards hard labels (the rest is background/extra-cerebral).
+  fractions = np.stack([wm, gm, csf, np.clip(1.0 - wm - gm - csf, 0.0, 1.0)])
+  hard = np.eye(4, dtype=np.float32)[np.argmax(fractions, axis=0)]
+  alpha = rng.uniform(0.0, 1.0)
+  fractions = (1 - alpha) * fractions + alpha * np.moveaxis(hard, -1, 0)
+
+  family = rng.choice(list(CONTRASTS) + ["random"], p=[0.25, 0.25, 0.15, 0.15, 0.2])
+  means = (rng.uniform(0.05, 1.0, size=3) if family == "random"
+           else np.asarray(CONTRASTS[family]) * rng.uniform(0.8, 1.25, size=3))
+  texture = 1.0 + rng.uniform(0.0, 0.25) * smooth_field(rng, hr_shape, control=6, channels=3)
+  image = np.einsum("t,t...->...", means, fractions[:3] * texture)
+
+  # Skull (dark) and scalp (any signal), both outside the intracranial region.
+  skull = rng.uniform(2.0, 7.0)
+  scalp = rng.uniform(2.0, 8.0)
+  scalp_signal = rng.uniform(0.0, 0.8) * max(means)
+  in_scalp = special.expit(2 * (outside - skull)) * special.expit(2 * (skull + scalp - outside))
+  image = image + (1.0 - brain.clip(0, 1)) * fractions[3] * scalp_signal * in_scalp
+
+  bias = np.exp(rng.uniform(0.0, 0.3) * smooth_field(rng, hr_shape, control=3)[0])
+  image = np.clip(image * bias / max(means), 0.0, None) ** rng.uniform(0.75, 1.33)
+  image = image * rng.uniform(0.6, 1.1)
+
+  # Magnitude noise of `coils` channels at SNR 5-40 relative to the mean tissue signal.
+  tissue = brain > 0.5
+  reference = float(image[tissue].mean()) if tissue.any() else 0.5
+  sigma = reference / math.exp(rng.uniform(math.log(5.0), math.log(40.0)))
+  coils = int(rng.choice([1, 1, 2, 4]))
+  channel_signal = image / math.sqrt(coils)
+  noise = rng.standard_normal((coils, 2) + tuple(hr_shape)).astype(np.float32) * sigma
+  magnitude = np.sqrt(((channel_signal + noise[:, 0]) ** 2 + noise[:, 1] ** 2).sum(axis=0))
+  return magnitude.astype(np.float32)
+
+
+def random_degradation(rng: np.random.Generator, hr: np.ndarray, lr_shape: Sequence[int],
+                       psfs: Sequence[str]) -> np.ndarray:
+  """`hr` degraded to `lr_shape` by a PSF drawn from `psfs` (Gaussian FWHM 0.7-1.5 LR voxels)."""
+  kind = str(rng.choice(psfs))
+  fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
+  return psf_lib.degrade(hr, lr_shape, kind, fwhm)
+
+
+def draw_scales(rng: np.random.Generator, axis_scales: Sequence[float]) -> tuple[float, float]:
+  """(s_xy, s_z): isotropic 35 %, in-plane only 25 %, through-plane only 20 %, anisotropic 20 %."""
+  factors = [s for s in axis_scales if s > 1]
+  pattern = rng.choice(4, p=[0.35, 0.25, 0.2, 0.2])
+  a, b = rng.choice(factors), rng.choice(factors)
+  return [(a, a), (a, 1.0), (1.0, a), (a, b)][pattern]
+
+
+@dataclasses.dataclass
+class RandomisedSampler:
+  """Batches of rendered HR patches and their LR acquisitions (a grain `random_map` callable).
+
+  Attributes:
+    lr_patch_size: LR patch edge l (voxels).
+    axis_scales: per-axis factors to draw from (1 = that axis not degraded).
+    psfs: PSFs to draw from (`jaxsr.dmri.psf.PSFS`).
+    lr_noise_fraction: share of patches whose LR image gets noise of its own.
+    length: nominal examples per epoch (every example is new; this only sets
+      how grain numbers them).
+  """
+  lr_patch_size: int
+  axis_scales: Sequence[float]
+  psfs: Sequence[str] = psf_lib.PSFS
+  lr_noise_fraction: float = 0.3
+  length: int = 1 << 20
+
+  def __post_init__(self):
+    for kind in self.psfs:
+      psf_lib.check_psf(kind)
+    if not any(s > 1 for s in self.axis_scales) or min(self.axis_scales) < 1:
+      raise ValueError(f"axis_scales must be >= 1 with one > 1, got {tuple(self.axis_scales)}")
+    self.hr_shapes = hr_shapes(self.lr_patch_size, self.axis_scales)
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """{'hr': (B, X, Y, Z), 'lr': (B, l, l, l)} float32; one (s_xy, s_z) per batch."""
+    anatomy = load_anatomy()
+    l = self.lr_patch_size
+    s_xy, s_z = draw_scales(rng, self.axis_scales)
+    hr_shape = (int(round(l * s_xy)),) * 2 + (int(round(l * s_z)),)
+    hr, lr = [], []
+    for _ in range(len(indices)):
+      patch = render_patch(anatomy, rng, hr_shape)
+      low = random_degradation(rng, patch, (l, l, l), self.psfs)
+      if rng.random() < self.lr_noise_fraction:
+        sigma = rng.uniform(0.005, 0.03)
+        noise = rng.standard_normal((2,) + low.shape).astype(np.float32) * sigma
+        low = np.hypot(low + noise[0], noise[1])
+      hr.append(patch)
+      lr.append(low)
+    return {"hr": np.stack(hr), "lr": np.stack(lr).astype(np.float32)}

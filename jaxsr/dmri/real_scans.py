@@ -1,0 +1,272 @@
+"""Real-scan evaluation: real MR volumes degraded as acquisitions would, restored and scored.
+
+The scans are real acquisitions that ship inside the dipy wheel (no download):
+
+  S0_10slices     b0 EPI, 128 x 128 x 10 of 2 mm in-plane (slices far apart: in-plane only)
+  aniso_vox       b0, 58 x 58 x 24 of 4 x 4 x 5 mm
+  small_64D_b0    the b0 of small_64D, 10 x 10 x 10 of 2 mm
+  small_64D_dwi   the mean of its 64 b = 1000 s/mm^2 volumes
+  test_piesno     one noisy DWI slice, 96 x 96, under 14 diffusion weightings (2 b0, then
+                  diffusion-weighted) stacked along z (validation only; in-plane only)
+  small_101D_b0   the mean b0 of small_101D, 6 x 10 x 10 of 2.5 mm (validation only)
+
+The validation scans choose (checkpoint, back-projection); the test scans are
+scored once for the table (`docs/results_real.md`). Each case degrades a scan
+by per-axis factors (`DEGRADATIONS`: in-plane 2x and 3x, through-plane 2x,
+isotropic 2x, where the scan has at least `MIN_LR_VOXELS` LR voxels per axis)
+with one PSF of `jaxsr.dmri.psf` (block, Gaussian of FWHM one LR voxel, k-space
+truncation), the LR grid's voxel centres at the centres of the HR blocks. Every
+method restores the HR grid from the LR image alone; PSNR and SSIM are computed
+inside a brain mask of the HR scan (dipy's median_otsu), with the HR scan's
+range in the mask as the data range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import time
+from typing import Callable, Sequence
+
+import dipy
+import jax
+import nibabel as nib
+import numpy as np
+from dipy.segment.mask import median_otsu
+from tqdm import tqdm
+
+from jaxsr import files, kspace, metrics
+from jaxsr.dmri import adapt as adapt_lib
+from jaxsr.dmri import btable
+from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri import upsample
+from jaxsr.dmri.degrade import tricubic_upsample
+from jaxsr.train.run_record import write_run_record
+
+DIPY_FILES = pathlib.Path(dipy.__file__).resolve().parent / "data" / "files"
+DEGRADATIONS = {  # per-axis factors (x, y in-plane; z through-plane)
+    "in-plane 2x": (2.0, 2.0, 1.0),
+    "in-plane 3x": (3.0, 3.0, 1.0),
+    "through-plane 2x": (1.0, 1.0, 2.0),
+    "isotropic 2x": (2.0, 2.0, 2.0),
+}
+MIN_LR_VOXELS = 4
+TEST_SCANS = ("S0_10slices", "aniso_vox", "small_64D_b0", "small_64D_dwi")
+VALIDATION_SCANS = ("test_piesno", "small_101D_b0")
+# Scans whose slices are not neighbours in space (gaps between them, or one slice under
+# several weightings): no through-plane cases.
+NON_CONTIGUOUS_SLICES = ("S0_10slices", "test_piesno")
+
+
+def _shell_mean(name: str, b0: bool) -> np.ndarray:
+  image = nib.load(DIPY_FILES / f"{name}.nii.gz" if (DIPY_FILES / f"{name}.nii.gz").exists()
+                   else DIPY_FILES / f"{name}.nii")
+  data = np.asarray(image.dataobj, np.float32)
+  bvals = np.loadtxt(DIPY_FILES / f"{name}.bval").ravel()
+  select = bvals <= btable.B0_THRESHOLD if b0 else np.abs(bvals - 1000.0) <= 100.0
+  return data[..., select].mean(axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def load_scan(name: str) -> np.ndarray:
+  """(X, Y, Z) float32 HR volume of a scan of this module's list (read-only)."""
+  if name == "S0_10slices":
+    volume = np.asarray(nib.load(DIPY_FILES / "S0_10slices.nii.gz").dataobj, np.float32)[..., 0]
+  elif name in ("aniso_vox", "test_piesno"):
+    volume = np.asarray(nib.load(DIPY_FILES / f"{name}.nii.gz").dataobj, np.float32)
+  elif name in ("small_64D_b0", "small_64D_dwi", "small_101D_b0"):
+    base, shell = name.rsplit("_", 1)
+    volume = _shell_mean(base, b0=shell == "b0")
+  else:
+    raise ValueError(f"unknown scan {name!r}: use one of {TEST_SCANS + VALIDATION_SCANS}")
+  volume.flags.writeable = False
+  return volume
+
+
+@functools.lru_cache(maxsize=None)
+def brain_mask(name: str) -> np.ndarray:
+  """(X, Y, Z) bool brain mask of the HR scan (median_otsu; scans under 32^2 in-plane: its
+  2-voxel median filter would erase them, so radius 1)."""
+  volume = load_scan(name)
+  radius = 2 if min(volume.shape[:2]) >= 32 else 1
+  _, mask = median_otsu(np.asarray(volume), median_radius=radius, numpass=1)
+  return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One scored case: a scan, a degradation (name in DEGRADATIONS) and a PSF."""
+  scan: str
+  degradation: str
+  psf: str
+
+  @property
+  def hr_shape(self) -> tuple[int, int, int]:
+    return load_scan(self.scan).shape
+
+  @property
+  def lr_shape(self) -> tuple[int, int, int]:
+    return tuple(max(1, int(round(n / f))) for n, f in zip(self.hr_shape,
+                                                          DEGRADATIONS[self.degradation]))
+
+  def lr(self) -> np.ndarray:
+    """The LR acquisition: the HR scan degraded by the PSF (FWHM one LR voxel)."""
+    return psf_lib.degrade(load_scan(self.scan), self.lr_shape, self.psf)
+
+
+def allowed(scan: str, degradation: str) -> bool:
+  """Whether a scan can take a degradation: >= MIN_LR_VOXELS per degraded axis, contiguous slices."""
+  factors = DEGRADATIONS[degradation]
+  if factors[2] > 1 and scan in NON_CONTIGUOUS_SLICES:
+    return False
+  return all(n / f >= MIN_LR_VOXELS for n, f in zip(load_scan(scan).shape, factors) if f > 1)
+
+
+def make_cases(scans: Sequence[str], degradations: Sequence[str], psfs: Sequence[str]
+               ) -> list[Case]:
+  return [Case(s, d, p) for s in scans for d in degradations for p in psfs if allowed(s, d)]
+
+
+def lr_affine(factors: Sequence[float]) -> np.ndarray:
+  """LR voxel -> HR voxel index: LR centres at the centres of the HR blocks (HR affine = I)."""
+  affine = np.diag([*factors, 1.0])
+  affine[:3, 3] = (np.asarray(factors) - 1.0) / 2.0
+  return affine
+
+
+# (LR volume, case) -> (X, Y, Z) float32 on the HR grid, or (that, a note on what was done
+# instead of what the method names, e.g. no adaptation on a scan too small for it)
+Method = Callable[[np.ndarray, Case], np.ndarray | tuple[np.ndarray, str]]
+
+
+def classical_methods() -> dict[str, Method]:
+  return {
+      "linear": lambda lr, case: np.asarray(jax.image.resize(lr, case.hr_shape, "linear",
+                                                             antialias=False)),
+      "tricubic": lambda lr, case: np.asarray(tricubic_upsample(lr, case.hr_shape)),
+      "zero_fill": lambda lr, case: kspace.zero_fill(lr, case.hr_shape),
+  }
+
+
+def model_method(upsampler: upsample.Upsampler, *,
+                 back_projection: int = upsample.DEFAULT_BACK_PROJECTION,
+                 adapt: adapt_lib.AdaptSettings | None = None,
+                 max_memory: int = upsample.DEFAULT_MAX_MEMORY) -> Method:
+  """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
+  def predict(lr: np.ndarray, case: Case) -> np.ndarray | tuple[np.ndarray, str]:
+    factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
+
+    def run(settings):
+      return upsample.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
+                                 back_projection=back_projection, adapt=settings,
+                                 max_memory=max_memory)[0]
+    try:
+      return run(adapt)
+    except adapt_lib.AdaptError as error:  # as `jaxsr upsample` would refuse: the model alone
+      return run(None), f"not adapted: {error}"
+  return predict
+
+
+def score_case(methods: dict[str, Method], case: Case) -> dict:
+  """{method: {"psnr", "ssim", "seconds"}} of one case."""
+  hr = np.asarray(load_scan(case.scan), np.float64)
+  mask = brain_mask(case.scan)
+  data_range = float(hr[mask].max() - hr[mask].min())
+  lr = case.lr()
+  scores = {}
+  for name, method in methods.items():
+    start = time.perf_counter()
+    pred = method(lr, case)
+    pred, note = pred if isinstance(pred, tuple) else (pred, None)
+    scores[name] = {"psnr": metrics.psnr(pred, hr, mask, data_range),
+                    "ssim": metrics.ssim(pred, hr, mask, data_range),
+                    "seconds": time.perf_counter() - start, "note": note}
+  return scores
+
+
+def run_cases(methods: dict[str, Method], cases: Sequence[Case], progress: bool = True
+              ) -> list[dict]:
+  rows = []
+  for case in tqdm(cases, desc="cases", disable=not progress, dynamic_ncols=True):
+    rows.append({**dataclasses.asdict(case), "lr_shape": case.lr_shape,
+                 "scores": score_case(methods, case)})
+  return rows
+
+
+def markdown_table(rows: Sequence[dict], method_names: Sequence[str], reference: str = "tricubic"
+                   ) -> str:
+  """Rows: case; columns: PSNR / SSIM per method, best in bold, and each model's gain over
+  `reference` in dB."""
+  gains = [m for m in method_names if m not in classical_methods()]
+  header = ["scan", "degradation", "PSF"] + [f"{m} PSNR / SSIM" for m in method_names]
+  header += [f"{m} − {reference} (dB)" for m in gains]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    scores = row["scores"]
+    best_psnr = max(scores[m]["psnr"] for m in method_names)
+    best_ssim = max(scores[m]["ssim"] for m in method_names)
+    cells = [row["scan"], row["degradation"], row["psf"]]
+    for m in method_names:
+      p, s = scores[m]["psnr"], scores[m]["ssim"]
+      p_text = f"**{p:.2f}**" if p == best_psnr else f"{p:.2f}"
+      s_text = f"**{s:.4f}**" if s == best_ssim else f"{s:.4f}"
+      cells.append(f"{p_text} / {s_text}" + (" †" if scores[m].get("note") else ""))
+    cells += [f"{scores[m]['psnr'] - scores[reference]['psnr']:+.2f}" for m in gains]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def summary(rows: Sequence[dict], method_names: Sequence[str], reference: str = "tricubic"
+            ) -> str:
+  """Per method: mean PSNR gain over `reference`, least gain, cases >= +1 dB and with higher SSIM."""
+  lines = []
+  for m in method_names:
+    if m == reference:
+      continue
+    gains = np.array([r["scores"][m]["psnr"] - r["scores"][reference]["psnr"] for r in rows])
+    ssim_up = sum(r["scores"][m]["ssim"] > r["scores"][reference]["ssim"] for r in rows)
+    lines.append(f"- {m}: PSNR gain over {reference} mean {gains.mean():+.2f} dB, least "
+                 f"{gains.min():+.2f} dB, >= +1 dB in {(gains >= 1).sum()}/{len(rows)} cases, "
+                 f"higher SSIM in {ssim_up}/{len(rows)}")
+  return "\n".join(lines) + "\n"
+
+
+def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+  """Scores the config's cases; writes WORKDIR/eval/real_scans.{md,json} and returns the text.
+
+  `config.split` picks the scans ("test": TEST_SCANS, "validation": VALIDATION_SCANS);
+  `config.checkpoint` the model ("" = the shipped general model) and
+  `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
+  """
+  out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
+  files.check_can_create(out_dir)
+  write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
+  scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
+  upsampler = (upsample.Upsampler.from_checkpoint(config.checkpoint,
+                                                    config.get("checkpoint_step") or None)
+               if config.checkpoint else upsample.Upsampler.general())
+  methods = dict(classical_methods())
+  for bp in config.back_projection:
+    name = "model" if len(config.back_projection) == 1 else f"model_bp{bp}"
+    methods[name] = model_method(upsampler, back_projection=bp)
+  for learning_rate in config.adapt_learning_rates if config.adapt_steps else ():
+    name = f"model_adapt{config.adapt_steps}"
+    if len(config.adapt_learning_rates) > 1:
+      name += f"_lr{learning_rate:g}"
+    settings = adapt_lib.AdaptSettings(steps=config.adapt_steps, learning_rate=learning_rate,
+                                       seed=config.seed)
+    methods[name] = model_method(upsampler, back_projection=config.back_projection[0],
+                                 adapt=settings)
+  cases = make_cases(scans, config.degradations, config.psfs)
+  rows = run_cases(methods, cases)
+  names = list(methods)
+  notes = sorted({s["note"] for r in rows for s in r["scores"].values() if s.get("note")})
+  text = (f"Real scans ({config.split}), model {upsampler.run_dir} (step {upsampler.step}); "
+          f"PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names)
+          + "".join(f"\n† {n}" for n in notes) + "\n\n" + summary(rows, names))
+  files.write_text(out_dir / f"real_scans_{config.split}.md", text)
+  files.write_json(out_dir / f"real_scans_{config.split}.json",
+                   {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows})
+  return text

@@ -1,0 +1,68 @@
+"""The dMRI task: what one run trains on (subject patches or domain-randomised patches), and
+the runs of a comparison (`config.runs` × `config.seeds`).
+
+dMRI runs (`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the
+subjects' b-shell volumes (`jaxsr.dmri.patches`), optionally validated on the
+validation subjects at every checkpoint, or on domain-randomised patches
+(`data.source` "randomised", `jaxsr.dmri.randomised`). The interface the loop
+uses: `MODEL_KINDS`, `build_model`, `make_task`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from jaxsr.dmri import evaluation, patches, randomised
+from jaxsr.dmri import step as step_lib
+from jaxsr.dmri import subjects as subjects_lib
+from jaxsr.dmri.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
+from jaxsr.nifti import DataError
+from jaxsr.train.loop import Task
+
+
+def make_sampler(config, train_subjects) -> patches.PatchSampler:
+  d = config.data
+  sizes = patches.hr_patch_sizes(d.lr_patch_size, d.scale_min, d.scale_max, d.num_scale_buckets)
+  return patches.PatchSampler(train_subjects, sizes, patch_size=d.patch_size)
+
+
+def make_task(config) -> Task:
+  """What the loop trains for one run config; bad data raises before anything is written."""
+  model = build_model(config.model)
+  validate = None
+  if config.data.source == "randomised":
+    sampler = randomised.RandomisedSampler(config.data.lr_patch_size,
+                                           tuple(config.data.axis_scales),
+                                           tuple(config.data.psfs))
+    description = (f"domain-randomised patches rendered per step; {len(sampler.hr_shapes)} HR "
+                   f"patch shapes (compiled steps) for LR {config.data.lr_patch_size}^3")
+  else:
+    splits = subjects_lib.load_subjects(config.data)
+    sampler = make_sampler(config, splits["train"])
+    description = (f"{len(splits['train'])} training subjects, {len(sampler)} (subject, volume) "
+                   f"pairs; HR patch sizes {sampler.hr_sizes}")
+    if config.train.get("validate"):
+      if not splits["val"]:
+        raise DataError("train.validate needs validation subjects: set data.num_val >= 1")
+      validate = functools.partial(evaluation.validation_scores, config, model, splits["val"])
+      description += f"; validated on {', '.join(s.name for s in splits['val'])}"
+  return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
+              step_lib.make_train_step(config), description, validate)
+
+
+def runs(config) -> list[tuple[str, int | None, Any]]:
+  """(name, seed, run config) of every run of a comparison config: `config.runs` × `config.seeds`.
+
+  A comparison without `seeds` trains each run once with its own seed (seed None).
+  """
+  seeds = config.get("seeds")
+  if not seeds:
+    return [(name, None, run) for name, run in config.runs.items()]
+  out = []
+  for seed in seeds:  # seed-major: a partly trained comparison has every method of seed 0 first
+    for name, run in config.runs.items():
+      seeded = run.copy_and_resolve_references()
+      seeded.seed = int(seed)
+      out.append((name, int(seed), seeded))
+  return out

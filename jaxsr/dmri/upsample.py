@@ -1,0 +1,458 @@
+"""Super-resolution of a user's own scans: any voxel size, 3D or 4D, T1 and mask, bounded memory.
+
+`upsample` works on arrays and affines (the Python API, `jaxsr.upsample`), and
+`upsample_volumes` volume by volume, so a 4D series never has to fit in memory
+(`jaxsr.dmri.upsample_files`: the `jaxsr upsample` command on NIfTI files). Without a
+checkpoint both use the general model shipped in the package
+(`jaxsr.dmri.pretrained`, `configs/general.py`); with `adapt` the model is first
+fine-tuned on the input itself (`jaxsr.dmri.adapt`).
+
+Geometry (`jaxsr.geometry`): the output grid covers the input's field of view;
+the model is queried at the output voxel centres in the frame it was trained in.
+
+Intensities follow the model's training data:
+  * general models (`data.intensity_percentile` in their config) take every
+    volume divided by that percentile of its voxels (inside the mask, if one is
+    given), as the domain-randomised patches they were trained on have their
+    brightest tissue near 1, and multiply the output back; outputs are >= 0;
+  * models trained on subjects (`jaxsr.dmri.subjects`), whose b-shell volumes
+    were divided by the mean b0 (values in [0, 1]) and the T1 by its 99.5th
+    percentile: with b-values, each diffusion-weighted volume is divided by the
+    mean b0 of the input, super-resolved and multiplied by the super-resolved
+    mean b0; b0 volumes, the mean b0 and every volume of an input without
+    b-values are divided by their maximum (inside the mask), super-resolved and
+    multiplied back; outputs stay in [0, the input's maximum].
+Model outputs are then back-projected onto the input (`degrade.back_project`,
+`back_projection` iterations: degrading the output reproduces the input) with
+the input's PSF when it is given (`psf`), else with the anti-aliased cubic
+degradation (also for the general model, whose inputs come from any PSF: the
+validation scans chose it over none, docs/results_real.md). With a mask,
+normalisation uses the voxels inside it and the output is 0 outside it.
+The T1 is resampled onto the output grid through both affines (cubic) and then
+degraded onto the input grid by the training degradation, so it reaches the
+model exactly as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from typing import Callable, Iterator, Sequence
+
+import ml_collections
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from jaxsr import anatomy, geometry, nifti
+from jaxsr.dmri import adapt as adapt_lib
+from jaxsr.dmri import btable, pretrained
+from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri import step as step_lib
+from jaxsr.dmri.degrade import back_project, degrade
+from jaxsr.dmri.memory import MemoryPlan, plan_memory
+from jaxsr.dmri.models import is_implicit
+from jaxsr.dmri.reconstruct import reconstruct
+from jaxsr.errors import UpsampleError
+from jaxsr.train.checkpoint import CheckpointError, load_run
+
+DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
+DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
+DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
+
+
+@dataclasses.dataclass(frozen=True)
+class Upsampler:
+  """A trained arbitrary-scale model: from a run directory, an exported folder or the package.
+
+  Attributes:
+    model: the implicit model (`model.kind` csr_dmri).
+    params: its parameters.
+    in_channels: 1 (DWI only) or 2 (DWI + T1).
+    run_dir: where it was restored from.
+    step: the checkpoint's training step.
+    config: the config it was trained with.
+  """
+  model: object
+  params: dict
+  in_channels: int
+  run_dir: str
+  step: int
+  config: ml_collections.ConfigDict | None = None
+
+  @classmethod
+  def from_checkpoint(cls, run_dir: str | os.PathLike, step: int | None = None) -> "Upsampler":
+    """Checkpoint `step` (default: the latest) of `run_dir` (a `train.py --workdir`), or an
+    exported model folder (`jaxsr.dmri.pretrained`: the shipped model, `--save-adapted` output).
+
+    Raises:
+      CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
+      PretrainedError: an exported folder that is incomplete or corrupted.
+    """
+    if pretrained.is_exported(run_dir):
+      config, model, params, manifest = pretrained.load(run_dir)
+      step = int(manifest.get("step", 0))
+    else:
+      run = load_run(run_dir, step, families=[step_lib])
+      config, model, params, step = run.config, run.model, run.variables["params"], run.step
+    kind = config.model.kind
+    if not is_implicit(kind):
+      raise CheckpointError(f"{run_dir}: a fixed-scale {kind!r} model; upsampling to any voxel "
+                            "size needs an arbitrary-scale model (model.kind csr_dmri)")
+    return cls(model, params, int(config.model.in_channels), os.fspath(run_dir), step, config)
+
+  @classmethod
+  def general(cls) -> "Upsampler":
+    """The general model shipped with jaxsr (`configs/general.py`); PretrainedError if missing."""
+    return cls.from_checkpoint(pretrained.general_model_dir())
+
+  @property
+  def uses_t1(self) -> bool:
+    return self.in_channels == 2
+
+  @property
+  def intensity_percentile(self) -> float | None:
+    """Inputs are divided by this percentile of each volume (general models), or None: by the
+    maximum, diffusion-weighted volumes by the mean b0 (models trained on `jaxsr.dmri.subjects`)."""
+    data = self.config.get("data", {}) if self.config is not None else {}
+    value = data.get("intensity_percentile")
+    return float(value) if value else None
+
+  @property
+  def fft_weight(self) -> float:
+    return float(self.config.train.fft_weight) if self.config is not None else 0.0
+
+  def with_params(self, params, source: str) -> "Upsampler":
+    return dataclasses.replace(self, params=params, run_dir=source)
+
+
+def check_t1(upsampler: Upsampler, t1_path: str | os.PathLike | None) -> None:
+  """Raises DataError unless a T1 is given exactly when the model was trained with one."""
+  if upsampler.uses_t1 and t1_path is None:
+    raise nifti.DataError(f"{upsampler.run_dir}: this model was trained with a T1: give one "
+                          "(--t1), or use a model trained without (configs/arssr.py)")
+  if t1_path is not None and not upsampler.uses_t1:
+    raise nifti.DataError(f"{t1_path}: the model in {upsampler.run_dir} was trained without a "
+                          "T1; leave it out, or use a model trained with one")
+
+
+def t1_channel(t1: nifti.Volume, lr_shape: Sequence[int], lr_affine: np.ndarray,
+               hr_shape: Sequence[int], mask_hr: np.ndarray | None) -> np.ndarray:
+  """The model's T1 input on the LR grid: (x, y, z) float32 in [0, 1].
+
+  The T1 is resampled (cubic, through both affines) onto the HR output grid,
+  scaled as in training (`anatomy.normalise_t1`: 99.5th percentile inside
+  `mask_hr`, or over its positive voxels), then degraded onto the LR grid like
+  the training data.
+
+  Raises:
+    DataError: naming the T1, when it does not overlap the grid or has no signal there.
+  """
+  hr_affine = geometry.output_affine(lr_affine, lr_shape, hr_shape)
+  hr = nifti.resample_to_grid(t1, tuple(hr_shape), hr_affine, order=3, mask=mask_hr)
+  inside, region = (mask_hr, "the mask") if mask_hr is not None else (hr > 0, "the field of view")
+  return np.asarray(degrade(anatomy.normalise_t1(hr, inside, t1.path, region), lr_shape),
+                    np.float32)
+
+
+def _volume_kinds(num_volumes: int, bvals: np.ndarray | None, upsampler: Upsampler) -> list[str]:
+  """Per volume: 'dwi' (divided by the mean b0), 'intensity' (by its maximum) or 'percentile'."""
+  if upsampler.intensity_percentile is not None:
+    return ["percentile"] * num_volumes
+  if bvals is None:
+    return ["intensity"] * num_volumes
+  is_b0 = np.asarray(bvals) <= btable.B0_THRESHOLD
+  return ["intensity" if b0 else "dwi" for b0 in is_b0]
+
+
+def intensity_reference(volume: np.ndarray, mask: np.ndarray | None, upsampler: Upsampler
+                        ) -> float:
+  """What a volume is divided by before the model: its `intensity_percentile` or maximum
+  (inside `mask` when given)."""
+  values = volume[mask] if mask is not None else volume
+  if upsampler.intensity_percentile is not None:
+    return float(np.percentile(values, upsampler.intensity_percentile))
+  return float(values.max())
+
+
+def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[int],
+                    hr_shape: Sequence[int], settings: adapt_lib.AdaptSettings, *,
+                    mask: np.ndarray | None = None, progress: bool = False) -> Upsampler:
+  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.dmri.adapt`) for the factors hr/lr."""
+  prepare_adaptation(upsampler, scan.shape, hr_shape, settings)
+  reference = intensity_reference(scan, mask, upsampler)
+  if not reference > 0:
+    raise adapt_lib.AdaptError("the scan has no signal to adapt to")
+  factors = [h / l for h, l in zip(hr_shape, lr_shape)]
+  params, _ = adapt_lib.adapt_params(upsampler.model, upsampler.params,
+                                     np.clip(scan / reference, 0.0, None), factors, settings,
+                                     fft_weight=upsampler.fft_weight, progress=progress)
+  return upsampler.with_params(params, f"{upsampler.run_dir} adapted ({settings.steps} steps)")
+
+
+def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike, settings: adapt_lib.AdaptSettings,
+                 source: str) -> pathlib.Path:
+  """Exports adapted parameters (`jaxsr.dmri.pretrained` format); `--checkpoint FOLDER` reuses them."""
+  return pretrained.export(folder, upsampler.config, upsampler.params, step=upsampler.step,
+                           source=upsampler.run_dir, adapted_on=source,
+                           adapt=dataclasses.asdict(settings))
+
+
+def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
+                     lr_shape: Sequence[int], lr_affine: np.ndarray,
+                     hr_shape: Sequence[int], upsampler: Upsampler, *,
+                     bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
+                     mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
+                     back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
+                     plan: MemoryPlan | None = None, progress: bool = False,
+                     source: str = "input") -> Iterator[np.ndarray]:
+  """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
+
+  Inputs are checked, the T1 prepared and memory planned when this is called;
+  each volume is then read, super-resolved and yielded one at a time.
+
+  Args:
+    read: volume index -> (x, y, z) float32 LR volume.
+    num_volumes: how many volumes `read` gives.
+    lr_shape, lr_affine: the LR grid (x, y, z) and its (4, 4) voxel -> world mm.
+    hr_shape: the output grid (`geometry.output_shape`), same field of view.
+    upsampler: the model.
+    bvals: (V,) s/mm² or None (see the module docstring for what changes).
+    t1: the T1 at its own grid; required iff the model takes a T1.
+    mask: (x, y, z) bool brain mask on the LR grid, or None.
+    max_memory: bytes for the whole process (`jaxsr.dmri.memory.plan_memory`); `plan`
+      overrides the plan made from it.
+    back_projection: iterations of back-projection on each model output.
+    psf: the input's PSF (`jaxsr.dmri.psf.PSFS`): back-projection degrades with it
+      (None: the training degradation, anti-aliased cubic).
+    progress: show a progress bar over tiles and chunks of every volume.
+    source: the input's name, for errors.
+
+  Raises:
+    DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
+    MemoryBudgetError: `max_memory` too small for one tile.
+  """
+  lr_shape = tuple(int(n) for n in lr_shape)
+  hr_shape = tuple(int(n) for n in hr_shape)
+  if psf is not None:
+    psf_lib.check_psf(psf)
+  if back_projection < 0:
+    raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
+  check_t1(upsampler, t1.path if t1 is not None else None)
+  kinds = _volume_kinds(num_volumes, bvals, upsampler)
+  b0s = btable.b0_indices(bvals, source=source) if "dwi" in kinds else None
+  if plan is None:
+    plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
+                       hr_shape, max_memory)
+  volume_sr = _VolumeSR(upsampler, plan, lr_shape, lr_affine, hr_shape, t1, mask,
+                        back_projection, psf)
+  return _generate(read, kinds, b0s, volume_sr, progress, source)
+
+
+class _VolumeSR:
+  """One LR volume at a time through the model, in the intensity units of its training."""
+
+  def __init__(self, upsampler: Upsampler, plan: MemoryPlan, lr_shape, lr_affine, hr_shape,
+               t1: nifti.Volume | None, mask: np.ndarray | None, back_projection: int,
+               psf: str | None):
+    self.upsampler, self.plan = upsampler, plan
+    self.lr_shape, self.hr_shape = lr_shape, hr_shape
+    self.mask, self.back_projection, self.psf = mask, back_projection, psf
+    self.mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
+    self.channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, self.mask_hr)]
+                     if upsampler.uses_t1 else [])
+    # General models give any intensity back (no upper bound); the others [0, 1] of the reference.
+    self.upper = None if upsampler.intensity_percentile is not None else 1.0
+
+  @property
+  def passes(self) -> int:
+    """Progress units (tiles and chunks) of one volume."""
+    return self.plan.num_passes(self.lr_shape, self.hr_shape)
+
+  def normalised(self, x: np.ndarray, bar: tqdm) -> np.ndarray:
+    """The model's output for a normalised LR volume `x`, back-projected onto it."""
+    inputs = np.stack([x, *self.channels], axis=-1).astype(np.float32)
+    out = reconstruct(self.upsampler.model, self.upsampler.params, inputs, self.hr_shape,
+                      chunk_size=self.plan.chunk_size, tile=self.plan.tile, progress=bar.update,
+                      conv_impl=self.plan.conv_impl)
+    return np.clip(back_project(out, x, self.back_projection, psf=self.psf), 0.0, self.upper)
+
+  def by_reference(self, volume: np.ndarray, bar: tqdm) -> np.ndarray:
+    """A volume divided by its reference intensity, super-resolved and multiplied back."""
+    reference = intensity_reference(volume, self.mask, self.upsampler)
+    if not reference > 0:
+      bar.update(self.passes)
+      return np.zeros(self.hr_shape, np.float32)
+    x = np.clip(volume / reference, 0.0, self.upper)
+    return self.normalised(x if self.mask is None else x * self.mask, bar) * np.float32(reference)
+
+
+def _generate(read: Callable[[int], np.ndarray], kinds: list[str], b0s: np.ndarray | None,
+              volume_sr: _VolumeSR, progress: bool, source: str) -> Iterator[np.ndarray]:
+  """The output volumes: diffusion-weighted ones over the mean b0, the others by reference."""
+  num_volumes = len(kinds)
+  passes = num_volumes + (b0s is not None)
+  with tqdm(total=passes * volume_sr.passes, desc="upsample", unit="pass",
+            disable=not progress, dynamic_ncols=True) as bar:
+    if b0s is not None:
+      mean_b0 = np.mean([read(int(i)) for i in b0s], axis=0, dtype=np.float32)
+      valid = mean_b0 > 0 if volume_sr.mask is None else volume_sr.mask & (mean_b0 > 0)
+      bar.set_postfix_str("mean b0")
+      mean_b0_hr = volume_sr.by_reference(mean_b0, bar)
+    for index, kind in enumerate(kinds):
+      bar.set_postfix_str(f"volume {index + 1}/{num_volumes}")
+      volume = read(index)
+      if kind == "dwi":
+        ratio = np.zeros(volume_sr.lr_shape, np.float32)
+        np.divide(volume, mean_b0, out=ratio, where=valid)
+        out = volume_sr.normalised(np.clip(ratio, 0.0, 1.0), bar) * mean_b0_hr
+      else:
+        out = volume_sr.by_reference(volume, bar)
+      if not np.all(np.isfinite(out)):  # never written: the caller writes to a temporary
+        raise UpsampleError(f"{source}: volume {index}: the model gave non-finite values")
+      yield out if volume_sr.mask_hr is None else out * volume_sr.mask_hr
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputGrid:
+  """The output grid: `shape` voxels per axis and the (4, 4) voxel -> world mm `affine`."""
+  shape: tuple[int, int, int]
+  affine: np.ndarray
+
+  @property
+  def voxel_size(self) -> np.ndarray:
+    return nib.affines.voxel_sizes(self.affine)
+
+
+def output_grid(lr_shape: Sequence[int], lr_affine: np.ndarray, *,
+                voxel_size=None, scale=None, shape=None,
+                max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS) -> OutputGrid:
+  """`geometry.output_shape` and `geometry.output_affine`, refusing grids over `max_output_voxels`.
+
+  Raises:
+    UpsampleError: a bad request (see `geometry.output_shape`), or an output over the size limit.
+  """
+  try:
+    hr_shape = geometry.output_shape(lr_shape, lr_affine, voxel_size=voxel_size, scale=scale,
+                                     out_shape=shape)
+  except ValueError as e:
+    raise UpsampleError(str(e)) from e
+  if math.prod(hr_shape) > max_output_voxels:
+    raise UpsampleError(f"the output grid {hr_shape} has {math.prod(hr_shape):,} voxels per "
+                     f"volume, over the limit of {max_output_voxels:,} (raise it with "
+                     "--max-output-voxels if this is meant)")
+  return OutputGrid(hr_shape, geometry.output_affine(lr_affine, lr_shape, hr_shape))
+
+
+def load_upsampler(checkpoint: str | os.PathLike | Upsampler | None) -> Upsampler:
+  """An Upsampler as given, from a run or exported folder, or (None) the shipped general model."""
+  if isinstance(checkpoint, Upsampler):
+    return checkpoint
+  return Upsampler.general() if checkpoint is None else Upsampler.from_checkpoint(checkpoint)
+
+
+def prepare_adaptation(upsampler: Upsampler, lr_shape: Sequence[int], hr_shape: Sequence[int],
+                       settings: adapt_lib.AdaptSettings | None) -> None:
+  """Checks an --adapt request before any work: DWI-only model, known PSF, scan large enough."""
+  if settings is None or settings.steps == 0:
+    return
+  if settings.steps < 0:
+    raise adapt_lib.AdaptError(f"--adapt takes a number of steps >= 0, got {settings.steps}")
+  if upsampler.uses_t1:
+    raise UpsampleError("--adapt needs a DWI-only model (this one takes a T1)")
+  if settings.psf is not None:
+    psf_lib.check_psf(settings.psf)
+  adapt_lib.crop_shapes(lr_shape, [max(1.0, h / l) for h, l in zip(hr_shape, lr_shape)],
+                        settings.lr_patch_size)
+
+
+def check_magnitude(peak: float, source: str) -> None:
+  """DataError if an input's largest voxel is not positive: jaxsr super-resolves magnitude
+  images (negative voxels are clipped to 0, so a signed or phase image would come out blank)."""
+  if not peak > 0:
+    raise nifti.DataError(f"{source}: no voxel is positive (largest {peak:g}); jaxsr "
+                          "super-resolves magnitude images, not phase or signed ones")
+
+
+def lr_mask(mask: np.ndarray | None, lr_shape: Sequence[int], source: str) -> np.ndarray | None:
+  if mask is None:
+    return None
+  mask = np.asarray(mask) > 0.5
+  if mask.shape != tuple(lr_shape):
+    raise nifti.DataError(f"{source}: mask of shape {mask.shape} does not match the input grid "
+                          f"{tuple(lr_shape)}")
+  if not mask.any():
+    raise nifti.DataError(f"{source}: empty mask")
+  return mask
+
+
+def upsample(data: np.ndarray, affine: np.ndarray,
+             checkpoint: str | os.PathLike | Upsampler | None = None, *,
+             voxel_size=None, scale=None, shape=None, t1: np.ndarray | None = None,
+             t1_affine: np.ndarray | None = None, bvals: np.ndarray | None = None,
+             mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
+             max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
+             back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
+             adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
+
+  Args:
+    data: the LR volume(s); `affine` its (4, 4) voxel -> world mm.
+    checkpoint: a run directory (`train.py --workdir`), an exported model folder,
+      an `Upsampler`, or None: the general model shipped with jaxsr.
+    voxel_size, scale, shape: exactly one: output voxel size in mm, upsampling
+      factor, or output voxel counts; one number or three (x, y, z).
+    t1, t1_affine: a T1 at its own grid (required by models trained with one).
+    bvals: (V,) b-values in s/mm² for 4D diffusion data.
+    mask: (X, Y, Z) brain mask on the input grid.
+    max_memory: bytes for the whole process; tiles and chunks are sized to fit.
+    max_output_voxels: refuse larger output grids (per 3D volume).
+    back_projection: iterations of back-projection onto the input (0: none).
+    psf: the input's PSF if known (`jaxsr.dmri.psf.PSFS`): back-projection and
+      adaptation degrade with it.
+    adapt: fine-tune on the input's first volume first (`jaxsr.dmri.adapt`), or None.
+    progress: show a progress bar.
+
+  Returns:
+    (output, output_affine): float32 (X', Y', Z'[, V]) in the input's units, and
+    its (4, 4) voxel -> world mm affine.
+  """
+  data = np.asarray(data, np.float32)
+  if data.ndim not in (3, 4) or 0 in data.shape:
+    raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
+  if not np.all(np.isfinite(data)):
+    raise nifti.DataError("<array>: has non-finite voxels (NaN/inf)")
+  check_magnitude(float(data.max()), "<array>")
+  num_volumes = data.shape[3] if data.ndim == 4 else 1
+  if bvals is not None and np.size(bvals) != num_volumes:
+    raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
+  grid = output_grid(data.shape[:3], affine, voxel_size=voxel_size, scale=scale, shape=shape,
+                     max_output_voxels=max_output_voxels)
+  t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
+                            nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
+  read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
+  upsampler = load_upsampler(checkpoint)
+  mask = lr_mask(mask, data.shape[:3], "<mask>")
+  adapt = with_psf(adapt, psf)
+  if adapt is not None and adapt.steps:
+    upsampler = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
+                                mask=mask, progress=progress)
+  volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
+                             grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
+                             max_memory=max_memory, back_projection=back_projection, psf=psf,
+                             progress=progress, source="<bvals>")
+  out = np.stack(list(volumes), axis=-1)
+  return (out if data.ndim == 4 else out[..., 0]), grid.affine
+
+
+def with_psf(settings: adapt_lib.AdaptSettings | None, psf: str | None
+              ) -> adapt_lib.AdaptSettings | None:
+  """Adaptation settings that degrade with the input's PSF when one is given."""
+  if settings is None or psf is None or settings.psf is not None:
+    return settings
+  return dataclasses.replace(settings, psf=psf)
+
+

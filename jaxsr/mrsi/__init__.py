@@ -1,0 +1,1 @@
+"""Multi-scale MRSI super-resolution with adjustable sharpness."""
