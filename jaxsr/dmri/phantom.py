@@ -31,6 +31,7 @@ import uuid
 import dipy
 import numpy as np
 from dipy.reconst import dti
+from tqdm import tqdm
 
 from jaxsr import anatomy, nifti
 from jaxsr.dmri import btable
@@ -239,7 +240,8 @@ def build_embedded_dataset(root: str | os.PathLike, *, num_subjects: int, voxel_
   root.parent.mkdir(parents=True, exist_ok=True)
   temp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
   try:
-    for i, name in enumerate(names):
+    for i, name in enumerate(tqdm(names, desc=f"building the embedded data in {root}",
+                                  unit="subject", dynamic_ncols=True)):
       phantom = simulate_subject(i, bvals=bvals, bvecs=bvecs, voxel_size_mm=voxel_size_mm,
                                  snr=snr, seed=seed, deformation_mm=deformation_mm)
       write_subject(temp / name, phantom, bvals, bvecs)

@@ -45,6 +45,7 @@ import nibabel as nib
 import nibabel.affines
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from jaxsr import anatomy
 
@@ -320,16 +321,17 @@ def load_patients(cache_dir: str | os.PathLike, num_patients: int = 15, seed: in
   key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
   folder = pathlib.Path(cache_dir).expanduser() / f"mrsi-{key}"
   folder.mkdir(parents=True, exist_ok=True)
+  missing = [i for i in range(num_patients) if not (folder / f"p{i:02d}.npz").exists()]
+  for index in tqdm(missing, desc=f"building the MRSI patients in {folder}", unit="patient",
+                    dynamic_ncols=True, disable=not missing):
+    patient = simulate_patient(index, seed=seed, decoupled=decoupled)
+    temp = folder / f".{uuid.uuid4().hex}.npz"  # renamed when complete: no partial file
+    np.savez_compressed(temp, **{f.name: getattr(patient, f.name)
+                                 for f in dataclasses.fields(Patient)})
+    os.replace(temp, folder / f"p{index:02d}.npz")
   patients = []
   for index in range(num_patients):
-    path = folder / f"p{index:02d}.npz"
-    if not path.exists():
-      patient = simulate_patient(index, seed=seed, decoupled=decoupled)
-      temp = folder / f".{uuid.uuid4().hex}.npz"
-      np.savez_compressed(temp, **{f.name: getattr(patient, f.name)
-                                   for f in dataclasses.fields(Patient)})
-      os.replace(temp, path)
-    with np.load(path) as arrays:
+    with np.load(folder / f"p{index:02d}.npz") as arrays:
       patients.append(Patient(**{f.name: (str(arrays[f.name]) if f.name == "name"
                                           else arrays[f.name])
                                  for f in dataclasses.fields(Patient)}))
