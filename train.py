@@ -40,8 +40,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   entry.quiet_library_noise()
   config = entry.config_value(_CONFIG)
-  if config.distributed:
-    jax.distributed.initialize()
+  from jaxsr.train import distributed  # after the flags: a bad command line fails without JAX
+
+  code = entry.report_errors(lambda: distributed.initialize(config))
+  if code:
+    sys.exit(code)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   from jaxsr import tasks  # after the flags: a bad command line fails without loading it

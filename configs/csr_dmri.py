@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   c.seed = 0
   c.batch_size = 9  # global batch, split over devices (and processes)
-  c.distributed = False  # call jax.distributed.initialize() for multi-host runs
+  c.distributed = False  # start JAX's distributed runtime: several processes (docs/scaling.md)
+  c.distributed_timeout_s = 300  # for all processes to join; a lost one is noticed as late
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "embedded"  # "embedded": built from the MNI template; "hcp": data.root

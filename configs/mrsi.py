@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variant = variant
   c.seed = 0
   c.batch_size = 8  # global batch, split over devices (and processes)
-  c.distributed = False  # call jax.distributed.initialize() for multi-host runs
+  c.distributed = False  # start JAX's distributed runtime: several processes (docs/scaling.md)
+  c.distributed_timeout_s = 300  # for all processes to join; a lost one is noticed as late
   # Table 1 rows (jaxsr.mrsi.task.METHODS), trained with lambda = 0.
   c.methods = ("single_scale", "unconditioned", "amlayer", "hypernetwork", "filter_scaling",
                "filter_scaling_met")

@@ -67,14 +67,21 @@ def test_iterator_state_resumes_the_same_sequence():
   assert not (other_seed.shape == expected[0].shape and np.array_equal(other_seed, expected[0]))
 
 
-def test_process_shards_read_disjoint_batches():
-  sampler = PatchSampler([fake_subject(str(i), volumes=4) for i in range(3)], hr_sizes=(8,),
+def test_processes_read_their_rows_of_the_one_process_batches():
+  """Two processes' rows of each global batch, put together, are the batch one process reads
+  (same scale and crops: the rows of a step fit one global array)."""
+  sampler = PatchSampler([fake_subject(str(i), volumes=4) for i in range(3)], hr_sizes=(8, 10),
                          patch_size=8)
-  full = training_batches(sampler, batch_size=2, seed=1)
-  sequence = [next(full)["hr"] for _ in range(4)]
-  shard1 = training_batches(sampler, batch_size=2, seed=1, shard_index=1, num_shards=2)
-  np.testing.assert_array_equal(next(shard1)["hr"], sequence[1])
-  np.testing.assert_array_equal(next(shard1)["hr"], sequence[3])
+  full = training_batches(sampler, batch_size=4, seed=1)
+  shards = [training_batches(sampler, batch_size=4, seed=1, shard_index=i, num_shards=2)
+            for i in range(2)]
+  for _ in range(4):
+    reference = next(full)
+    parts = [next(shard) for shard in shards]
+    for key in reference:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), reference[key])
+  with pytest.raises(ValueError, match="does not split over 3 processes"):
+    training_batches(sampler, batch_size=4, seed=1, num_shards=3)
 
 
 def test_too_small_volume_is_a_clear_error():

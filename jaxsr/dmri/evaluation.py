@@ -25,7 +25,6 @@ import os
 import pathlib
 from typing import Callable
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -37,6 +36,7 @@ from jaxsr.dmri.degrade import degrade, lr_shape_for_scale, tricubic_upsample
 from jaxsr.dmri.models import is_implicit
 from jaxsr.dmri.reconstruct import reconstruct, reconstruct_fixed_scale
 from jaxsr.nifti import DataError
+from jaxsr.train import distributed
 from jaxsr.train.checkpoint import CheckpointError, TrainedRun, load_run, model_variables, run_dir
 from jaxsr.train.run_record import write_run_record
 
@@ -106,7 +106,7 @@ def validation_scores(config, model, subjects, state) -> dict[str, float]:
   mask) on `config.eval.validation_volumes` b-shell volumes per subject; each
   subject's mean counts once.
   """
-  run = TrainedRun(config, model, model_variables(jax.device_get(state)), step=-1)
+  run = TrainedRun(config, model, model_variables(distributed.to_host(state)), step=-1)
   method = trained_method("model", run, config.eval)
   rows = []
   for subject in subjects:

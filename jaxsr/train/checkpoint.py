@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsr.errors import JaxsrError, WriteError
+from jaxsr.train import distributed
 from jaxsr.train.divergence import all_finite
 
 CHECKPOINT_FORMAT = 2  # bump when the saved items or the state's structure change
@@ -82,6 +83,17 @@ BEST_METRIC = "val_psnr"
 
 def _rank(metrics: dict) -> float:
   return metrics[BEST_METRIC]
+
+
+def _restore_target(leaf) -> jax.ShapeDtypeStruct:
+  """The shape, dtype and placement to restore a leaf into: the given array's, or for an
+  abstract leaf (a reader such as evaluation) this process's first device, whatever the
+  devices and processes that wrote the checkpoint."""
+  target = ocp.utils.to_shape_dtype_struct(leaf)
+  if getattr(target, "sharding", None) is not None:
+    return target
+  return jax.ShapeDtypeStruct(target.shape, target.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 class Checkpointer:
@@ -174,8 +186,7 @@ class Checkpointer:
     """
     rng_data = (jax.random.key_data(rng) if isinstance(rng, jax.Array)
                 else jax.eval_shape(jax.random.key_data, rng))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                            {"train_state": state, "rng": rng_data})
+    abstract = jax.tree.map(_restore_target, {"train_state": state, "rng": rng_data})
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -216,7 +227,7 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = restore(step)
-        if not bool(all_finite(restored)):
+        if not bool(all_finite(distributed.to_host(restored))):
           raise _NonFinite("non-finite values (saved from a diverged run)")
       except Exception as error:  # a truncated or missing file: orbax raises bare Exceptions
         if not isinstance(error, _NonFinite) and not (

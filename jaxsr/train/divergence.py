@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr.train import distributed
+
 FLAG = "finite"
 
 
@@ -44,9 +46,9 @@ def first_non_finite(window: Sequence[dict], first_step: int) -> tuple[int, dict
 
   `window` holds the metrics of steps first_step, first_step + 1, ... (device or host arrays).
   """
-  flags = jax.device_get([m[FLAG] for m in window])
+  flags = distributed.to_host([m[FLAG] for m in window])
   for offset, flag in enumerate(flags):
     if not bool(flag):
       return first_step + offset, {k: float(np.asarray(v)) for k, v in
-                                   jax.device_get(window[offset]).items() if k != FLAG}
+                                   distributed.to_host(window[offset]).items() if k != FLAG}
   return None

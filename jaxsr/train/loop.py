@@ -9,7 +9,9 @@ with `MODEL_KINDS`, `build_model` and `make_task`); the loop imports none
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pathlib
 import sys
 import time
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from jaxsr import files
 from jaxsr.errors import ConfigError, Interrupted, TrainingDiverged
-from jaxsr.train import batches, divergence, interrupt, resume, run_record, sharding
+from jaxsr.train import batches, distributed, divergence, interrupt, resume, run_record, sharding
 from jaxsr.train.checkpoint import Checkpointer, CheckpointError, count_parameters, run_dir
 from jaxsr.train.workdir_lock import WorkdirLock
 
@@ -50,11 +52,6 @@ class Task:
   train_step: Callable
   description: str
   validate: Callable[[Any], dict] | None = None
-
-
-def per_process_batch_size(batch_size: int) -> int:
-  """The global batch split over processes; it must also split evenly over devices."""
-  return batch_size // jax.process_count()
 
 
 def _positive_int(config, key: str) -> None:
@@ -134,7 +131,8 @@ def train(config, workdir: str | pathlib.Path, *, family,
   files.check_can_create(workdir)  # before the data is built, without creating DIR
   task = family.make_task(config)  # bad data fails before DIR is touched
   files.check_writable_folder(workdir)
-  with WorkdirLock(workdir):
+  # Process 0 holds the lock for all processes of a distributed run (they share DIR).
+  with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     return _train_locked(config, task, workdir, allow_schedule_change)
 
 
@@ -154,7 +152,7 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
   metrics_path = workdir / run_record.METRICS_FILE
   validation_path = workdir / "validation.jsonl"
   iterator = batches.training_batches(
-      task.sampler, batch_size=per_process_batch_size(config.batch_size), seed=config.seed,
+      task.sampler, batch_size=config.batch_size, seed=config.seed,
       shard_index=jax.process_index(), num_shards=jax.process_count(),
       num_threads=config.data.num_threads, prefetch=config.data.prefetch)
   mesh = sharding.make_mesh()
@@ -168,19 +166,20 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
   if start_step >= config.train.num_steps:
     tqdm.write(f"{workdir}: already trained to step {start_step}")
     return start_step
-  if jax.process_index() == 0:
-    run_record.write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
   previous_seconds = 0.0  # training time of earlier processes of this run
-  if start_step:
-    previous_seconds = truncate_metrics(metrics_path, start_step)
-    truncate_metrics(validation_path, start_step)
-    tqdm.write(f"Resumed from step {start_step} in {workdir}")
-  else:
-    metrics_path.unlink(missing_ok=True)
-    validation_path.unlink(missing_ok=True)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # the run's records are process 0's to write
+    run_record.write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
+    if start_step:
+      previous_seconds = truncate_metrics(metrics_path, start_step)
+      truncate_metrics(validation_path, start_step)
+      tqdm.write(f"Resumed from step {start_step} in {workdir}")
+    else:
+      metrics_path.unlink(missing_ok=True)
+      validation_path.unlink(missing_ok=True)
     tqdm.write(f"{count_parameters(state.params):,} parameters; {task.description}; "
-               f"{jax.device_count()} device(s)")
+               f"{jax.device_count()} device(s) in {jax.process_count()} process(es)")
+  else:  # the others write their metrics nowhere
+    metrics_path = validation_path = pathlib.Path(os.devnull)
 
   train_step = sharding.compile_train_step(divergence.keep_finite(task.train_step), mesh)
   log_every = config.train.log_every_steps
@@ -276,7 +275,7 @@ def _resume(checkpointer: Checkpointer, workdir: pathlib.Path, state, rng, itera
 def _window_summary(window_metrics: list[dict], step: int, voxels: int, window_seconds: float,
                     training_seconds: float) -> dict:
   """One metrics.jsonl line: the window's mean metrics, its throughput and the training time."""
-  summary = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
+  summary = {k: float(np.mean([m[k] for m in distributed.to_host(window_metrics)]))
              for k in window_metrics[0] if k != divergence.FLAG}
   summary.update(step=step, voxels_per_s=voxels / window_seconds, elapsed_s=training_seconds)
   return summary

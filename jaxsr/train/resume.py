@@ -17,7 +17,7 @@ from typing import Any
 
 from jaxsr.errors import ConfigError
 
-RUNTIME_FIELDS = ("variant", "distributed", "data.num_threads", "data.prefetch",
+RUNTIME_FIELDS = ("variant", "distributed", "distributed_timeout_s", "data.num_threads", "data.prefetch",
                   "data.cache_dir", "train.log_every_steps", "train.keep_checkpoints", "eval.")
 SCHEDULE_FIELDS = ("train.num_steps", "train.checkpoint_every_steps", "train.learning_rate",
                    "train.lr_decay_steps", "train.lr_decay_factor", "train.validate")

@@ -4,8 +4,8 @@ reproduced) and metrics.jsonl (one JSON line per logged step), and how they are 
 from __future__ import annotations
 
 import datetime
-import json
 import importlib.metadata
+import json
 import pathlib
 import platform
 import subprocess

@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxsr.train import distributed
+
 DATA_AXIS = "data"
 
 
@@ -39,5 +41,15 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree fully replicated on the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Places a pytree fully replicated on the mesh (over every process's devices)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):  # each process holds the whole value and gives it for its own devices
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    value = np.asarray(distributed.to_host(x))
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(put, tree)
