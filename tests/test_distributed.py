@@ -89,7 +89,7 @@ def jax_leaves(tree) -> list[np.ndarray]:
 
 
 def test_a_lost_process_stops_the_other_within_its_timeout(tmp_path, smoke_cache):
-  processes = start_processes(tmp_path / "run", smoke_cache, 10_000, timeout_s=10)
+  processes = start_processes(tmp_path / "run", smoke_cache, 10_000, timeout_s=20)
   survivor, lost = processes
   try:
     deadline = time.monotonic() + 600
