@@ -128,7 +128,15 @@ def test_command_on_the_real_anisotropic_scan(arssr_smoke_run, tmp_path):
   assert input_values.min() <= values.min() and values.max() <= input_values.max()
   picture = matplotlib.image.imread(preview)
   assert picture.ndim == 3 and picture.shape[0] > 300 and picture.std() > 0.05
-  assert sorted(os.listdir(tmp_path)) == ["aniso_1mm.nii.gz", "preview.png"]
+  assert sorted(os.listdir(tmp_path)) == ["aniso_1mm.json", "aniso_1mm.nii.gz", "preview.png"]
+  sidecar = json.loads((tmp_path / "aniso_1mm.json").read_text())
+  assert sidecar["input"]["file"] == os.path.abspath(source)
+  assert sidecar["output"]["shape"] == [232, 232, 120]
+  np.testing.assert_allclose(sidecar["output"]["scale"], np.array([232, 232, 120]) / lr.shape)
+  assert sidecar["GeneratedBy"]["Version"] == jaxsr.__version__
+  assert sidecar["model"]["source"] == str(arssr_smoke_run) and sidecar["seconds"] > 0
+  params = Upsampler.from_checkpoint(arssr_smoke_run).params_sha256()
+  assert sidecar["model"]["params_sha256"] == params and len(params) == 64
 
 
 def test_command_on_the_real_4d_dwi_copies_the_gradient_table(arssr_smoke_run, tmp_path):

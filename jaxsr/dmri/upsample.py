@@ -36,11 +36,13 @@ model exactly as in training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import pathlib
 from typing import Callable, Iterator, Sequence
 
+import jax
 import ml_collections
 import nibabel as nib
 import numpy as np
@@ -123,6 +125,14 @@ class Upsampler:
   @property
   def fft_weight(self) -> float:
     return float(self.config.train.fft_weight) if self.config is not None else 0.0
+
+  def params_sha256(self) -> str:
+    """SHA-256 of the parameters' values (leaves in tree order, float32 bytes): names the
+    exact weights an output was made with, whatever folder they came from."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(self.params):
+      digest.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return digest.hexdigest()
 
   def with_params(self, params, source: str) -> "Upsampler":
     return dataclasses.replace(self, params=params, run_dir=source)

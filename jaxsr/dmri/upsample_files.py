@@ -1,18 +1,23 @@
 """The `jaxsr upsample` command on NIfTI files: validated inputs, streamed output, atomic writes.
 
 Every input is checked before any computation; the output is written volume by
-volume (`upsample_volumes`) under temporary names and renamed only when complete.
+volume (`upsample_volumes`) under temporary names and renamed only when complete,
+with a JSON sidecar beside it (OUT.json: the model and the SHA-256 of its weights,
+the jaxsr version, the input, the grid, the settings and the time taken).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import pathlib
 import shutil
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
+import nibabel as nib
+import nibabel.affines
 import numpy as np
 
 from jaxsr import files, nifti
@@ -39,12 +44,13 @@ class UpsampleResult:
 
 
 def output_targets(out: pathlib.Path, bvals, bvecs, preview) -> dict[str, pathlib.Path]:
-  """{"image", and "bval"/"bvec" with a gradient table, "preview" with one: path} of a request."""
+  """{"image", "sidecar", and "bval"/"bvec" with a gradient table, "preview" with one: path}
+  of a request."""
   if preview is not None and pathlib.Path(preview).suffix.lower() != ".png":
     raise UpsampleError(f"{preview}: the preview must be a .png file")
   if (bvals is None) != (bvecs is None):
     raise UpsampleError("give --bvals and --bvecs together")
-  targets = {"image": out}
+  targets = {"image": out, "sidecar": companion_path(out, ".json")}
   if bvals is not None:
     targets.update(bval=companion_path(out, ".bval"), bvec=companion_path(out, ".bvec"))
   if preview is not None:
@@ -64,9 +70,11 @@ def check_save_adapted(save_adapted, adapt: adapt_lib.AdaptSettings | None,
 
 
 def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, grid: OutputGrid,
-                  volumes: Iterator[np.ndarray], bvals, bvecs, *, preview_title: str) -> None:
-  """Writes the output NIfTI volume by volume, the gradient table and the preview, each under
-  a temporary name renamed only when all are complete (none is left behind on failure)."""
+                  volumes: Iterator[np.ndarray], bvals, bvecs, *, preview_title: str,
+                  sidecar: Callable[[], dict]) -> None:
+  """Writes the output NIfTI volume by volume, the gradient table, the preview and the JSON
+  sidecar (`sidecar()`, called once the volumes are written), each under a temporary name
+  renamed only when all are complete (none is left behind on failure)."""
   temps = {name: files.temporary_path(path) for name, path in targets.items()}
   first = {}
 
@@ -87,6 +95,8 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
       with files.write_errors(targets["bval"]):
         shutil.copyfile(bvals, temps["bval"])
         shutil.copyfile(bvecs, temps["bvec"])
+    with files.write_errors(targets["sidecar"]):
+      files.write_json(temps["sidecar"], sidecar())
     if "preview" in targets:
       with files.write_errors(targets["preview"]):
         figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
@@ -98,6 +108,26 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
     for temp in temps.values():
       if temp.exists():
         temp.unlink()
+
+
+def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: OutputGrid,
+                   adapt: adapt_lib.AdaptSettings | None, back_projection: int, psf: str | None,
+                   seconds: float) -> dict:
+  """What the JSON sidecar beside an output records: the model and the exact weights, the
+  jaxsr version, the input, the grid and the settings, and the time taken."""
+  return {
+      "GeneratedBy": {"Name": "jaxsr", "Version": importlib.metadata.version("jaxsr")},
+      "model": {"source": upsampler.run_dir, "step": upsampler.step,
+                "kind": upsampler.config.model.kind if upsampler.config is not None else None,
+                "params_sha256": upsampler.params_sha256()},
+      "input": {"file": os.path.abspath(dwi), "shape": list(source.shape),
+                "voxel_size_mm": [float(v) for v in nib.affines.voxel_sizes(source.affine)]},
+      "output": {"shape": list(grid.shape), "voxel_size_mm": [float(v) for v in grid.voxel_size],
+                 "scale": [float(n / m) for n, m in zip(grid.shape, source.shape[:3])]},
+      "settings": {"back_projection": back_projection, "psf": psf,
+                   "adapt_steps": adapt.steps if adapt is not None else 0},
+      "seconds": round(seconds, 3),
+  }
 
 
 def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | os.PathLike,
@@ -160,7 +190,9 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
       bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
       psf=psf, progress=progress, source=os.fspath(bvals or dwi))
   write_outputs(targets, source, grid, volumes, bvals, bvecs,
-                preview_title=f"{pathlib.Path(dwi).name} → {out.name}")
+                preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
+                sidecar=lambda: sidecar_record(upsampler, dwi, source, grid, adapt,
+                                               back_projection, psf, time.perf_counter() - start))
   if save_adapted is not None:
     save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi))
     targets["adapted"] = pathlib.Path(save_adapted)
