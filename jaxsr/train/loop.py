@@ -264,7 +264,8 @@ def _resume(checkpointer: Checkpointer, workdir: pathlib.Path, state, rng, itera
   restored = checkpointer.restore_latest_usable(
       lambda step: checkpointer.restore(step, state, _saved_key(checkpointer, step, rng),
                                         iterator),
-      set_aside=True, warn=lambda line: tqdm.write(line, file=sys.stderr))
+      set_aside=jax.process_index() == 0,  # the others find the same checkpoints unreadable
+      warn=lambda line: tqdm.write(line, file=sys.stderr))
   if restored is None:
     raise CheckpointError(f"{workdir}: no checkpoint can be restored (set aside in "
                           f"{workdir / 'checkpoints_unreadable'}); start a new --workdir")
