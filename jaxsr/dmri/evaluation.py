@@ -106,7 +106,7 @@ def validation_scores(config, model, subjects, state) -> dict[str, float]:
   mask) on `config.eval.validation_volumes` b-shell volumes per subject; each
   subject's mean counts once.
   """
-  run = TrainedRun(config, model, model_variables(distributed.to_host(state)), step=-1)
+  run = TrainedRun(config, model, distributed.to_host(model_variables(state)), step=-1)
   method = trained_method("model", run, config.eval)
   rows = []
   for subject in subjects:

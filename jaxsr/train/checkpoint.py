@@ -227,7 +227,7 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = restore(step)
-        if not bool(all_finite(distributed.to_host(restored))):
+        if not bool(distributed.to_host(all_finite(restored))):  # checked where it lies
           raise _NonFinite("non-finite values (saved from a diverged run)")
       except Exception as error:  # a truncated or missing file: orbax raises bare Exceptions
         if not isinstance(error, _NonFinite) and not (

@@ -276,8 +276,8 @@ def _resume(checkpointer: Checkpointer, workdir: pathlib.Path, state, rng, itera
 def _window_summary(window_metrics: list[dict], step: int, voxels: int, window_seconds: float,
                     training_seconds: float) -> dict:
   """One metrics.jsonl line: the window's mean metrics, its throughput and the training time."""
-  summary = {k: float(np.mean([m[k] for m in distributed.to_host(window_metrics)]))
-             for k in window_metrics[0] if k != divergence.FLAG}
+  window = distributed.to_host(window_metrics)  # one transfer for every metric of the window
+  summary = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != divergence.FLAG}
   summary.update(step=step, voxels_per_s=voxels / window_seconds, elapsed_s=training_seconds)
   return summary
 
