@@ -95,10 +95,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = base.eval
   c.eval.checkpoint = "best"  # the best validation score of each run
   c.eval.num_volumes = {"default": 4, "quick": 2, "smoke": 2}[c.variant]  # scored per subject
-  # Scales at which whole shells are super-resolved for FA/MD errors in white matter (each
-  # costs num_directions reconstructions per method, seed and subject); quick and smoke: the
-  # 2.4x figure scale only, to fit a CPU.
-  c.eval.dti_scales = (2.4,) if c.variant in ("quick", "smoke") else c.eval.scales
+  # FA/MD errors in white matter: tensors fitted at these scales from dti_volumes shell
+  # volumes spread over the sphere (each costs that many reconstructions per method, seed and
+  # subject; evaluate.py prints the total before it starts). The 2.4x figure scale and 12
+  # directions (quick's whole shell) in every variant, so that default fits a CPU too.
+  c.eval.dti_scales = (2.4,)
+  c.eval.dti_volumes = 12
   c.eval.figures = True
   c.eval.figure_scale = 2.4
   c.eval.tile_voxels = 1 << 20  # CNN slabs: a 2 mm brain volume in one pass

@@ -4,8 +4,8 @@ Variants (`--config configs/csr_dmri.py:VARIANT`):
   default  the paper's setting: RDN 64/64/8×3 → 128 latent, MLP 8×256, batch 9,
            LR 10³ patches, s ~ U(2, 3), Adam 1e-4 halved five times over training
            (the decoder's position input and global residual are jaxsr's: README);
-           embedded data at HCP's 1.25 mm (or point `data.source=hcp`, `data.root`
-           at real subjects).
+           embedded data at HCP's 1.25 mm (or point `data.source=hcp` or
+           `data.source=bids` and `data.root` at real subjects).
   quick    what the README's main line runs: a small model on 2 mm embedded data,
            train + evaluate in at most 15 minutes on 2 CPU cores.
   smoke    tiny model and data, train + evaluate in under 2 minutes (tests, CI).
@@ -57,8 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distributed_timeout_s = 300  # for all processes to join; a lost one is noticed as late
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "embedded"  # "embedded": built from the MNI template; "hcp": data.root
-  c.data.root = ""  # hcp: folder of subject folders; embedded: "" = under cache_dir
+  # "embedded": built from the MNI template; "hcp": HCP subject folders under data.root;
+  # "bids": the DWI scans (and T1w) of the BIDS dataset at data.root, split by participant.
+  c.data.source = "embedded"
+  c.data.root = ""  # hcp/bids: the data's folder; embedded: "" = under cache_dir
   c.data.cache_dir = "~/.cache/jaxsr"
   c.data.num_subjects = 16  # embedded build
   c.data.voxel_size_mm = 1.25

@@ -2,6 +2,7 @@
 
   jaxsr upsample --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz [--adapt 300] [--psf block]
   jaxsr upsample --checkpoint RUN_DIR --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz
+  jaxsr bids BIDS_DIR BIDS_DIR/derivatives/jaxsr participant [--participant-label 01] --scale 2
   jaxsr upsample-mrsi --checkpoint RUN_DIR --map naa.nii.gz --t1 t1.nii.gz --flair flair.nii.gz \
       --metabolite NAA --sharpness 0.03 --out naa_sr.nii.gz
 

@@ -123,7 +123,9 @@ def open_volume(path: str | os.PathLike, ndim: int | None = None) -> LazyVolume:
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
   try:
-    image = nib.load(path)
+    # Kept open: reading a gzipped 4D file volume by volume then decompresses it once, not
+    # once per volume (docs/scaling.md).
+    image = nib.load(path, keep_file_open=True)
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
       raise DataError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
     if np.issubdtype(image.get_data_dtype(), np.complexfloating):
@@ -250,8 +252,8 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
 
 def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray,
                   volumes: Iterable[np.ndarray], header: nib.Nifti1Header | None = None,
-                  repetition_time: float | None = None) -> None:
-  """Streams float32 3D volumes into a (X, Y, Z) or (X, Y, Z, V) NIfTI-1 file at `path`.
+                  repetition_time: float | None = None, dtype=np.float32) -> None:
+  """Streams 3D volumes into a (X, Y, Z) or (X, Y, Z, V) NIfTI-1 file of `dtype` at `path`.
 
   NIfTI stores voxels in Fortran order, so each 3D volume of a 4D image is one
   contiguous run of bytes: they are written as `volumes` yields them and only
@@ -263,7 +265,7 @@ def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.nd
     ValueError: a volume of the wrong shape, or not as many as `shape` says.
   """
   out = _output_header(affine, header)
-  out.set_data_dtype(np.float32)
+  out.set_data_dtype(dtype)
   out.set_data_shape(shape)
   if len(shape) == 4:
     out.set_zooms(tuple(nib.affines.voxel_sizes(affine)) + (float(repetition_time or 1.0),))

@@ -5,6 +5,7 @@ import types
 import numpy as np
 import pytest
 
+from jaxsr.dmri import dti
 from jaxsr.dmri.evaluation import Method, classical_methods, evaluated_volumes, score_subject
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
@@ -167,3 +168,28 @@ def test_score_subject_fits_tensors_only_at_dti_scales():
                                  dti_scales=(4.0,))
   assert calls.count(2.0) == 2 and calls.count(4.0) == 6  # scored volumes; the whole shell
   assert [r["scale"] for r in dti_rows] == [4.0] and len(rows) == 4
+
+
+def test_spread_directions_skips_repeats_and_antipodes():
+  golden = (1 + 5 ** 0.5) / 2
+  icosahedron = np.array([[0, 1, golden], [0, -1, golden], [1, golden, 0], [-1, golden, 0],
+                          [golden, 0, 1], [-golden, 0, 1]], np.float64)  # 6 axes, |cos| = 0.447
+  icosahedron /= np.linalg.norm(icosahedron, axis=1, keepdims=True)
+  bvecs = np.concatenate([icosahedron[:3], -icosahedron[:2], icosahedron[3:], icosahedron[4:5]])
+  chosen = dti.spread_directions(bvecs, 6)
+  np.testing.assert_allclose(np.abs(bvecs[chosen] @ bvecs[chosen].T)[~np.eye(6, dtype=bool)],
+                             1 / 5 ** 0.5, rtol=1e-6)  # one of each axis: no repeat, no antipode
+  assert dti.spread_directions(bvecs, 0) == list(range(9))
+  with pytest.raises(ValueError, match="at least 6 directions"):
+    dti.spread_directions(bvecs, 5)
+
+
+def test_score_subject_fits_tensors_from_dti_volumes_only():
+  subject = _subject(num_volumes=10)
+  calls = []
+  methods = {"m": Method("m", lambda lr, t1, shape, s: calls.append(s) or np.asarray(
+      subject.dwi[..., 0]))}
+  rows, dti_rows = score_subject(methods, subject, scales=(4.0,), num_volumes=2,
+                                 dti_scales=(4.0,), dti_volumes=6)
+  fitted = dti.spread_directions(subject.bvecs, 6)
+  assert len(calls) == len(set(fitted) | {0, 9}) < 10 and len(rows) == 2 and len(dti_rows) == 1

@@ -7,6 +7,7 @@ Every bad input raises `DataError` naming the file.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -84,9 +85,28 @@ def b0_indices(bvals: np.ndarray, threshold: float = B0_THRESHOLD,
   return indices
 
 
+def mean_b0(read_volume: Callable[[int], np.ndarray], bvals: np.ndarray,
+            source: str = "the b-values") -> np.ndarray:
+  """(X, Y, Z) float32 mean of the b0 volumes, read one at a time by `read_volume(index)`."""
+  indices = b0_indices(bvals, source=source)
+  total = None
+  for index in indices:
+    volume = np.asarray(read_volume(int(index)), dtype=np.float64)
+    total = volume if total is None else total + volume
+  return (total / len(indices)).astype(np.float32)
+
+
+def divide_by_b0(volume: np.ndarray, mean_b0_volume: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """(X, Y, Z) float32 `volume / mean_b0_volume` where `valid`, else 0, clipped to [0, 1]."""
+  out = np.zeros(volume.shape, np.float32)
+  np.divide(np.asarray(volume, np.float32), mean_b0_volume, out=out, where=valid)
+  return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalise_by_mean_b0(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray,
                          bval: float = 1000.0, tol: float = 100.0) -> np.ndarray:
-  """The b-shell volumes divided by the mean b0, as in CSR-dMRI.
+  """The b-shell volumes divided by the mean b0, as in CSR-dMRI (in memory; subjects on disk
+  are normalised volume by volume with `mean_b0` and `divide_by_b0`).
 
   Args:
     dwi: (X, Y, Z, V) signal.
@@ -97,9 +117,7 @@ def normalise_by_mean_b0(dwi: np.ndarray, bvals: np.ndarray, mask: np.ndarray,
   Returns:
     (X, Y, Z, K) float32 in [0, 1]; 0 outside the mask and where the mean b0 is not positive.
   """
-  mean_b0 = dwi[..., b0_indices(bvals)].mean(axis=-1, dtype=np.float32)
-  shell = dwi[..., shell_indices(bvals, bval, tol)].astype(np.float32, copy=False)
-  valid = (np.asarray(mask) > 0) & (mean_b0 > 0)
-  out = np.zeros(shell.shape, np.float32)
-  np.divide(shell, mean_b0[..., None], out=out, where=valid[..., None])
-  return np.clip(out, 0.0, 1.0, out=out)
+  b0 = mean_b0(lambda index: dwi[..., index], bvals)
+  valid = (np.asarray(mask) > 0) & (b0 > 0)
+  return np.stack([divide_by_b0(dwi[..., index], b0, valid)
+                   for index in shell_indices(bvals, bval, tol)], axis=-1)

@@ -1,4 +1,5 @@
-"""The dMRI commands of `jaxsr`: `upsample` (any voxel size, NIfTI in and out) and `export`."""
+"""The dMRI commands of `jaxsr`: `upsample` (any voxel size, NIfTI in and out), `bids` (a BIDS
+App over a dataset's DWI) and `export`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import textwrap
 
 from jaxsr.dmri.adapt import AdaptSettings
+from jaxsr.dmri.bids_app import ANALYSIS_LEVELS, run_bids_app
 from jaxsr.dmri.memory import format_bytes
 from jaxsr.dmri.pretrained import export_run
 from jaxsr.dmri.psf import PSFS
@@ -51,10 +53,11 @@ def _size(text: str) -> int:
 
 
 def add_commands(commands) -> dict:
-  """Adds `upsample` and `export` to the `jaxsr` subparsers; returns {name: handler}."""
+  """Adds `upsample`, `bids` and `export` to the `jaxsr` subparsers; returns {name: handler}."""
   _add_upsample(commands)
+  _add_bids(commands)
   _add_export(commands)
-  return {"upsample": _upsample, "export": _export}
+  return {"upsample": _upsample, "bids": _bids, "export": _export}
 
 
 def _add_upsample(commands) -> None:
@@ -139,6 +142,42 @@ def _add_upsample(commands) -> None:
                   help="do not show the progress bar over volumes, encoder tiles and chunks")
 
 
+def _add_bids(commands) -> None:
+  app = commands.add_parser(
+      "bids", help="super-resolve the DWI of a BIDS dataset into a derivative dataset (BIDS App)",
+      description=textwrap.fill(
+          "A BIDS App: super-resolves every DWI scan (sub-*/[ses-*/]dwi/*_dwi.nii.gz with its "
+          ".bval/.bvec) of the participants asked for, as `jaxsr upsample` does, and writes "
+          "the derivative dataset OUT_DIR: dataset_description.json (GeneratedBy jaxsr) and "
+          "sub-<label>/[ses-<label>/]dwi/<name>_res-<mm>_desc-jaxsr_dwi.nii.gz with its "
+          ".bval, .bvec and a JSON sidecar (model, weights' SHA-256, jaxsr version, grid, "
+          "input file, seconds). Models that take a T1 get the participant's T1w.", 79),
+      epilog="Example:\n  jaxsr bids /data/ds001 /data/ds001/derivatives/jaxsr participant "
+      "--participant-label 01 02 --voxel-size 1.25",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  app.add_argument("bids_dir", metavar="BIDS_DIR", help="the raw BIDS dataset")
+  app.add_argument("out_dir", metavar="OUT_DIR",
+                   help="the derivative dataset to write (created; e.g. BIDS_DIR/derivatives/jaxsr)")
+  app.add_argument("analysis_level", choices=ANALYSIS_LEVELS,
+                   help="participant: each scan on its own (there is no group level)")
+  app.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                   help="the participants to process, with or without sub- (default: all)")
+  app.add_argument("--checkpoint", metavar="RUN_DIR",
+                   help="as for `jaxsr upsample` (default: the shipped general model)")
+  grid = app.add_mutually_exclusive_group(required=True)
+  grid.add_argument("--voxel-size", type=_numbers(float, "--voxel-size"), metavar="MM",
+                    help="output voxel size in mm: 1.25, or per axis 1,1,1.5")
+  grid.add_argument("--scale", type=_numbers(float, "--scale"), metavar="S",
+                    help="upsampling factor, >= 1: 2, or per axis 1,1,2")
+  app.add_argument("--max-memory", type=_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                   help=f"memory budget as for `jaxsr upsample` (default "
+                   f"{format_bytes(DEFAULT_MAX_MEMORY)})")
+  app.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
+                   help=f"as for `jaxsr upsample` (default {DEFAULT_BACK_PROJECTION})")
+  app.add_argument("--psf", metavar="NAME", help=f"as for `jaxsr upsample`: {', '.join(PSFS)}")
+  app.add_argument("--overwrite", action="store_true", help="replace existing derivatives")
+  app.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def _add_export(commands) -> None:
   ex = commands.add_parser(
@@ -168,6 +207,18 @@ def _upsample(args: argparse.Namespace) -> str:
           f"voxels with the {plan.conv_impl} convolution, decoder chunks of "
           f"{plan.chunk_size:,} output voxels, estimated peak "
           f"{format_bytes(plan.peak_bytes)} of {format_bytes(args.max_memory)})")
+
+
+def _bids(args: argparse.Namespace) -> str:
+  results = run_bids_app(
+      args.bids_dir, args.out_dir, args.analysis_level,
+      participant_labels=args.participant_label, checkpoint=args.checkpoint,
+      voxel_size=args.voxel_size, scale=args.scale, overwrite=args.overwrite,
+      progress=not args.quiet, max_memory=args.max_memory, back_projection=args.back_projection,
+      psf=args.psf)
+  seconds = sum(r.seconds for r in results)
+  return (f"wrote {len(results)} derivative scan(s) to {args.out_dir} in {seconds:.1f} s: "
+          + ", ".join(r.files[0] for r in results))
 
 
 def _export(args: argparse.Namespace) -> str:

@@ -44,6 +44,26 @@ def tensor_maps(dwi: np.ndarray, bvecs: np.ndarray, bval: float,
   return fa.astype(np.float32), md.astype(np.float32)
 
 
+def spread_directions(bvecs: np.ndarray, count: int) -> list[int]:
+  """Indices of `count` (>= 6) of the (K, 3) `bvecs` spread over the sphere (greedy farthest
+  point, antipodes identified; the first direction first), sorted; all when count <= 0 or >= K.
+
+  A tensor fit from these sees every orientation, as from the whole shell, at a fraction of
+  the volumes (`eval.dti_volumes`).
+  """
+  bvecs = np.asarray(bvecs, np.float64)
+  if count <= 0 or count >= len(bvecs):
+    return list(range(len(bvecs)))
+  if count < 6:
+    raise ValueError(f"a tensor has 6 unknowns: need at least 6 directions, got {count}")
+  chosen = [0]
+  while len(chosen) < count:
+    cosines = np.abs(bvecs @ bvecs[chosen].T).max(axis=1)
+    cosines[chosen] = np.inf
+    chosen.append(int(np.argmin(cosines)))
+  return sorted(chosen)
+
+
 def dti_errors(fa: np.ndarray, md: np.ndarray, fa_truth: np.ndarray, md_truth: np.ndarray,
                mask: np.ndarray) -> dict[str, float]:
   """RMSE inside `mask` of FA (unitless) and of MD, reported in 10⁻³ mm²/s (= µm²/ms)."""

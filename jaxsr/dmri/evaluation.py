@@ -137,30 +137,32 @@ class FigureData:
 
 
 def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: int,
-                  dti_scales=(), figure: FigureData | None = None,
+                  dti_scales=(), dti_volumes: int = 0, figure: FigureData | None = None,
                   progress: tqdm | None = None) -> tuple[list[dict], list[dict]]:
   """PSNR/SSIM per (method, scale, scored volume) and FA/MD RMSE per (method, scale in `dti_scales`).
 
-  At a scale in `dti_scales` every shell volume is super-resolved (a tensor fit
-  needs them all), the tensors are fitted on the SR shell and on the HR shell, and
-  FA/MD are compared inside the subject's WM mask (without one: truth FA > 0.2 in
-  the brain). `figure`, if given, is filled with the outputs at its scale and volume
-  (of the first seed of a method trained with several).
+  At a scale in `dti_scales` the shell's volumes of `dti.spread_directions(bvecs,
+  dti_volumes)` (0: all) are super-resolved, tensors are fitted on them and on the
+  same HR volumes, and FA/MD are compared inside the subject's WM mask (without one:
+  truth FA > 0.2 in the brain). `figure`, if given, is filled with the outputs at its
+  scale and volume (of the first seed of a method trained with several).
   """
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
   num_shell = subject.dwi.shape[-1]
   scored = evaluated_volumes(num_volumes, num_shell)
   dti_scales = [float(s) for s in dti_scales]
+  fitted = dti.spread_directions(subject.bvecs, dti_volumes)
   if dti_scales:
-    fa_truth, md_truth = dti.tensor_maps(subject.dwi, subject.bvecs, subject.bval, mask)
+    fa_truth, md_truth = dti.tensor_maps(np.stack([subject.dwi[..., v] for v in fitted], -1),
+                                         subject.bvecs[fitted], subject.bval, mask)
     wm = (np.asarray(subject.wm_mask) if subject.wm_mask is not None
           else mask & (fa_truth > WM_FA_THRESHOLD))
   rows, dti_rows = [], []
   t1 = np.asarray(subject.t1, np.float32)
   for scale in scales:
     with_dti = float(scale) in dti_scales
-    needed = list(range(num_shell)) if with_dti else scored
+    needed = sorted(set(fitted) | set(scored)) if with_dti else scored
     lr_shape = lr_shape_for_scale(hr_shape, scale)
     lr_t1 = (np.asarray(degrade(t1, lr_shape)) if any(m.uses_t1 for m in methods.values())
              else None)
@@ -168,11 +170,11 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
               for v in needed}
     keep = figure is not None and scale == figure.scale
     for method in methods.values():
-      shell = np.empty(hr_shape + (len(needed),), np.float32) if with_dti else None
-      for i, v in enumerate(needed):
+      shell = np.empty(hr_shape + (len(fitted),), np.float32) if with_dti else None
+      for v in needed:
         output = method.predict(lr_dwi[v], lr_t1, hr_shape, scale)
-        if with_dti:
-          shell[..., i] = output
+        if with_dti and v in fitted:
+          shell[..., fitted.index(v)] = output
         if v in scored:
           truth = np.asarray(subject.dwi[..., v], np.float32)
           row = {"subject": subject.name, "method": method.name, "seed": method.seed,
@@ -183,7 +185,7 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
             figure.outputs[method.name] = output
             figure.scores[method.name] = (row["psnr"], row["ssim"])
       if with_dti:
-        fa, md = dti.tensor_maps(shell, subject.bvecs, subject.bval, mask)
+        fa, md = dti.tensor_maps(shell, subject.bvecs[fitted], subject.bval, mask)
         errors = dti.dti_errors(fa, md, fa_truth, md_truth, wm)
         dti_rows.append({"subject": subject.name, "method": method.name, "seed": method.seed,
                          "scale": float(scale), **errors})
@@ -302,6 +304,7 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
                    subjects=[s.name for s in subjects])
   figure = None
   rows, dti_rows = [], []
+  tqdm.write(evaluation_cost(config, subjects, len(methods)))
   progress = tqdm(total=len(subjects) * len(config.eval.scales) * len(methods),
                   desc="evaluate", dynamic_ncols=True)
   with progress:
@@ -313,8 +316,8 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
                             np.asarray(subject.mask))
       subject_rows, subject_dti = score_subject(
           methods, subject, scales=config.eval.scales, num_volumes=config.eval.num_volumes,
-          dti_scales=config.eval.dti_scales, figure=figure if i == 0 else None,
-          progress=progress)
+          dti_scales=config.eval.dti_scales, dti_volumes=config.eval.dti_volumes,
+          figure=figure if i == 0 else None, progress=progress)
       rows += subject_rows
       dti_rows += subject_dti
 
@@ -344,6 +347,25 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   if figure is not None:
     write_figures(figure, config.table1, out_dir / "figures", subjects[0].name)
   return "\n".join(texts)
+
+
+def evaluation_cost(config, subjects, num_methods: int) -> str:
+  """One line: how many whole volumes the comparison super-resolves (its cost on a CPU is
+  about that times one reconstruction's time: docs/results_dmri.md)."""
+  dti_scales = {float(s) for s in config.eval.dti_scales}
+  count = 0
+  for subject in subjects:
+    num_shell = subject.dwi.shape[-1]
+    scored = set(evaluated_volumes(config.eval.num_volumes, num_shell))
+    fitted = set(dti.spread_directions(subject.bvecs, config.eval.dti_volumes))
+    count += sum(len(scored | fitted) if float(s) in dti_scales else len(scored)
+                 for s in config.eval.scales)
+  return (f"evaluate: {count * num_methods:,} volume reconstructions ({num_methods} methods and "
+          f"seeds × {len(subjects)} subjects × {len(config.eval.scales)} scales, "
+          f"{config.eval.num_volumes or 'all'} scored volumes; tensors at "
+          f"{sorted(dti_scales) or 'no'} scale(s) from {config.eval.dti_volumes or 'all'}"
+          " volumes); bound it with --config.eval.num_volumes, eval.scales, eval.dti_scales, "
+          "eval.dti_volumes")
 
 
 def write_figures(figure: FigureData, method_names, out_dir: pathlib.Path, subject: str) -> None:

@@ -140,13 +140,14 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                    adapt: adapt_lib.AdaptSettings | None = None,
                    save_adapted: str | os.PathLike | None = None,
                    preview: str | os.PathLike | None = None, overwrite: bool = False,
-                   progress: bool = True) -> UpsampleResult:
+                   progress: bool = True, sidecar_extra: dict | None = None) -> UpsampleResult:
   """The `jaxsr upsample` command on files; see `upsample` for the arguments' meaning.
 
   Every input is validated before any computation. The output NIfTI is written
   volume by volume under a temporary name beside `out` (with `bvals`/`bvecs`
   copied to OUT.bval / OUT.bvec and the `preview` PNG likewise) and renamed
-  only when all are complete, so a failure leaves none of them behind. With
+  only when all are complete, so a failure leaves none of them behind. The JSON
+  sidecar OUT.json (`sidecar_record`, updated with `sidecar_extra`) goes with them. With
   `adapt`, the model is first fine-tuned on the first volume; `save_adapted`
   then names a folder to export the adapted model to (`jaxsr.dmri.pretrained`).
 
@@ -191,8 +192,10 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
       psf=psf, progress=progress, source=os.fspath(bvals or dwi))
   write_outputs(targets, source, grid, volumes, bvals, bvecs,
                 preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
-                sidecar=lambda: sidecar_record(upsampler, dwi, source, grid, adapt,
-                                               back_projection, psf, time.perf_counter() - start))
+                sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
+                                                  back_projection, psf,
+                                                  time.perf_counter() - start),
+                                 **(sidecar_extra or {})})
   if save_adapted is not None:
     save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi))
     targets["adapted"] = pathlib.Path(save_adapted)
