@@ -144,10 +144,11 @@ def patch_reads(dwi_path: pathlib.Path, t1_path: pathlib.Path, volume_major: boo
     seconds += time.perf_counter() - start
     total_bytes += _read_bytes() - before
     del dwi, t1
+  patch_bytes = 2 * patch.nbytes  # the DWI and T1 crops
   return {"layout": "volume-major (K, X, Y, Z)" if volume_major else "volume-last (X, Y, Z, K)",
           "random_access_advice": random_access,
-          "bytes_read_per_patch": total_bytes / num_patches,
-          "patch_bytes": 2 * patch.nbytes, "amplification": total_bytes / num_patches / (2 * patch.nbytes),
+          "bytes_read_per_patch": total_bytes / num_patches, "patch_bytes": patch_bytes,
+          "amplification": total_bytes / num_patches / patch_bytes,
           "patches_per_s": num_patches / seconds}
 
 

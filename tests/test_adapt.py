@@ -11,7 +11,7 @@ from configs import general
 from jaxsr.dmri import adapt, pretrained, psf
 from jaxsr.dmri.models import build_model, init_params
 from jaxsr.dmri.upsample import Upsampler
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import BUDGET, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path):
   out, saved = tmp_path / "out.nii.gz", tmp_path / "adapted"
   code, err = run_cli("upsample", "--checkpoint", exported, "--dwi", scan, "--scale", "2,2,1",
                       "--adapt", "3", "--psf", "block", "--save-adapted", saved, "--out", out,
-                      "--quiet")
+                      "--quiet", "--max-memory", BUDGET)
   assert code == 0, err
   image = nib.load(out)
   assert image.shape == (40, 40, 8) and np.all(np.isfinite(image.get_fdata()))
@@ -113,6 +113,7 @@ def test_bad_adapt_requests_fail_with_one_line_exit_2_and_no_output(exported, tm
       "needs --adapt": ["--dwi", small, "--scale", "2", "--save-adapted", tmp_path / "a"],
   }
   for expected, args in cases.items():
-    code, err = run_cli("upsample", "--checkpoint", exported, *args, "--out", out, "--quiet")
+    code, err = run_cli("upsample", "--checkpoint", exported, *args, "--out", out, "--quiet",
+                        "--max-memory", BUDGET)
     assert code == 2 and expected in err, (expected, err)
     assert len(err.strip().splitlines()) == 1 and not out.exists()

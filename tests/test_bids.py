@@ -14,7 +14,7 @@ from configs import arssr
 from jaxsr import nifti, tasks
 from jaxsr.dmri import bids, subjects
 from jaxsr.dmri.upsample import Upsampler
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import BUDGET, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_train_from_bids_splits_by_participant_then_bids_app_writes_derivatives(
 
   out = tmp_path / "derivatives"
   code, err = run_cli("bids", dataset, out, "participant", "--participant-label", "01",
-                      "--checkpoint", run, "--scale", "2", "--quiet")
+                      "--checkpoint", run, "--scale", "2", "--quiet", "--max-memory", BUDGET)
   assert code == 0, err
   description = json.loads((out / "dataset_description.json").read_text())
   assert description["DatasetType"] == "derivative"
@@ -124,7 +124,8 @@ def test_train_from_bids_splits_by_participant_then_bids_app_writes_derivatives(
     source = dataset / "sub-01" / f"ses-{session}" / "dwi" / f"sub-01_ses-{session}_dwi.nii.gz"
     image = nib.load(source)
     label = bids.resolution_label(nib.affines.voxel_sizes(image.affine) / 2)
-    stem = out / "sub-01" / f"ses-{session}" / "dwi" / f"sub-01_ses-{session}_res-{label}_desc-jaxsr_dwi"
+    stem = (out / "sub-01" / f"ses-{session}" / "dwi"
+            / f"sub-01_ses-{session}_res-{label}_desc-jaxsr_dwi")
     output = nib.load(f"{stem}.nii.gz")
     assert output.shape == tuple(2 * n for n in image.shape[:3]) + image.shape[3:]
     np.testing.assert_allclose(nib.affines.voxel_sizes(output.affine),

@@ -157,7 +157,8 @@ def _add_bids(commands) -> None:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   app.add_argument("bids_dir", metavar="BIDS_DIR", help="the raw BIDS dataset")
   app.add_argument("out_dir", metavar="OUT_DIR",
-                   help="the derivative dataset to write (created; e.g. BIDS_DIR/derivatives/jaxsr)")
+                   help="the derivative dataset to write (created; e.g. "
+                   "BIDS_DIR/derivatives/jaxsr)")
   app.add_argument("analysis_level", choices=ANALYSIS_LEVELS,
                    help="participant: each scan on its own (there is no group level)")
   app.add_argument("--participant-label", nargs="+", metavar="LABEL",

@@ -227,8 +227,8 @@ def _prepare(files: SubjectFiles, bval: float, bval_tol: float, out: pathlib.Pat
 def _read_only_map(path: pathlib.Path, random_access: bool = False) -> np.ndarray:
   array = np.load(path, mmap_mode="r")
   if random_access and hasattr(mmap, "MADV_RANDOM"):
-    # Patches touch scattered pages: without this, each page fault reads ahead ~128 KiB of
-    # neighbours that the patch does not use (docs/scaling.md).
+    # Patches touch scattered pages: without this advice each page fault also reads ahead
+    # neighbouring pages that the patch does not use (measured in docs/scaling.md).
     array._mmap.madvise(mmap.MADV_RANDOM)
   return array
 
@@ -244,7 +244,8 @@ def load_subject(files: SubjectFiles, *, cache_dir: str | os.PathLike, bval: flo
   Raises:
     DataError: naming the file, for any missing, malformed or inconsistent input.
   """
-  entry = pathlib.Path(cache_dir).expanduser() / f"{files.name}-{_fingerprint(files, [bval, bval_tol])}"
+  fingerprint = _fingerprint(files, [bval, bval_tol])
+  entry = pathlib.Path(cache_dir).expanduser() / f"{files.name}-{fingerprint}"
   if not entry.is_dir():
     entry.parent.mkdir(parents=True, exist_ok=True)
     temp = entry.parent / f".{entry.name}.tmp-{uuid.uuid4().hex}"
@@ -257,12 +258,12 @@ def load_subject(files: SubjectFiles, *, cache_dir: str | os.PathLike, bval: flo
         raise
     finally:
       shutil.rmtree(temp, ignore_errors=True)
-  mapped = lambda key: np.load(entry / f"{key}.npy", mmap_mode="r")
+  wm_mask = entry / "wm_mask.npy"
   return Subject(name=files.name, dwi=np.moveaxis(_read_only_map(entry / "dwi.npy", True), 0, -1),
-                 t1=_read_only_map(entry / "t1.npy", True), mask=mapped("mask"),
+                 t1=_read_only_map(entry / "t1.npy", True), mask=_read_only_map(entry / "mask.npy"),
                  affine=np.load(entry / "affine.npy"), bvecs=np.load(entry / "bvecs.npy"),
                  bval=float(np.load(entry / "bval.npy")),
-                 wm_mask=mapped("wm_mask") if (entry / "wm_mask.npy").is_file() else None)
+                 wm_mask=_read_only_map(wm_mask) if wm_mask.is_file() else None)
 
 
 def load_hcp_subject(folder: str | os.PathLike, *, cache_dir: str | os.PathLike,
