@@ -56,32 +56,92 @@ def time_alternating(runs: dict[str, Callable[[], object]], rounds: int,
   return times
 
 
-def race_steps(run_jax: Callable[[], object], run_torch: Callable[[], object], *,
-               jax_params: int, torch_params: int, compile_s: float, rounds: int, steps: int,
-               work: float, work_unit: str, flops: float | None = None,
-               peak_flops: float | None = None) -> float:
-  """Times two equal train steps alternately and prints them; returns JAX/PyTorch throughput.
+def set_threads(threads: int | None) -> int:
+  """Runs this process on `threads` cores (all when None) for JAX and PyTorch alike; returns it.
 
-  Asserts equal parameter counts. `work` is what one step processes (HR voxels,
-  maps), printed per second as `work_unit`. With `flops` (model FLOPs of one
-  step) the achieved FLOP/s are printed too, and with `peak_flops` (the
-  device's peak FLOP/s) the model FLOPs utilisation.
+  XLA:CPU sizes its thread pool by the cores the process may run on, so the affinity
+  mask sets it (called before JAX starts its CPU backend); PyTorch gets the same count.
   """
-  assert jax_params == torch_params, f"parameter counts differ: {jax_params} vs {torch_params}"
-  print(f"parameters: {jax_params:,} (JAX) = {torch_params:,} (PyTorch)")
-  print(f"JAX compile: {compile_s:.1f} s")
-  times = time_alternating({"jax": run_jax, "torch": run_torch}, rounds, steps)
+  available = sorted(os.sched_getaffinity(0))
+  threads = len(available) if threads is None else threads
+  if not 1 <= threads <= len(available):
+    raise SystemExit(f"--threads must be within 1..{len(available)}, got {threads}")
+  os.sched_setaffinity(0, available[:threads])
+  try:
+    import torch
+    torch.set_num_threads(threads)
+  except ImportError:
+    pass
+  return threads
+
+
+def torch_compiled(step_factory: Callable[[bool], tuple[Callable[[], object], int]],
+                   mode: str | None) -> tuple[Callable[[], object], int, float]:
+  """(run one step, parameter count, seconds of the first call: compilation) of a PyTorch step
+  whose model is wrapped in `torch.compile(mode=mode)` (inductor), checked against eager.
+
+  `step_factory(compiled)` builds a fresh step from the same seed, its model compiled or not;
+  the compiled step's first loss must equal the eager step's first loss (rtol 1e-4).
+  """
+  eager, _ = step_factory(False)
+  expected = float(eager())
+  run, params = step_factory(True)
+  start = time.perf_counter()
+  first = float(run())
+  compile_s = time.perf_counter() - start
+  assert abs(first - expected) <= 1e-4 * abs(expected), (
+      f"torch.compile ({mode}) changed the first loss: {first} vs eager {expected}")
+  return run, params, compile_s
+
+
+def race_steps(runs: dict[str, Callable[[], object]], *, params: dict[str, int],
+               compile_s: dict[str, float], threads: int, rounds: int, steps: int,
+               work: float, work_unit: str, flops: float | None = None,
+               peak_flops: float | None = None) -> dict[str, float]:
+  """Times equal train steps alternately and prints them; returns {name: steps/s}.
+
+  `runs` maps a label to one step; the first is JAX, the others PyTorch (eager,
+  torch.compile). Asserts equal parameter counts. `work` is what one step
+  processes (HR voxels, maps), printed per second as `work_unit`. With `flops`
+  (model FLOPs of one step) the achieved FLOP/s are printed too, and with
+  `peak_flops` (a peak FLOP/s: the device's, or the measured matrix-multiply peak)
+  the model FLOPs utilisation. The ratios of JAX to each other come last.
+  """
+  counts = set(params.values())
+  assert len(counts) == 1, f"parameter counts differ: {params}"
+  print(f"parameters: {counts.pop():,} in each of {', '.join(runs)}; {threads} thread(s) each")
+  for name, seconds in compile_s.items():
+    print(f"compile {name}: {seconds:.1f} s")
+  times = time_alternating(runs, rounds, steps)
   rates = {}
-  for name, label in (("jax", "JAX (jit)"), ("torch", "PyTorch eager")):
+  for name in runs:
     step_s = statistics.median(times[name])
     rates[name] = 1 / step_s
-    print(f"{label:14s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
+    print(f"{name:28s} {step_s:7.3f} s/step  {1 / step_s:6.3f} steps/s  "
           f"{work / step_s:12,.1f} {work_unit}/s  (rounds: "
           f"{', '.join(f'{t:.3f}' for t in times[name])} s/step)")
     if flops:
       utilisation = f", MFU {flops / step_s / peak_flops:.1%}" if peak_flops else ""
-      print(f"{'':14s} model FLOP/s {flops / step_s / 1e12:.3f} T{utilisation}")
-  return rates["jax"] / rates["torch"]
+      print(f"{'':28s} model FLOP/s {flops / step_s / 1e12:.3f} T{utilisation}")
+  first, *others = runs
+  for other in others:
+    print(f"{first} / {other} throughput: {rates[first] / rates[other]:.2f}")
+  return rates
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """This machine's measured float32 matrix-multiply FLOP/s through XLA (best of `repeats`):
+  the peak that model FLOPs utilisation on a CPU is reported against."""
+  import jax.numpy as jnp
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
 
 
 def compiled_step(train_step, state, batch, rng) -> tuple[Callable[[], None], float]:

@@ -1,6 +1,8 @@
-"""MRSI train-step throughput: jaxsr's jitted generator + critic step against the same in PyTorch eager.
+"""MRSI train-step throughput: jaxsr's jitted generator + critic step against the same in PyTorch,
+eager and with the generator under torch.compile.
 
   python -m benchmarks.mrsi_step [--variant default] [--conditioning filter_scaling_met] [--rounds 5]
+                                 [--threads N] [--compile-mode default|none|max-autotune]
 
 The adversarial step of `configs/mrsi.py` (the network trained for adjustable
 sharpness): `train.num_critic` WGAN-GP critic updates, then one generator update
@@ -8,9 +10,12 @@ of (1 − α)·L1 + α·(1 − MS-SSIM) + λ·(−D), on a batch of `batch_size`
 maps with random n, metabolites and quality masks. JAX runs it as one XLA
 program (`jaxsr.mrsi.step`, critic loop in `lax.scan`); PyTorch eager runs
 `benchmarks.torch_mrsi_reference` (same networks and parameter counts, asserted;
-per-sample kernels as a grouped convolution, the penalty by double backward).
-After warm-up, rounds alternate (`benchmarks.time_alternating`). The last line
-is the ratio of JAX to PyTorch throughput.
+per-sample kernels as a grouped convolution, the penalty by double backward), and
+the same with the generator under `torch.compile(mode=--compile-mode)` (the critic
+stays eager: torch.compile does not differentiate twice; first loss checked equal
+to eager's). JAX and PyTorch run on the same `--threads` cores. After warm-up,
+rounds alternate (`benchmarks.time_alternating`). The last lines are the ratios of
+JAX's throughput to each PyTorch column.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import argparse
 import jax
 import numpy as np
 
-from benchmarks import compiled_step, machine_report, race_steps
+from benchmarks import compiled_step, machine_report, race_steps, set_threads, torch_compiled
 from configs import mrsi as mrsi_config
+from jaxsr.mrsi import step as mrsi_step
 from jaxsr.mrsi import task as mrsi_task
 from jaxsr.mrsi.phantom import MAP_SIZE
 from jaxsr.train import sharding
@@ -45,15 +51,17 @@ def jax_step(config, batch):
   """(run one step, compile seconds, generator + critic parameter count)."""
   mesh = sharding.make_mesh()
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
-  state = sharding.replicate(mrsi_task.create_state(config, rng), mesh)
+  state = sharding.replicate(mrsi_step.create_state(config, rng), mesh)
   train_step = sharding.compile_train_step(mrsi_task.make_train_step(config), mesh)
   batch = sharding.shard_batch(batch, mesh)
   run, compile_s = compiled_step(train_step, state, batch, rng)
   return run, compile_s, count_parameters(state.generator.params) + count_parameters(state.critic.params)
 
 
-def torch_step(config, batch):
-  """(run one step, generator + critic parameter count) of the PyTorch eager reference."""
+def torch_step(config, batch, compile_mode: str | None = None):
+  """(run one step, generator + critic parameter count) of the PyTorch reference: eager, or with
+  the generator under `torch.compile(mode=compile_mode)` when that is given (the critic stays
+  eager: its gradient penalty differentiates twice, which torch.compile does not support)."""
   import torch
 
   from benchmarks import torch_mrsi_reference as ref
@@ -62,13 +70,16 @@ def torch_step(config, batch):
   m, t = config.model, config.train
   generator = ref.MRSIUNet(m.channels, m.conditioning, m.num_metabolites)
   critic = ref.Critic(MAP_SIZE, m.critic_channels, m.critic_hidden)
+  params = torch_count(generator) + torch_count(critic)
+  if compile_mode is not None:
+    generator = torch.compile(generator, mode=None if compile_mode == "default" else compile_mode)
   step = ref.make_train_step(generator, critic, learning_rate=t.learning_rate, alpha=t.alpha,
                              gp_weight=t.gp_weight, num_critic=t.num_critic,
                              lambda_max=t.lambda_max,
                              lambda_zero_fraction=t.lambda_zero_fraction)
   tensors = {k: torch.from_numpy(v.astype(np.int64) if k == "metabolite" else v)
              for k, v in batch.items()}
-  return (lambda: step(tensors)), torch_count(generator) + torch_count(critic)
+  return (lambda: step(tensors)), params
 
 
 def main(argv=None):
@@ -79,7 +90,13 @@ def main(argv=None):
                       help="the generator's conditioning (model.conditioning)")
   parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="cores for JAX and PyTorch alike (default: all the process may use)")
+  parser.add_argument("--compile-mode", default="default",
+                      help="torch.compile mode of the generator in the third column; none: no "
+                      "torch.compile column")
   args = parser.parse_args(argv)
+  threads = set_threads(args.threads)  # before JAX starts its CPU backend
 
   config = mrsi_config.get_config(args.variant)
   config.model.conditioning = args.conditioning
@@ -91,12 +108,17 @@ def main(argv=None):
         f"{tuple(config.model.critic_channels)}, {config.train.num_critic} critic updates per "
         f"generator update; parameters counted over generator + critic")
   run_jax, compile_s, jax_params = jax_step(config, batch)
-  run_torch, torch_params = torch_step(config, batch)
-  ratio = race_steps(run_jax, run_torch, jax_params=jax_params, torch_params=torch_params,
-                     compile_s=compile_s, rounds=args.rounds, steps=args.steps,
-                     work=config.batch_size, work_unit="maps")
-  print(f"JAX/PyTorch MRSI train-step throughput: {ratio:.2f}")
-
+  run_eager, eager_params = torch_step(config, batch)
+  runs = {"JAX (jit)": run_jax, "PyTorch eager": run_eager}
+  params = {"JAX (jit)": jax_params, "PyTorch eager": eager_params}
+  compiles = {"JAX (jit)": compile_s}
+  if args.compile_mode != "none":
+    name = f"torch.compile ({args.compile_mode})"
+    runs[name], params[name], compiles[name] = torch_compiled(
+        lambda compiled: torch_step(config, batch, args.compile_mode if compiled else None),
+        args.compile_mode)
+  race_steps(runs, params=params, compile_s=compiles, threads=threads, rounds=args.rounds,
+             steps=args.steps, work=config.batch_size, work_unit="maps")
 
 if __name__ == "__main__":
   main()

@@ -1,22 +1,28 @@
-"""Train-step throughput: jaxsr's jitted CSR-dMRI step against the same model in PyTorch eager.
+"""Train-step throughput: jaxsr's jitted CSR-dMRI step against the same model in PyTorch, eager
+and under torch.compile.
 
   python -m benchmarks.train_step [--variant default] [--conv-impl auto] [--scale 2.5] [--rounds 5]
                                   [--dtype float32] [--torch-device cpu] [--peak-tflops T]
+                                  [--threads N] [--compile-mode default|none|max-autotune]
 
 The default configuration (RDN 64/64/8×3 → 128, MLP 8×256, DWI + T1, batch 9, LR
 10³ patches, every HR voxel of the (10·s)³ patch queried) at one scale s. Both
 take the same random (B, M, M, M) HR and T1 crops; each makes the LR input,
 runs forward, L1 + FFT loss, backward and an Adam update. After warm-up, rounds
-alternate: `--steps` JAX steps, then as many PyTorch steps (`benchmarks.torch_reference`,
-same shapes and parameter count, asserted). Reported: compile time, steps/s and
+alternate: `--steps` JAX steps, then as many PyTorch eager steps (`benchmarks.torch_reference`,
+same shapes and parameter count, asserted), then as many with the model under
+`torch.compile(mode=--compile-mode)` (inductor; its first loss checked equal to eager's).
+JAX and PyTorch run on the same `--threads` cores (default: all; printed). Reported:
+compile times (PyTorch's: its first call), steps/s and
 HR voxels/s of each (median over rounds), and the compiled step shapes a whole
 run with random scales needs (`data.num_scale_buckets`, counted in the jit cache
 over a run of the smoke-sized model), and the model FLOP/s of each: 3 × the
 forward pass's FLOPs (XLA's cost analysis of the model with native convolutions),
-per second; with `--peak-tflops` (the device's peak for the compute dtype) also
-the model FLOPs utilisation. `--dtype bfloat16` computes in bfloat16 with float32
+per second, and the model FLOPs utilisation against `--peak-tflops` (the device's
+peak for the compute dtype) or, on a CPU without it, against this CPU's matrix-multiply
+FLOP/s measured first (XLA, float32, 2048²). `--dtype bfloat16` computes in bfloat16 with float32
 parameters and loss, in both (`model.dtype`; PyTorch under `torch.autocast`).
-The last line is the ratio of JAX to PyTorch throughput.
+The last lines are the ratios of JAX's throughput to each PyTorch column.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import argparse
 import jax
 import numpy as np
 
-from benchmarks import compiled_step, machine_report, race_steps
+from benchmarks import (compiled_step, machine_report, matmul_peak_flops, race_steps, set_threads,
+                        torch_compiled)
 from configs import csr_dmri
 from jaxsr.dmri import patches as pipeline
 from jaxsr.dmri import step as step_lib
@@ -52,13 +59,17 @@ def jax_step(config, hr_size: int):
   return run, compile_s, count_parameters(state.params)
 
 
-def torch_step(config, hr_size: int, device: str):
-  """(run one step, parameter count) of the PyTorch eager reference on `device`."""
+def torch_step(config, hr_size: int, device: str, compile_mode: str | None = None):
+  """(run one step, parameter count) of the PyTorch reference on `device`: eager, or with the
+  model under `torch.compile(mode=compile_mode)` when that is given."""
   import torch
 
   from benchmarks import torch_reference
   torch.manual_seed(0)
   model = torch_reference.CSRdMRI.from_config(config.model).to(device)
+  params = torch_reference.count_parameters(model)
+  if compile_mode is not None:
+    model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
   compute_dtype = None if config.model.dtype == "float32" else getattr(torch, config.model.dtype)
   step = torch_reference.make_train_step(model, config.train.learning_rate,
                                          config.data.lr_patch_size, config.train.fft_weight,
@@ -66,7 +77,7 @@ def torch_step(config, hr_size: int, device: str):
   data = np.random.default_rng(0)
   hr, t1 = (torch.from_numpy(data.random((config.batch_size,) + (hr_size,) * 3,
                                          dtype=np.float32)).to(device) for _ in range(2))
-  return (lambda: float(step(hr, t1))), torch_reference.count_parameters(model)
+  return (lambda: float(step(hr, t1))), params
 
 
 def model_flops(config, hr_size: int) -> float:
@@ -126,9 +137,15 @@ def main(argv=None):
                            "utilisation")
   parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="cores for JAX and PyTorch alike (default: all the process may use)")
+  parser.add_argument("--compile-mode", default="default",
+                      help="torch.compile mode of the third column (default, reduce-overhead, "
+                      "max-autotune); none: no torch.compile column")
   parser.add_argument("--run-steps", type=int, default=300,
                       help="batches of the random-scale run whose compiled shapes are counted")
   args = parser.parse_args(argv)
+  threads = set_threads(args.threads)  # before JAX starts its CPU backend
 
   config = csr_dmri.get_config(args.variant)
   config.model.conv_impl = args.conv_impl
@@ -145,17 +162,26 @@ def main(argv=None):
         f"{args.dtype}; PyTorch on {args.torch_device}")
   flops = model_flops(config, hr_size)
   print(f"model FLOPs per step: {flops / 1e9:,.1f} G (3 × the forward pass's)")
-  run_jax, compile_s, jax_params = jax_step(config, hr_size)
-  run_torch, torch_params = torch_step(config, hr_size, args.torch_device)
-  ratio = race_steps(run_jax, run_torch, jax_params=jax_params, torch_params=torch_params,
-                     compile_s=compile_s, rounds=args.rounds, steps=args.steps, work=voxels,
-                     work_unit="HR voxels", flops=flops,
-                     peak_flops=args.peak_tflops and args.peak_tflops * 1e12)
+  peak = args.peak_tflops and args.peak_tflops * 1e12
+  if peak is None and jax.default_backend() == "cpu":
+    peak = matmul_peak_flops()
+    print(f"peak for MFU: this CPU's measured float32 matrix multiply, {peak / 1e9:,.1f} GFLOP/s")
   sizes, programs = compiled_step_shapes(config, args.run_steps)
   print(f"compiled step programs over {args.run_steps} random-scale steps: {programs} "
         f"({sizes} HR patch sizes drawn, data.num_scale_buckets = "
         f"{config.data.num_scale_buckets})")
-  print(f"JAX/PyTorch train-step throughput: {ratio:.2f}")
+  run_jax, compile_s, jax_params = jax_step(config, hr_size)
+  run_eager, eager_params = torch_step(config, hr_size, args.torch_device)
+  runs = {"JAX (jit)": run_jax, "PyTorch eager": run_eager}
+  params = {"JAX (jit)": jax_params, "PyTorch eager": eager_params}
+  compiles = {"JAX (jit)": compile_s}
+  if args.compile_mode != "none":
+    name = f"torch.compile ({args.compile_mode})"
+    runs[name], params[name], compiles[name] = torch_compiled(
+        lambda compiled: torch_step(config, hr_size, args.torch_device,
+                                    args.compile_mode if compiled else None), args.compile_mode)
+  race_steps(runs, params=params, compile_s=compiles, threads=threads, rounds=args.rounds,
+             steps=args.steps, work=voxels, work_unit="HR voxels", flops=flops, peak_flops=peak)
 
 
 if __name__ == "__main__":
