@@ -94,11 +94,14 @@ def create_gan_state(generator, critic, rng: jax.Array, map_shape: tuple[int, in
   `critic_learning_rate` defaults to `learning_rate`.
   """
   g_rng, c_rng = jax.random.split(rng)
-  image = jnp.zeros((1, *map_shape), jnp.float32)
-  scalar = jnp.zeros((1,), jnp.float32)
-  g_params = generator.init(g_rng, image, image, image, scalar + 16, jnp.zeros((1,), jnp.int32),
-                            scalar)["params"]
-  c_params = critic.init(c_rng, jnp.zeros((1, *map_shape, 4), jnp.float32))["params"]
+  # lazy_init: the same parameters as init, without running the forward passes op by op
+  # (which compiled every op of the UNet once: most of a small run's start-up).
+  image = jax.ShapeDtypeStruct((1, *map_shape), jnp.float32)
+  scalar = jax.ShapeDtypeStruct((1,), jnp.float32)
+  g_params = generator.lazy_init(g_rng, image, image, image, scalar,
+                                 jax.ShapeDtypeStruct((1,), jnp.int32), scalar)["params"]
+  c_params = critic.lazy_init(c_rng, jax.ShapeDtypeStruct((1, *map_shape, 4), jnp.float32)
+                              )["params"]
   tx = lambda rate: optax.adam(rate, b1=0.5, b2=0.9)  # as usual for WGAN-GP
   critic_rate = learning_rate if critic_learning_rate is None else critic_learning_rate
   return GANState(TrainState.create(apply_fn=generator.apply, params=g_params, tx=tx(learning_rate)),
