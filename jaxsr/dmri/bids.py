@@ -4,7 +4,8 @@ A raw BIDS dataset holds `dataset_description.json` and, per participant (and
 session), `sub-<label>/[ses-<label>/]dwi/*_dwi.nii[.gz]` with `.bval`, `.bvec`
 and `.json` beside it, and `anat/*_T1w.nii[.gz]`. The dataset is indexed by
 ancpbids (a maintained BIDS reader with no dependencies of its own; pybids would
-bring a database and a dozen packages for the same query). Each DWI file is one
+add eleven packages here, SQLAlchemy and pandas-based formula tools among them, for the
+same query). Each DWI file is one
 scan; its T1w is the participant's in the same session, else any of the
 participant's (the first by name). Derivatives follow BIDS' derivative naming:
 `sub-01/dwi/sub-01_res-<label>_desc-jaxsr_dwi.nii.gz`, where the `res` label is the
