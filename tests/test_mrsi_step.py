@@ -37,7 +37,8 @@ def test_gradient_penalty_of_a_linear_critic():
 
 def test_critic_and_generator_updates_are_one_jitted_program():
   mesh = sharding.make_mesh()
-  state = sharding.replicate(tiny_state(), mesh)
+  host_state = tiny_state()  # one state (creating it takes seconds): traced below, then trained
+  state = sharding.replicate(host_state, mesh)
   train_step = sharding.compile_train_step(make_mrsi_train_step(num_critic=3), mesh)
   batch = sharding.shard_batch(tiny_batch(), mesh)
   lowered = train_step.lower(state, batch, jax.random.key(1, impl="rbg"))
@@ -46,7 +47,7 @@ def test_critic_and_generator_updates_are_one_jitted_program():
   # The critic updates are one scan of num_critic steps, unrolled (as a loop, XLA:CPU ran
   # the step slower).
   jaxpr = jax.make_jaxpr(make_mrsi_train_step(num_critic=3))(
-      tiny_state(), tiny_batch(), jax.random.key(1, impl="rbg"))
+      host_state, tiny_batch(), jax.random.key(1, impl="rbg"))
   scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
   assert [(e.params["length"], e.params["unroll"]) for e in scans] == [(3, 3)]
   before = jax.device_get(state)
