@@ -1,7 +1,9 @@
-"""Whole-volume super-resolution: jaxsr's planned reconstruction against PyTorch slice-wise decoding.
+"""Whole-volume super-resolution: jaxsr's planned reconstruction against PyTorch slice-wise
+decoding, eager and under torch.compile.
 
   python -m benchmarks.infer_volume [--hr-shape 145,174,145] [--scale 2] [--max-memory 4G]
-                                    [--sizes 0.5,0.75]
+                                    [--sizes 0.5,0.75] [--rounds 2] [--threads N]
+                                    [--compile-mode default|none|max-autotune]
 
 The default CSR-dMRI architecture (random weights: time and memory do not depend
 on them) super-resolves a random LR volume of round(N / s) voxels per axis, with
@@ -14,11 +16,18 @@ peak resident memory (`ru_maxrss`) is its own:
   planning, encoder and decoder;
 * PyTorch eager (`benchmarks.torch_reference`): the ArSSR-style loop, the encoder
   on the whole LR volume, then the decoder one HR slice (X index) at a time, under
-  `torch.inference_mode`.
+  `torch.inference_mode`;
+* the same with the encoder and the decoder's MLP under `torch.compile(mode=--compile-mode)`
+  (inductor); its wall time includes compiling, as JAX's does.
+
+Each child runs the volume twice: the first pass (what one `jaxsr upsample` call pays,
+compilation included) and a second with everything compiled; the difference is reported as
+the compile time. The children alternate (JAX, eager, torch.compile) for `--rounds` rounds
+and the medians are reported; each child runs on the same `--threads` cores (default all).
 
 `--sizes` adds JAX runs at fractions of the output voxels (each axis scaled by
-the cube root), to show how peak memory grows with output size. The last line is
-the ratio of JAX to PyTorch throughput.
+the cube root), to show how peak memory grows with output size. The last lines are
+the ratios of JAX's first-pass throughput to each PyTorch column's.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import time
 
 import numpy as np
 
-from benchmarks import machine_report
+from benchmarks import machine_report, set_threads
 
 IN_CHANNELS = 2
 
@@ -50,6 +59,7 @@ def inputs(hr_shape, scale):
 
 
 def run_jax(hr_shape, scale, max_bytes) -> dict:
+  """Plan and reconstruct twice; the first pass's times and the second pass's seconds."""
   import jax
 
   from configs import csr_dmri
@@ -71,39 +81,57 @@ def run_jax(hr_shape, scale, max_bytes) -> dict:
   assert out.shape == tuple(hr_shape) and np.isfinite(out).all()
   tiles = len(passes) - math.ceil(math.prod(hr_shape) / plan.chunk_size)
   encoder_s = passes[tiles - 1] - start - plan_s
-  return {"seconds": seconds, "plan_s": plan_s, "encoder_s": encoder_s,
+  start = time.perf_counter()
+  reconstruct.reconstruct(model, params, lr, hr_shape, plan.chunk_size, plan.tile,
+                          conv_impl=plan.conv_impl)
+  again_s = time.perf_counter() - start
+  return {"seconds": seconds, "again_s": again_s, "plan_s": plan_s, "encoder_s": encoder_s,
           "decoder_s": seconds - plan_s - encoder_s, "tile": plan.tile,
           "conv_impl": plan.conv_impl, "chunk_size": plan.chunk_size,
           "estimate_mib": plan.peak_bytes / 2**20}
 
 
-def run_torch(hr_shape, scale) -> dict:
+def run_torch(hr_shape, scale, compile_mode: str | None = None) -> dict:
+  """Encode, then decode slice by slice, twice; eager, or the encoder and the MLP under
+  `torch.compile(mode=compile_mode)`."""
   import torch
 
   from benchmarks import torch_reference
   from configs import csr_dmri
   torch.manual_seed(0)
   model = torch_reference.CSRdMRI.from_config(csr_dmri.get_config().model).eval()
+  if compile_mode is not None:
+    mode = None if compile_mode == "default" else compile_mode
+    model.encoder, model.mlp = torch.compile(model.encoder, mode=mode), torch.compile(model.mlp,
+                                                                                      mode=mode)
   lr = torch.from_numpy(inputs(hr_shape, scale)).permute(3, 0, 1, 2)[None]
   out = np.empty(hr_shape, np.float32)
-  start = time.perf_counter()
-  with torch.inference_mode():
-    latent = model.encode(lr)
-    encoder_s = time.perf_counter() - start
-    plane = torch_reference.grid_coordinates((1,) + tuple(hr_shape[1:]))
-    for x in range(hr_shape[0]):
-      coords = plane.clone()
-      coords[:, 0] = (2 * x + 1 - hr_shape[0]) / hr_shape[0]
-      out[x] = model.decode(latent, coords[None])[0].reshape(hr_shape[1:]).numpy()
-  seconds = time.perf_counter() - start
+
+  def one_pass() -> tuple[float, float]:
+    start = time.perf_counter()
+    with torch.inference_mode():
+      latent = model.encode(lr)
+      encoder_s = time.perf_counter() - start
+      plane = torch_reference.grid_coordinates((1,) + tuple(hr_shape[1:]))
+      for x in range(hr_shape[0]):
+        coords = plane.clone()
+        coords[:, 0] = (2 * x + 1 - hr_shape[0]) / hr_shape[0]
+        out[x] = model.decode(latent, coords[None])[0].reshape(hr_shape[1:]).numpy()
+    return time.perf_counter() - start, encoder_s
+
+  seconds, encoder_s = one_pass()
   assert np.isfinite(out).all()
-  return {"seconds": seconds, "encoder_s": encoder_s, "decoder_s": seconds - encoder_s}
+  again_s, _ = one_pass()
+  return {"seconds": seconds, "again_s": again_s, "encoder_s": encoder_s,
+          "decoder_s": seconds - encoder_s}
 
 
 def child(args) -> None:
+  set_threads(args.threads)  # before JAX starts its CPU backend
   hr_shape = tuple(int(n) for n in args.hr_shape.split(","))
   result = (run_jax(hr_shape, args.scale, parse_bytes(args.max_memory))
-            if args.child == "jax" else run_torch(hr_shape, args.scale))
+            if args.child == "jax" else
+            run_torch(hr_shape, args.scale, args.compile_mode if args.child == "compile" else None))
   result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(result))
 
@@ -111,11 +139,18 @@ def child(args) -> None:
 def measure(kind: str, hr_shape, args) -> dict:
   command = [sys.executable, "-m", "benchmarks.infer_volume", "--child", kind,
              "--hr-shape", ",".join(map(str, hr_shape)), "--scale", str(args.scale),
-             "--max-memory", args.max_memory]
+             "--max-memory", args.max_memory, "--compile-mode", args.compile_mode]
+  if args.threads is not None:
+    command += ["--threads", str(args.threads)]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     raise RuntimeError(f"{kind} run failed:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def median_run(results: list[dict]) -> dict:
+  """The run of median first-pass wall time (the upper median for an even count)."""
+  return sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
 
 
 def main(argv=None) -> None:
@@ -125,7 +160,13 @@ def main(argv=None) -> None:
   parser.add_argument("--max-memory", default="4G", help="JAX memory budget (jaxsr upsample's)")
   parser.add_argument("--sizes", default="0.5,0.75",
                       help="extra JAX runs at these fractions of the output voxels ('' for none)")
-  parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--rounds", type=int, default=2,
+                      help="rounds of alternating child processes (medians reported)")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="cores for every child, JAX and PyTorch alike (default: all)")
+  parser.add_argument("--compile-mode", default="default",
+                      help="torch.compile mode of the third column; none: no such column")
+  parser.add_argument("--child", choices=("jax", "torch", "compile"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
     return child(args)
@@ -136,14 +177,24 @@ def main(argv=None) -> None:
   print(f"default CSR-dMRI architecture, {IN_CHANNELS} input channels; output "
         f"{'×'.join(map(str, hr_shape))} ({voxels:,} voxels) at s = {args.scale:g}; "
         f"JAX budget {args.max_memory}\n")
-  results = {"jax": measure("jax", hr_shape, args), "torch": measure("torch", hr_shape, args)}
+  kinds = {"jax": "JAX (jaxsr reconstruct)", "torch": "PyTorch eager, per slice"}
+  if args.compile_mode != "none":
+    kinds["compile"] = f"torch.compile ({args.compile_mode}), per slice"
+  runs = {kind: [] for kind in kinds}
+  for _ in range(args.rounds):
+    for kind in kinds:
+      runs[kind].append(measure(kind, hr_shape, args))
+  results = {kind: median_run(rs) for kind, rs in runs.items()}
+  threads = set_threads(args.threads)
+  print(f"{args.rounds} round(s) of alternating children, {threads} thread(s) each; medians\n")
   print("| implementation | wall time (s) | encoder (s) | decoder (s) | output voxels/s "
-        "| peak RSS (MiB) |")
-  print("|---|---|---|---|---|---|")
-  for name, label in (("jax", "JAX (jaxsr reconstruct)"), ("torch", "PyTorch eager, per slice")):
+        "| compiled, second pass (s) | compile (s) | peak RSS (MiB) |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name, label in kinds.items():
     r = results[name]
     print(f"| {label} | {r['seconds']:.1f} | {r['encoder_s']:.1f} | {r['decoder_s']:.1f} | "
-          f"{voxels / r['seconds']:,.0f} | {r['peak_rss_mib']:,.0f} |")
+          f"{voxels / r['seconds']:,.0f} | {r['again_s']:.1f} | "
+          f"{r['seconds'] - r['again_s']:.1f} | {r['peak_rss_mib']:,.0f} |")
   jax_plan = results["jax"]
   print(f"\nJAX plan ({jax_plan['plan_s']:.1f} s of the wall time, compiling the encoder "
         f"and decoder to measure them; encoder and decoder times include compiling them): "
@@ -164,8 +215,11 @@ def main(argv=None) -> None:
     print(f"growth from the smallest to the largest: {m1 - m0:,.0f} MiB for "
           f"{(v1 - v0) / 1e6:.2f} M more voxels ({(m1 - m0) / ((v1 - v0) / 1e6):,.0f} MiB per "
           "million; linear growth keeps this per-million figure constant)")
-  print(f"JAX/PyTorch volume-inference throughput: "
-        f"{results['torch']['seconds'] / results['jax']['seconds']:.2f}")
+  for kind, label in kinds.items():
+    if kind != "jax":
+      print(f"JAX / {label} volume-inference throughput (first pass): "
+            f"{results[kind]['seconds'] / results['jax']['seconds']:.2f}; compiled: "
+            f"{results[kind]['again_s'] / results['jax']['again_s']:.2f}")
 
 
 if __name__ == "__main__":
