@@ -92,6 +92,18 @@ def initialize(config) -> None:
     text = " ".join(str(error).split())[:300]
     raise DistributedError(f"the distributed runtime did not start within {timeout} s "
                            f"({type(error).__name__}: {text})") from error
+  _checkpoint_barriers_through_the_coordinator()
+
+
+def _checkpoint_barriers_through_the_coordinator() -> None:
+  """Makes orbax wait for the other processes at the coordinator's barriers (300 s), not in a
+  collective: a collective's first use on CPU sets up gloo, which gives up after 30 s, and a
+  process still importing or building its data on a loaded machine is later than that (seen
+  in CI: "Gloo context initialization failed ... 30 s" in a checkpoint's sync)."""
+  import orbax.checkpoint  # noqa: F401 (defines orbax's flags)
+  from absl import flags
+  if flags.FLAGS.is_parsed() and "experimental_orbax_use_distributed_barrier" in flags.FLAGS:  # else (jaxsr used as a library) orbax keeps its default
+    flags.FLAGS["experimental_orbax_use_distributed_barrier"].value = True
 
 
 def to_host(tree):
