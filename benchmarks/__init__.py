@@ -75,23 +75,32 @@ def set_threads(threads: int | None) -> int:
   return threads
 
 
-def torch_compiled(step_factory: Callable[[bool], tuple[Callable[[], object], int]],
-                   mode: str | None) -> tuple[Callable[[], object], int, float]:
-  """(run one step, parameter count, seconds of the first call: compilation) of a PyTorch step
-  whose model is wrapped in `torch.compile(mode=mode)` (inductor), checked against eager.
+def step_columns(jax_step: tuple[Callable[[], object], float, int],
+                 torch_step: Callable[[str | None], tuple[Callable[[], object], int]],
+                 compile_mode: str) -> tuple[dict, dict, dict]:
+  """(runs, parameter counts, compile seconds) by column for `race_steps`: JAX (jit), PyTorch
+  eager and, unless `compile_mode` is "none", the model under `torch.compile(mode=compile_mode)`.
 
-  `step_factory(compiled)` builds a fresh step from the same seed, its model compiled or not;
-  the compiled step's first loss must equal the eager step's first loss (rtol 1e-4).
+  `jax_step` is (run one step, compile seconds, parameter count); `torch_step(mode)` builds a
+  fresh PyTorch step from the same seed, eager for None. torch.compile's compile time is its
+  first call's, and its first loss must equal a fresh eager step's first loss (rtol 1e-4).
   """
-  eager, _ = step_factory(False)
-  expected = float(eager())
-  run, params = step_factory(True)
+  run_jax, compile_s, jax_params = jax_step
+  run_eager, eager_params = torch_step(None)
+  runs = {"JAX (jit)": run_jax, "PyTorch eager": run_eager}
+  params = {"JAX (jit)": jax_params, "PyTorch eager": eager_params}
+  compiles = {"JAX (jit)": compile_s}
+  if compile_mode == "none":
+    return runs, params, compiles
+  expected = float(torch_step(None)[0]())
+  name = f"torch.compile ({compile_mode})"
+  runs[name], params[name] = torch_step(compile_mode)
   start = time.perf_counter()
-  first = float(run())
-  compile_s = time.perf_counter() - start
+  first = float(runs[name]())
+  compiles[name] = time.perf_counter() - start
   assert abs(first - expected) <= 1e-4 * abs(expected), (
-      f"torch.compile ({mode}) changed the first loss: {first} vs eager {expected}")
-  return run, params, compile_s
+      f"torch.compile ({compile_mode}) changed the first loss: {first} vs eager {expected}")
+  return runs, params, compiles
 
 
 def race_steps(runs: dict[str, Callable[[], object]], *, params: dict[str, int],

@@ -25,7 +25,7 @@ import argparse
 import jax
 import numpy as np
 
-from benchmarks import compiled_step, machine_report, race_steps, set_threads, torch_compiled
+from benchmarks import compiled_step, machine_report, race_steps, set_threads, step_columns
 from configs import mrsi as mrsi_config
 from jaxsr.mrsi import step as mrsi_step
 from jaxsr.mrsi import task as mrsi_task
@@ -107,16 +107,8 @@ def main(argv=None):
         f"{tuple(config.model.channels)} ({args.conditioning}), critic "
         f"{tuple(config.model.critic_channels)}, {config.train.num_critic} critic updates per "
         f"generator update; parameters counted over generator + critic")
-  run_jax, compile_s, jax_params = jax_step(config, batch)
-  run_eager, eager_params = torch_step(config, batch)
-  runs = {"JAX (jit)": run_jax, "PyTorch eager": run_eager}
-  params = {"JAX (jit)": jax_params, "PyTorch eager": eager_params}
-  compiles = {"JAX (jit)": compile_s}
-  if args.compile_mode != "none":
-    name = f"torch.compile ({args.compile_mode})"
-    runs[name], params[name], compiles[name] = torch_compiled(
-        lambda compiled: torch_step(config, batch, args.compile_mode if compiled else None),
-        args.compile_mode)
+  runs, params, compiles = step_columns(
+      jax_step(config, batch), lambda mode: torch_step(config, batch, mode), args.compile_mode)
   race_steps(runs, params=params, compile_s=compiles, threads=threads, rounds=args.rounds,
              steps=args.steps, work=config.batch_size, work_unit="maps")
 

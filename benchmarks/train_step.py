@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from benchmarks import (compiled_step, machine_report, matmul_peak_flops, race_steps, set_threads,
-                        torch_compiled)
+                        step_columns)
 from configs import csr_dmri
 from jaxsr.dmri import patches as pipeline
 from jaxsr.dmri import step as step_lib
@@ -170,16 +170,9 @@ def main(argv=None):
   print(f"compiled step programs over {args.run_steps} random-scale steps: {programs} "
         f"({sizes} HR patch sizes drawn, data.num_scale_buckets = "
         f"{config.data.num_scale_buckets})")
-  run_jax, compile_s, jax_params = jax_step(config, hr_size)
-  run_eager, eager_params = torch_step(config, hr_size, args.torch_device)
-  runs = {"JAX (jit)": run_jax, "PyTorch eager": run_eager}
-  params = {"JAX (jit)": jax_params, "PyTorch eager": eager_params}
-  compiles = {"JAX (jit)": compile_s}
-  if args.compile_mode != "none":
-    name = f"torch.compile ({args.compile_mode})"
-    runs[name], params[name], compiles[name] = torch_compiled(
-        lambda compiled: torch_step(config, hr_size, args.torch_device,
-                                    args.compile_mode if compiled else None), args.compile_mode)
+  runs, params, compiles = step_columns(
+      jax_step(config, hr_size), lambda mode: torch_step(config, hr_size, args.torch_device, mode),
+      args.compile_mode)
   race_steps(runs, params=params, compile_s=compiles, threads=threads, rounds=args.rounds,
              steps=args.steps, work=voxels, work_unit="HR voxels", flops=flops, peak_flops=peak)
 
