@@ -23,7 +23,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import signal
 
 
 def central_mask(size: int, n: jax.Array | int) -> jax.Array:
@@ -65,6 +64,8 @@ def zero_fill(lr: np.ndarray, shape: Sequence[int], *, voxel_centres: bool = Tru
   (the FFT's geometry of an MRSI reconstruction) and only |f| < n/2 is kept, the
   acquisition model of `truncate`.
   """
+  import scipy.signal  # on use: it slows every command's start-up
+
   out = np.asarray(lr, np.float64)
   if out.ndim != len(shape):
     raise ValueError(f"a {out.ndim}-D array cannot be resized to {tuple(shape)}")
@@ -80,5 +81,5 @@ def zero_fill(lr: np.ndarray, shape: Sequence[int], *, voxel_centres: bool = Tru
       spectrum = spectrum * np.exp(2j * np.pi * np.fft.fftfreq(n) * delta).reshape(along)
     elif n % 2 == 0:
       spectrum = spectrum * (np.arange(n) != n // 2).reshape(along)
-    out = signal.resample(np.fft.ifft(spectrum, axis=axis).real, int(size), axis=axis)
+    out = scipy.signal.resample(np.fft.ifft(spectrum, axis=axis).real, int(size), axis=axis)
   return out.astype(np.float32)

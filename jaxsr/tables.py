@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import stats
 
 IMAGE_METRICS = (("psnr", "PSNR", max), ("ssim", "SSIM", max))
 DTI_METRICS = (("fa_rmse", "FA RMSE", min), ("md_rmse", "MD RMSE", min))
@@ -104,6 +103,8 @@ def signed_rank_p(differences: np.ndarray) -> float:
     return float("nan")
   if not np.any(differences):
     return 1.0
+  from scipy import stats  # on use: it slows every command's start-up
+
   magnitudes = np.abs(differences)
   exact = np.all(magnitudes > 0) and len(np.unique(magnitudes)) == len(magnitudes)
   return float(stats.wilcoxon(differences, method="exact" if exact else "approx").pvalue)

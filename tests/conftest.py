@@ -10,25 +10,32 @@ import tempfile
 # The tests' tiny models compile for far longer than they run, and many tests (and the
 # train.py / evaluate.py processes they start, which inherit the environment) compile the
 # same programs: one persistent XLA compilation cache per test session serves them all
-# (on 2 cores: 10 min 45 s for the suite instead of 12 min 30 s). Set here, in the process
-# that starts the test workers, so that they share it too.
+# (docs/benchmarks.md, *The test suite*). Set here, in the process that starts the test
+# workers, so that they share it too.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="jaxsr-tests-xla-")
   atexit.register(functools.partial(shutil.rmtree, _cache, ignore_errors=True))
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-# For the same reason, XLA:CPU's code generator optimises less (about a fifth less time on
-# compile-bound tests); results agree within the tests' tolerances. Benchmarks and users'
-# runs keep the default.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
+# For the same reason, XLA:CPU's code generator optimises less and emits fusions the older,
+# simpler way (together, less than half the compile time of a small train step); results
+# agree within the tests' tolerances. Benchmarks and users' runs keep the defaults (faster
+# programs, slower to compile).
+for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import pytest
 
 from configs import arssr, csr_dmri
 from jaxsr import tasks
+
+
+def pytest_collection_modifyitems(items):
+  """Slow tests first (stable otherwise): the workers take whole files (--dist loadfile), so
+  the long ones start early and the short ones fill the end, and both finish together."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ def train_command(workdir, cache, steps: int, *extra) -> list[str]:
           "--workdir", str(workdir), f"--config.data.cache_dir={cache}",
           "--config.batch_size=4", f"--config.train.num_steps={steps}",
           "--config.train.log_every_steps=1", "--config.train.checkpoint_every_steps=2",
+          "--config.data.num_scale_buckets=1",  # one compiled step per process
           *extra]
 
 

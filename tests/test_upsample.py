@@ -100,11 +100,11 @@ def test_t1_models_take_the_t1_at_its_own_grid(csr_smoke_run):
   assert out.shape == (28, 24, 20) and np.all(np.isfinite(out))
   assert 0 <= out.min() and out.max() <= data.max()
   with pytest.raises(nifti.DataError, match="trained with a T1"):
-    jaxsr.upsample(data, affine, csr_smoke_run, scale=2)
+    jaxsr.upsample(data, affine, csr_smoke_run, scale=2, max_memory=BUDGET)
   far = t1_affine.copy()
   far[:3, 3] += 500
   with pytest.raises(nifti.DataError, match="does not overlap"):
-    jaxsr.upsample(data, affine, csr_smoke_run, scale=2, t1=t1, t1_affine=far)
+    jaxsr.upsample(data, affine, csr_smoke_run, scale=2, t1=t1, t1_affine=far, max_memory=BUDGET)
 
 
 def test_command_on_the_real_anisotropic_scan(arssr_smoke_run, tmp_path):

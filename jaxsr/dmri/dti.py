@@ -8,8 +8,6 @@ weighted least squares on a b0 of ones followed by the shell's volumes.
 from __future__ import annotations
 
 import numpy as np
-from dipy.core.gradients import gradient_table
-from dipy.reconst.dti import TensorModel
 
 # Normalised signal is clipped to this floor before the log-linear fit (S/S0 <= 0 has no log).
 MIN_SIGNAL = 1e-4
@@ -35,6 +33,10 @@ def tensor_maps(dwi: np.ndarray, bvecs: np.ndarray, bval: float,
                      f"{bvecs.shape}")
   if dwi.shape[-1] < 6:
     raise ValueError(f"a tensor has 6 unknowns: need at least 6 directions, got {dwi.shape[-1]}")
+  # dipy on use: it slows every command's start-up.
+  from dipy.core.gradients import gradient_table
+  from dipy.reconst.dti import TensorModel
+
   gtab = gradient_table(np.r_[0.0, np.full(len(bvecs), bval)],
                         bvecs=np.r_[np.zeros((1, 3)), bvecs])
   signal = np.concatenate([np.ones(dwi.shape[:3] + (1,)), np.maximum(dwi, MIN_SIGNAL)], axis=-1)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import files, kspace, metrics, tables
-from jaxsr.dmri import dti, figures
+from jaxsr.dmri import dti
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri import subjects as subjects_lib
 from jaxsr.dmri.degrade import degrade, lr_shape_for_scale, tricubic_upsample
@@ -370,6 +370,8 @@ def evaluation_cost(config, subjects, num_methods: int) -> str:
 
 def write_figures(figure: FigureData, method_names, out_dir: pathlib.Path, subject: str) -> None:
   """Slice comparison, error maps and (with DTI) FA maps of `figure` for `method_names`."""
+  from jaxsr.dmri import figures  # matplotlib on use: it slows every command's start-up
+
   label = f"{subject}, volume {figure.volume}, {figure.scale:g}×"
   outputs = {m: figure.outputs[m] for m in method_names}
   figures.slice_comparison(outputs, figure.truth, figure.mask, figure.scores,

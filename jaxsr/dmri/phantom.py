@@ -30,7 +30,6 @@ import uuid
 
 import dipy
 import numpy as np
-from dipy.reconst import dti
 from tqdm import tqdm
 
 from jaxsr import anatomy, nifti
@@ -71,6 +70,8 @@ def tissue_tensors(structure: np.ndarray, wm_scale: float = 1.0, gm_scale: float
   cortex, radially). Each tensor is blended toward its isotropic mean by a
   coherence in [0, 1], so that it is isotropic where the orientation is undefined.
   """
+  from dipy.reconst import dti  # on use: it slows every command's start-up
+
   matrices = dti.from_lower_triangular(structure.astype(np.float64))
   evals, evecs = np.linalg.eigh(matrices)  # ascending: column 0 is the least-change direction
   evals = np.maximum(evals, 0.0)

@@ -30,7 +30,6 @@ import uuid
 import nibabel as nib
 import nibabel.affines
 import numpy as np
-from dipy.segment.mask import median_otsu
 from tqdm import tqdm
 
 from jaxsr import anatomy, nifti
@@ -183,6 +182,8 @@ def _mask_on_grid(path: pathlib.Path, dwi: nifti.LazyVolume) -> np.ndarray:
 
 def b0_brain_mask(mean_b0: np.ndarray) -> np.ndarray:
   """(X, Y, Z) bool brain mask of a mean b0 (dipy's median_otsu), for sources without a mask."""
+  from dipy.segment.mask import median_otsu  # on use: it slows every command's start-up
+
   _, mask = median_otsu(np.asarray(mean_b0, np.float32), median_radius=2, numpass=2)
   return mask
 

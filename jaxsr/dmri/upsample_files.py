@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxsr import files, nifti
 from jaxsr.dmri import adapt as adapt_lib
-from jaxsr.dmri import btable, figures
+from jaxsr.dmri import btable
 from jaxsr.dmri import psf as psf_lib
 from jaxsr.dmri.memory import MemoryPlan, plan_memory
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
@@ -98,6 +98,8 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
     with files.write_errors(targets["sidecar"]):
       files.write_json(temps["sidecar"], sidecar())
     if "preview" in targets:
+      from jaxsr.dmri import figures  # matplotlib on use: it slows every command's start-up
+
       with files.write_errors(targets["preview"]):
         figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
                                  temps["preview"], title=preview_title)
