@@ -102,7 +102,8 @@ def _checkpoint_barriers_through_the_coordinator() -> None:
   in CI: "Gloo context initialization failed ... 30 s" in a checkpoint's sync)."""
   import orbax.checkpoint  # noqa: F401 (defines orbax's flags)
   from absl import flags
-  if flags.FLAGS.is_parsed() and "experimental_orbax_use_distributed_barrier" in flags.FLAGS:  # else (jaxsr used as a library) orbax keeps its default
+  # Unparsed flags (jaxsr used as a library): orbax keeps its default.
+  if flags.FLAGS.is_parsed() and "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
     flags.FLAGS["experimental_orbax_use_distributed_barrier"].value = True
 
 
