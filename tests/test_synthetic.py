@@ -20,7 +20,7 @@ def read(folder, name="data.nii.gz"):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("embedded") / "data"
-  return root, synthetic.build_embedded_dataset(root, seed=0, **BUILD)
+  return root, synthetic.build_embedded_dataset(root, seed=0, num_workers=2, **BUILD)
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +62,15 @@ def test_build_is_cached(dataset):
   assert json.loads((root / "manifest.json").read_text())["num_directions"] == 6
 
 
-def test_build_is_deterministic_and_rebuilt_for_other_parameters(dataset, tmp_path):
-  root, folders = dataset
-  again = synthetic.build_embedded_dataset(tmp_path / "again", seed=0, **BUILD)
+def test_build_is_deterministic_in_any_process_count_and_rebuilt_for_other_parameters(
+    dataset, tmp_path):
+  root, folders = dataset  # built by two processes
+  again = synthetic.build_embedded_dataset(tmp_path / "again", seed=0, num_workers=1, **BUILD)
   for a, b in zip(folders, again):
     for name in ("data.nii.gz", "T1w.nii.gz", "nodif_brain_mask.nii.gz"):
       np.testing.assert_array_equal(read(a, name), read(b, name))
-  other = synthetic.build_embedded_dataset(tmp_path / "again", seed=1, **BUILD)  # replaces it
+  other = synthetic.build_embedded_dataset(tmp_path / "again", seed=1, num_workers=1,
+                                          **BUILD)  # replaces it
   assert json.loads((tmp_path / "again" / "manifest.json").read_text())["seed"] == 1
   assert not np.array_equal(read(folders[0]), read(other[0]))
   assert not np.array_equal(read(folders[0], "T1w.nii.gz"), read(other[0], "T1w.nii.gz"))

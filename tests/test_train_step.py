@@ -9,6 +9,7 @@ from configs import dcsrn, rescnn3d
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.degrade import degrade, tricubic_upsample
 from jaxsr.dmri.models import build_model
+from jaxsr.errors import ConfigError
 
 
 def _batch(size, seed=0):
@@ -53,3 +54,21 @@ def test_dcsrn_step_updates_batch_statistics_and_lowers_the_loss():
   assert min(jax.tree_util.tree_leaves(moved)) > 0  # every running mean/var was updated
   assert losses[-1] < 0.5 * losses[0]
   assert int(state.step) == 30
+
+
+def test_learning_rate_schedules_follow_their_definitions():
+  config = dcsrn.get_config("smoke").train
+  config.update(num_steps=100, learning_rate=2e-3, lr_decay_steps=30, lr_decay_factor=0.5)
+  staircase = step_lib.learning_rate_schedule(config)
+  for step, rate in ((0, 2e-3), (29, 2e-3), (30, 1e-3), (95, 2.5e-4)):
+    assert float(staircase(step)) == pytest.approx(rate)
+  config.update(lr_schedule="cosine", warmup_steps=10)
+  cosine = step_lib.learning_rate_schedule(config)
+  for step, rate in ((0, 0.0), (5, 1e-3), (10, 2e-3), (55, 1e-3), (100, 0.0)):
+    assert float(cosine(step)) == pytest.approx(rate, abs=1e-9)
+  with pytest.raises(ConfigError, match="warmup_steps"):
+    config.update(warmup_steps=100)
+    step_lib.learning_rate_schedule(config)
+  with pytest.raises(ConfigError, match="lr_schedule"):
+    config.update(lr_schedule="linear")
+    step_lib.learning_rate_schedule(config)

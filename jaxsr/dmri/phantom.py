@@ -21,8 +21,11 @@ voxel -> MNI mm; diffusivities are in mm²/s, b-values in s/mm².
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -41,6 +44,8 @@ GRADIENT_FILE = "small_64D"  # .bval/.bvec: 1 b0 + 64 directions at b ≈ 1000 s
 
 WM_B0 = 1000.0  # signal units of a pure-WM b0 voxel
 GRID_MARGIN_VOXELS = 3  # DWI grid: brain bounding box plus this margin on every side
+MAX_BUILD_WORKERS = 8  # processes of a build (each holds a subject and the template in memory)
+PARALLEL_BUILD_BELOW_MM = 4.0  # finer grids are built by one process per CPU (docs/data.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,13 +221,16 @@ def write_subject(folder: pathlib.Path, phantom: Phantom, bvals: np.ndarray,
 
 def build_embedded_dataset(root: str | os.PathLike, *, num_subjects: int, voxel_size_mm: float,
                            num_directions: int, num_b0: int = 2, snr: float = 30.0,
-                           seed: int = 0, deformation_mm: float = 3.0) -> list[pathlib.Path]:
+                           seed: int = 0, deformation_mm: float = 3.0,
+                           num_workers: int | None = None) -> list[pathlib.Path]:
   """Builds (or reuses) the embedded dataset: `root/sub-00`, `root/sub-01`, ... in the HCP layout.
 
   Deterministic in the arguments. `root/manifest.json` records them; when it matches,
   the existing folders are returned without rebuilding. A build goes into a temporary
   sibling folder that replaces `root` only once complete, so an interrupted build
-  leaves no partial dataset.
+  leaves no partial dataset. Subjects are simulated in `num_workers` processes (default:
+  one per usable CPU below `PARALLEL_BUILD_BELOW_MM` voxels, else one; at most
+  `MAX_BUILD_WORKERS`); the result does not depend on it.
 
   Returns:
     The subject folders, sorted.
@@ -240,12 +248,26 @@ def build_embedded_dataset(root: str | os.PathLike, *, num_subjects: int, voxel_
   bvals, bvecs = gradient_table(num_directions, num_b0)
   root.parent.mkdir(parents=True, exist_ok=True)
   temp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
+  subject_kwargs = dict(bvals=bvals, bvecs=bvecs, voxel_size_mm=voxel_size_mm, snr=snr,
+                        seed=seed, deformation_mm=deformation_mm)
+  jobs = [(temp / name, i, subject_kwargs) for i, name in enumerate(names)]
+  progress = functools.partial(tqdm, total=len(jobs), desc=f"building the embedded data in {root}",
+                               unit="subject", dynamic_ncols=True)
+  if num_workers is None:  # on coarse grids a process's start-up outweighs its subjects
+    num_workers = 1 if voxel_size_mm >= PARALLEL_BUILD_BELOW_MM else _usable_cpus()
+  workers = min(len(jobs), num_workers, MAX_BUILD_WORKERS)
   try:
-    for i, name in enumerate(tqdm(names, desc=f"building the embedded data in {root}",
-                                  unit="subject", dynamic_ncols=True)):
-      phantom = simulate_subject(i, bvals=bvals, bvecs=bvecs, voxel_size_mm=voxel_size_mm,
-                                 snr=snr, seed=seed, deformation_mm=deformation_mm)
-      write_subject(temp / name, phantom, bvals, bvecs)
+    if workers == 1:
+      for _ in progress(map(_build_subject, jobs)):
+        pass
+    else:
+      # Subjects are independent and seeded by their index, so the result does not depend
+      # on the order. Fresh interpreters ("spawn"): the caller may hold JAX's threads, which
+      # a forked child must not inherit.
+      context = multiprocessing.get_context("spawn")
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for _ in progress(pool.map(_build_subject, jobs)):
+          pass
     (temp / "manifest.json").write_text(json.dumps(params, indent=2) + "\n")
     if root.exists():  # stale parameters: set the old build aside, then swap
       stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
@@ -259,6 +281,20 @@ def build_embedded_dataset(root: str | os.PathLike, *, num_subjects: int, voxel_
   finally:
     shutil.rmtree(temp, ignore_errors=True)
   return [root / n for n in names]
+
+
+def _build_subject(job: tuple[pathlib.Path, int, dict]) -> None:
+  """Simulates subject `index` and writes it to `folder` (one process of a parallel build)."""
+  folder, index, kwargs = job
+  bvals, bvecs = kwargs["bvals"], kwargs["bvecs"]
+  write_subject(folder, simulate_subject(index, **kwargs), bvals, bvecs)
+
+
+def _usable_cpus() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
 
 
 def _manifest(root: pathlib.Path) -> dict | None:

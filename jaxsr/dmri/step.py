@@ -31,6 +31,7 @@ from jaxsr.dmri.degrade import degrade, tricubic_upsample
 from jaxsr.dmri.loss import csr_dmri_loss
 from jaxsr.dmri.models import build_model, is_implicit
 from jaxsr.dmri.models.factory import KINDS
+from jaxsr.errors import ConfigError
 
 FAMILY = "dmri"
 MODEL_KINDS = KINDS
@@ -44,10 +45,25 @@ class BatchStatsTrainState(TrainState):
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  """Adam learning rate: `learning_rate`, multiplied by `lr_decay_factor` every `lr_decay_steps`."""
-  return optax.exponential_decay(
-      init_value=config.learning_rate, transition_steps=config.lr_decay_steps,
-      decay_rate=config.lr_decay_factor, staircase=True)
+  """Adam learning rate by `lr_schedule`.
+
+  "staircase" (the paper's): `learning_rate`, multiplied by `lr_decay_factor` every
+  `lr_decay_steps`. "cosine": linear warm-up over `warmup_steps` to `learning_rate`, then
+  a cosine to 0 at `num_steps` (short runs: the whole budget is spent decaying).
+  """
+  kind = config.get("lr_schedule", "staircase")
+  if kind == "staircase":
+    return optax.exponential_decay(
+        init_value=config.learning_rate, transition_steps=config.lr_decay_steps,
+        decay_rate=config.lr_decay_factor, staircase=True)
+  if kind == "cosine":
+    warmup = config.get("warmup_steps", 0)
+    if not 0 <= warmup < config.num_steps:
+      raise ConfigError(f"train.warmup_steps must be in [0, train.num_steps): {warmup}")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+        decay_steps=config.num_steps, end_value=0.0)
+  raise ConfigError(f"train.lr_schedule must be 'staircase' or 'cosine': {kind!r}")
 
 
 def create_train_state(model: nn.Module, config, rng: jax.Array) -> TrainState:

@@ -20,7 +20,8 @@ from jaxsr.errors import ConfigError
 RUNTIME_FIELDS = ("variant", "distributed", "distributed_timeout_s", "data.num_threads", "data.prefetch",
                   "data.cache_dir", "train.log_every_steps", "train.keep_checkpoints", "eval.")
 SCHEDULE_FIELDS = ("train.num_steps", "train.checkpoint_every_steps", "train.learning_rate",
-                   "train.lr_decay_steps", "train.lr_decay_factor", "train.validate")
+                   "train.lr_schedule", "train.lr_decay_steps", "train.lr_decay_factor",
+                   "train.warmup_steps", "train.validate")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
