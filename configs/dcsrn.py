@@ -17,8 +17,8 @@ from configs import csr_dmri
 # measured step times are in docs/results_dmri.md), with the same schedule: the learning
 # rate halved every third of the run.
 VARIANTS = {
-    "quick": {"model.growth": 8, "train.num_steps": 3600, "train.lr_decay_steps": 1200,
-              "train.checkpoint_every_steps": 600},
+    "quick": {**csr_dmri.QUICK_STAIRCASE, "model.growth": 8, "train.num_steps": 3600,
+              "train.lr_decay_steps": 1200, "train.checkpoint_every_steps": 600},
     "smoke": {"model.growth": 4, "model.num_units": 2},
 }
 SCALE = 2.0

@@ -13,8 +13,7 @@ from configs import csr_dmri
 # Overrides by variant (see configs/dcsrn.py for why quick is small and trained for about
 # the wall time of a quick implicit run).
 VARIANTS = {
-    "quick": {"model.num_features": 16, "model.num_layers": 6, "train.num_steps": 2400,
-              "train.lr_decay_steps": 800, "train.checkpoint_every_steps": 400},
+    "quick": {**csr_dmri.QUICK_STAIRCASE, "model.num_features": 16, "model.num_layers": 6},
     "smoke": {"model.num_features": 4, "model.num_layers": 3},
 }
 SCALE = 3.0
