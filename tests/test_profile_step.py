@@ -1,0 +1,26 @@
+"""benchmarks.profile_step: a traced train step's op times, attributed to the model's parts."""
+
+import re
+
+from benchmarks import profile_step
+
+
+def test_profile_attributes_the_step_to_encoder_and_decoder(capsys):
+  profile_step.main(["--variant", "smoke", "--steps", "2", "--top", "3"])
+  out = capsys.readouterr().out
+  total = float(re.search(r"XLA ops ([\d.]+) ms/step traced", out).group(1))
+  parts = dict((name.strip(), float(ms)) for name, ms in
+               re.findall(r"^  (\S[^\n]*?)\s+([\d.]+) ms\s+[\d.]+ %$", out, re.M))
+  assert parts["encoder (RDN)"] > 0 and parts["decoder MLP"] > 0
+  assert abs(sum(parts.values()) - total) <= 0.01 * total + 0.2  # every op counted once
+  assert len(re.findall(r"^  +[\d.]+ ms  \S+", out, re.M)) == 3  # --top ops listed
+
+
+def test_ops_are_attributed_by_their_source_path():
+  hlo = ('  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%a), metadata={op_name="jit(step)/CSRdMRI.encode/'
+         'encoder/conv_0/conv"}\n  ROOT %dot.1 = f32[4,4]{1,0} dot(%b, %c), metadata={op_name='
+         '"jit(step)/transpose(jvp(x))/mlp/hidden_2/transpose"}\n')
+  sources = profile_step.op_sources(hlo)
+  assert profile_step.part_of(sources["ynn_fusion.3"]) == "encoder (RDN)"
+  assert profile_step.part_of(sources["dot.1"]) == "decoder MLP"
+  assert profile_step.kind_of("dot.1") == "XLA dot"
