@@ -1,12 +1,19 @@
-"""Where a CSR-dMRI train step's time goes on this machine: XLA ops, by model part and kind.
+"""Where a train step's time goes on this machine: XLA ops, by model part and kind.
 
-  python -m benchmarks.profile_step [--variant quick] [--scale 2.5] [--steps 10] [--top 10]
+  python -m benchmarks.profile_step [--task dmri] [--variant quick] [--scale 2.5] [--steps 10]
+                                    [--top 10]
+  python -m benchmarks.profile_step --task mrsi [--variant default] [--steps 3]
 
-Compiles jaxsr's train step for `configs/csr_dmri.py:VARIANT` at one scale s (HR
-patches of (lr_patch_size·s)³), traces `--steps` steps with `jax.profiler` (the
+Compiles jaxsr's train step, traces `--steps` steps with `jax.profiler` (the
 trace JAX writes in Perfetto's JSON form, read back here) and sums each XLA op's
-time by the part of the model its HLO metadata names (encoder, decoder MLP,
-feature sampling, FFT loss, degradation, other) and by the kind of op: YNNPACK
+time by the part of the model its HLO metadata names and by the kind of op.
+dMRI: the step of `configs/csr_dmri.py:VARIANT` at one scale s (HR patches of
+(lr_patch_size·s)³); parts encoder, decoder MLP, feature sampling, FFT loss,
+degradation, other. MRSI: the adversarial step of `configs/mrsi.py:VARIANT`
+(the network of adjustable sharpness, as `benchmarks.mrsi_step` times it) on a
+random batch; parts the critic updates' gradient penalties, the rest of the
+critic updates, MS-SSIM, the generator (UNet), the critic's score of the
+generator's output, other (Adam, data consistency). Kinds: YNNPACK
 fusions (XLA:CPU's library calls for products and convolutions), plain `dot`s
 (XLA's own matrix products; in the train step, the weight gradients), other
 convolutions, and loop fusions (elementwise work, copies, concatenations,
@@ -28,15 +35,26 @@ import jax
 import numpy as np
 
 from benchmarks import machine_report
+from benchmarks.mrsi_step import random_batch
 from configs import csr_dmri
+from configs import mrsi as mrsi_config
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.models import build_model
+from jaxsr.mrsi import step as gan_step
+from jaxsr.mrsi import task as mrsi_task
 from jaxsr.train.loop import RNG_IMPL
 
-# (part, substrings of an op's JAX source path that put it there), first match wins.
-PARTS = (("encoder (RDN)", ("/encoder/",)), ("decoder MLP", ("/mlp/",)),
-         ("feature sampling", ("sample_trilinear",)), ("FFT loss", ("fft",)),
-         ("degradation", ("resize", "scale_and_translate")))
+# Per task: (part, substrings of an op's JAX source path that put it there), first match wins.
+# The MRSI names are `jax.named_scope`s of jaxsr.mrsi.step and .loss, and the modules'.
+PARTS = {
+    "dmri": (("encoder (RDN)", ("/encoder/",)), ("decoder MLP", ("/mlp/",)),
+             ("feature sampling", ("sample_trilinear",)), ("FFT loss", ("fft",)),
+             ("degradation", ("resize", "scale_and_translate"))),
+    "mrsi": (("critic updates: gradient penalty", ("gradient_penalty",)),
+             ("critic updates: scores, Adam", ("critic_updates",)),
+             ("MS-SSIM loss", ("ms_ssim",)), ("generator (UNet)", ("MRSIUNet",)),
+             ("critic score of the output", ("Critic",))),
+}
 
 
 def op_sources(hlo_text: str) -> dict[str, str]:
@@ -48,8 +66,8 @@ def op_sources(hlo_text: str) -> dict[str, str]:
   return sources
 
 
-def part_of(source: str) -> str:
-  for part, keys in PARTS:
+def part_of(source: str, task: str = "dmri") -> str:
+  for part, keys in PARTS[task]:
     if any(key in source for key in keys):
       return part
   return "other"
@@ -81,23 +99,50 @@ def traced_op_times(run, steps: int) -> dict[str, float]:
   return times
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--variant", default="quick", help="configs/csr_dmri.py variant")
-  parser.add_argument("--scale", type=float, default=2.5, help="s: HR patches of (lr_patch_size·s)³")
-  parser.add_argument("--steps", type=int, default=10, help="traced (and timed) steps")
-  parser.add_argument("--top", type=int, default=10, help="ops listed one by one")
-  args = parser.parse_args(argv)
-  print(machine_report())
-  config = csr_dmri.get_config(args.variant)
-  hr_size = int(round(config.data.lr_patch_size * args.scale))
+def dmri_step(variant: str, scale: float):
+  """(compiled step, its arguments, description) of the CSR-dMRI step at HR (lr_patch_size·s)³."""
+  config = csr_dmri.get_config(variant)
+  hr_size = int(round(config.data.lr_patch_size * scale))
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
   state = step_lib.create_train_state(build_model(config.model), config, rng)
   data = np.random.default_rng(0)
   batch = {k: data.random((config.batch_size,) + (hr_size,) * 3, dtype=np.float32)
            for k in ("hr", "t1")}
   compiled = jax.jit(step_lib.make_train_step(config)).lower(state, batch, rng).compile()
-  run = lambda: compiled(state, batch, rng)  # the same state each time: no donation here
+  return compiled, (state, batch, rng), (f"{variant} train step, batch {config.batch_size}, "
+                                         f"HR {hr_size}³")
+
+
+def mrsi_step(variant: str):
+  """(compiled step, its arguments, description) of the adversarial MRSI step on random maps."""
+  config = mrsi_config.get_config(variant)
+  config.train.adversarial = True
+  rng = jax.random.key(config.seed, impl=RNG_IMPL)
+  state = gan_step.create_state(config, rng)
+  batch = random_batch(config)
+  compiled = jax.jit(mrsi_task.make_train_step(config)).lower(state, batch, rng).compile()
+  return compiled, (state, batch, rng), (
+      f"{variant} adversarial MRSI step, batch {config.batch_size}, "
+      f"{config.train.num_critic} critic updates")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--task", default="dmri", choices=tuple(PARTS))
+  parser.add_argument("--variant", default=None,
+                      help="configs/csr_dmri.py (default quick) or configs/mrsi.py (default "
+                      "default) variant")
+  parser.add_argument("--scale", type=float, default=2.5,
+                      help="dMRI: s, HR patches of (lr_patch_size·s)³")
+  parser.add_argument("--steps", type=int, default=10, help="traced (and timed) steps")
+  parser.add_argument("--top", type=int, default=10, help="ops listed one by one")
+  args = parser.parse_args(argv)
+  print(machine_report())
+  if args.task == "dmri":
+    compiled, arguments, description = dmri_step(args.variant or "quick", args.scale)
+  else:
+    compiled, arguments, description = mrsi_step(args.variant or "default")
+  run = lambda: compiled(*arguments)  # the same state each time: no donation here
   for _ in range(3):
     jax.block_until_ready(run())
   start = time.perf_counter()
@@ -108,14 +153,15 @@ def main(argv=None):
   times = {name: t / args.steps for name, t in traced_op_times(run, args.steps).items()
            if name in sources}
   total = sum(times.values())
-  print(f"{args.variant} train step, batch {config.batch_size}, HR {hr_size}³: "
-        f"{1e3 * step_s:.1f} ms/step untraced, XLA ops {1e3 * total:.1f} ms/step traced")
+  print(f"{description}: {1e3 * step_s:.1f} ms/step untraced, XLA ops {1e3 * total:.1f} "
+        "ms/step traced")
   by_part, by_part_kind = collections.Counter(), collections.Counter()
   for name, t in times.items():
-    by_part[part_of(sources[name])] += t
-    by_part_kind[(part_of(sources[name]), kind_of(name))] += t
+    part = part_of(sources[name], args.task)
+    by_part[part] += t
+    by_part_kind[(part, kind_of(name))] += t
   for part, t in by_part.most_common():
-    print(f"  {part:18s} {1e3 * t:8.1f} ms  {100 * t / total:5.1f} %")
+    print(f"  {part:32s} {1e3 * t:8.1f} ms  {100 * t / total:5.1f} %")
     for (p, kind), tk in by_part_kind.most_common():
       if p == part:
         print(f"    {kind:20s} {1e3 * tk:8.1f} ms")

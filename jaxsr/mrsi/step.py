@@ -116,11 +116,12 @@ def critic_inputs(batch: dict[str, jax.Array], lr: jax.Array, maps: jax.Array) -
 def gradient_penalty(critic_apply, params, real: jax.Array, fake: jax.Array,
                      rng: jax.Array) -> jax.Array:
   """Mean over samples of (‖∂D/∂x̂‖₂ − 1)² at x̂ = ε·real + (1 − ε)·fake, ε ~ U(0, 1) per sample."""
-  eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
-  mixed = eps * real + (1 - eps) * fake
-  grads = jax.grad(lambda x: jnp.sum(critic_apply({"params": params}, x)))(mixed)
-  norms = jnp.sqrt(jnp.sum(grads ** 2, axis=tuple(range(1, grads.ndim))) + 1e-12)
-  return jnp.mean((norms - 1.0) ** 2)
+  with jax.named_scope("gradient_penalty"):  # names its ops in profiles (benchmarks.profile_step)
+    eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
+    mixed = eps * real + (1 - eps) * fake
+    grads = jax.grad(lambda x: jnp.sum(critic_apply({"params": params}, x)))(mixed)
+    norms = jnp.sqrt(jnp.sum(grads ** 2, axis=tuple(range(1, grads.ndim))) + 1e-12)
+    return jnp.mean((norms - 1.0) ** 2)
 
 
 def draw_lambda(rng: jax.Array, batch_size: int, lambda_max: float,
@@ -172,9 +173,10 @@ def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_cr
       real = critic_inputs(batch, lr, hr * batch["mask"])
       # Unrolled: the same updates as a loop, which XLA's CPU backend runs markedly slower
       # (docs/benchmarks.md).
-      (critic, _, _), critic_metrics = jax.lax.scan(
-          critic_step, (critic, real, critic_inputs(batch, lr, fake)),
-          jax.random.split(critic_rng, num_critic), unroll=True)
+      with jax.named_scope("critic_updates"):
+        (critic, _, _), critic_metrics = jax.lax.scan(
+            critic_step, (critic, real, critic_inputs(batch, lr, fake)),
+            jax.random.split(critic_rng, num_critic), unroll=True)
       metrics.update({k: v[-1] for k, v in critic_metrics.items()})
 
     def generator_loss(params):
