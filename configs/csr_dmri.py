@@ -7,9 +7,9 @@ Variants (`--config configs/csr_dmri.py:VARIANT`):
            embedded data at HCP's 1.25 mm (or point `data.source=hcp` or
            `data.source=bids` and `data.root` at real subjects).
   quick    what the README's main line runs: a small model on 2 mm embedded data,
-           1000 steps of a cosine schedule from 7e-3 (chosen on the validation
+           1200 steps of a cosine schedule from 5e-3 (chosen on the validation
            subject: docs/benchmarks.md, *The README's main line*); install to table
-           in about 8 to 10 minutes on 2 CPU cores (measured times there).
+           in 9 to 11 minutes on 2 CPU cores.
   smoke    tiny model and data, train + evaluate in under 2 minutes (tests, CI).
 Any field can be overridden: `--config.batch_size=4`, `--config.data.root=/data/hcp`.
 """
@@ -33,9 +33,9 @@ VARIANTS = {
         "model.num_features": 16, "model.growth": 16, "model.num_blocks": 3,
         "model.num_layers": 3, "model.latent_features": 32,
         "model.mlp_depth": 6, "model.mlp_width": 64, "model.mlp_skip_after": 3,
-        "train.lr_schedule": "cosine", "train.num_steps": 1000, "train.learning_rate": 7e-3,
+        "train.lr_schedule": "cosine", "train.num_steps": 1200, "train.learning_rate": 5e-3,
         "train.warmup_steps": 100, "train.log_every_steps": 50,
-        "train.checkpoint_every_steps": 250,
+        "train.checkpoint_every_steps": 300,
         "eval.num_volumes": 2,
     },
     "smoke": {
