@@ -2,9 +2,14 @@
 
 import re
 
+import pytest
+
 from benchmarks import profile_step
 
+# Each compiles and traces a whole train step: marked slow so that the workers start them early.
 
+
+@pytest.mark.slow
 def test_profile_attributes_the_step_to_encoder_and_decoder(capsys):
   profile_step.main(["--variant", "smoke", "--steps", "2", "--top", "3"])
   out = capsys.readouterr().out
@@ -16,6 +21,7 @@ def test_profile_attributes_the_step_to_encoder_and_decoder(capsys):
   assert len(re.findall(r"^  +[\d.]+ ms  \S+", out, re.M)) == 3  # --top ops listed
 
 
+@pytest.mark.slow
 def test_profile_attributes_the_mrsi_step_to_generator_critic_and_loss(capsys):
   profile_step.main(["--task", "mrsi", "--variant", "smoke", "--steps", "1", "--top", "2"])
   out = capsys.readouterr().out
