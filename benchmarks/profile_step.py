@@ -13,8 +13,8 @@ degradation, other. MRSI: the adversarial step of `configs/mrsi.py:VARIANT`
 (the network of adjustable sharpness, as `benchmarks.mrsi_step` times it) on a
 random batch; parts the critic updates' gradient penalties, the rest of the
 critic updates, MS-SSIM, the generator (UNet), the critic's score of the
-generator's output, other (Adam, data consistency). Kinds: YNNPACK
-fusions (XLA:CPU's library calls for products and convolutions), plain `dot`s
+generator's output, other (Adam, the LR input's truncation and scaling).
+Kinds: YNNPACK fusions (XLA:CPU's library calls for products and convolutions), plain `dot`s
 (XLA's own matrix products; in the train step, the weight gradients), other
 convolutions, and loop fusions (elementwise work, copies, concatenations,
 reductions). Prints the step time untraced, the sums and the `--top` ops.
