@@ -6,6 +6,15 @@ import pytest
 
 from benchmarks import profile_step
 
+
+def printed_parts(out: str) -> tuple[float, dict[str, float]]:
+  """(traced total ms, {part: ms}) as `profile_step.main` prints them."""
+  total = float(re.search(r"XLA ops ([\d.]+) ms/step traced", out).group(1))
+  parts = dict((name.strip(), float(ms)) for name, ms in
+               re.findall(r"^  (\S[^\n]*?)\s+([\d.]+) ms\s+[\d.]+ %$", out, re.M))
+  return total, parts
+
+
 # Each compiles and traces a whole train step: marked slow so that the workers start them early.
 
 
@@ -13,9 +22,7 @@ from benchmarks import profile_step
 def test_profile_attributes_the_step_to_encoder_and_decoder(capsys):
   profile_step.main(["--variant", "smoke", "--steps", "2", "--top", "3"])
   out = capsys.readouterr().out
-  total = float(re.search(r"XLA ops ([\d.]+) ms/step traced", out).group(1))
-  parts = dict((name.strip(), float(ms)) for name, ms in
-               re.findall(r"^  (\S[^\n]*?)\s+([\d.]+) ms\s+[\d.]+ %$", out, re.M))
+  total, parts = printed_parts(out)
   assert parts["encoder (RDN)"] > 0 and parts["decoder MLP"] > 0
   assert abs(sum(parts.values()) - total) <= 0.01 * total + 0.2  # every op counted once
   assert len(re.findall(r"^  +[\d.]+ ms  \S+", out, re.M)) == 3  # --top ops listed
@@ -24,10 +31,7 @@ def test_profile_attributes_the_step_to_encoder_and_decoder(capsys):
 @pytest.mark.slow
 def test_profile_attributes_the_mrsi_step_to_generator_critic_and_loss(capsys):
   profile_step.main(["--task", "mrsi", "--variant", "smoke", "--steps", "1", "--top", "2"])
-  out = capsys.readouterr().out
-  total = float(re.search(r"XLA ops ([\d.]+) ms/step traced", out).group(1))
-  parts = dict((name.strip(), float(ms)) for name, ms in
-               re.findall(r"^  (\S[^\n]*?)\s+([\d.]+) ms\s+[\d.]+ %$", out, re.M))
+  total, parts = printed_parts(capsys.readouterr().out)
   for part in ("generator (UNet)", "MS-SSIM loss", "critic updates: gradient penalty",
                "critic updates: scores, Adam", "critic score of the output"):
     assert parts[part] > 0, part
