@@ -1,11 +1,12 @@
 """Training on 2 processes with JAX's distributed runtime (localhost, CPU, 2 host devices each)
-equals 1 process on 4 devices, through a checkpoint and a resume; a lost process stops the
-other within its timeout; an unreachable coordinator is one line, exit code 2."""
+equals 1 process on 4 devices, through a checkpoint and a resume, with one process 40 s late
+to the first step; a lost process stops the other within its timeout; an unreachable coordinator is one line, exit code 2."""
 
 import json
 import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -43,21 +44,51 @@ def environment(devices: int, **variables) -> dict:
 
 
 def start_processes(workdir, cache, steps: int, *extra, timeout_s: int = 120):
-  """The 2 processes of one distributed `train.py` run, started."""
+  """The 2 processes of one distributed `train.py` run, started; each prints to
+  `<workdir>.process<i>.log`."""
   port = free_port()
   command = train_command(workdir, cache, steps, "--config.distributed=True",
                           f"--config.distributed_timeout_s={timeout_s}", *extra)
-  return [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=environment(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                      JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i))
-          for i in range(2)]
+  processes = []
+  for i in range(2):
+    with open(log_path(workdir, i), "w") as log:
+      processes.append(subprocess.Popen(
+          command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+          env=environment(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2,
+                          JAX_PROCESS_ID=i)))
+  return processes
 
 
-def finish(processes, timeout: float = 600) -> list[str]:
-  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+def log_path(workdir, process: int) -> pathlib.Path:
+  return pathlib.Path(f"{workdir}.process{process}.log")
+
+
+def finish(workdir, processes, timeout: float = 600) -> list[str]:
+  """The processes' outputs, once each has ended with exit code 0."""
+  for p in processes:
+    p.wait(timeout=timeout)
+  outputs = [log_path(workdir, i).read_text() for i in range(len(processes))]
   for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == 0, cause(out)
   return outputs
+
+
+def cause(output: str) -> str:
+  """What a failed process printed before Python's dump of its stacks and modules on abort."""
+  return output.split("Fatal Python error")[0][-3000:] + "\n(stack dump left out)" * (
+      "Fatal Python error" in output)
+
+
+def hold_back(workdir, processes, seconds: float) -> None:
+  """Stops process 1 for `seconds` once process 0 reports its devices (just before it
+  compiles the first step): the processes then reach their first collective that far apart."""
+  deadline = time.monotonic() + 600
+  while "device(s) in 2 process(es)" not in log_path(workdir, 0).read_text():
+    assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGSTOP)
+  time.sleep(seconds)
+  processes[1].send_signal(signal.SIGCONT)
 
 
 def losses(workdir) -> dict[int, float]:
@@ -67,10 +98,14 @@ def losses(workdir) -> dict[int, float]:
 
 def test_two_processes_train_checkpoint_resume_and_equal_one_process(tmp_path, smoke_cache):
   distributed = tmp_path / "two_processes"
-  outputs = finish(start_processes(distributed, smoke_cache, 2))
+  processes = start_processes(distributed, smoke_cache, 2)
+  # Longer than the 30 s CPU collectives wait for each other's first run.
+  hold_back(distributed, processes, 40)
+  outputs = finish(distributed, processes)
   assert "4 device(s) in 2 process(es)" in outputs[0]
   assert sorted(p.name for p in (distributed / "checkpoints").iterdir()) == ["1", "2"]
-  outputs = finish(start_processes(distributed, smoke_cache, 4, "--allow_schedule_change"))
+  outputs = finish(distributed, start_processes(distributed, smoke_cache, 4,
+                                                "--allow_schedule_change"))
   assert "Resumed from step 2" in outputs[0]
   single = tmp_path / "one_process"
   subprocess.run(train_command(single, smoke_cache, 4), cwd=ROOT, check=True,
@@ -99,13 +134,13 @@ def test_a_lost_process_stops_the_other_within_its_timeout(tmp_path, smoke_cache
       time.sleep(1)
     lost.kill()
     killed_at = time.monotonic()
-    out = survivor.communicate(timeout=120)[0]
+    survivor.wait(timeout=120)
   finally:
     for p in processes:
       p.kill()
   assert survivor.returncode != 0
   assert time.monotonic() - killed_at < 120
-  assert "another task died" in out
+  assert "another task died" in log_path(tmp_path / "run", 0).read_text()
 
 
 def test_an_unreachable_coordinator_is_one_line_and_exit_2(tmp_path, smoke_cache):

@@ -107,6 +107,23 @@ def _checkpoint_barriers_through_the_coordinator() -> None:
     flags.FLAGS["experimental_orbax_use_distributed_barrier"].value = True
 
 
+def compile_and_wait_for_all(jitted, *args, timeout: float, name: str) -> None:
+  """Compiles `jitted` for `args` here, then waits (at most `timeout` s) at the coordinator
+  until every process has: the first run of a program with collectives sets up their
+  connections (gloo on CPU), which gives up after 30 s, and one process compiling or
+  loading its data later than that is common on a loaded machine (seen in CI: "Gloo
+  context initialization failed"). Single-process runs return at once. `name` makes the
+  barrier unique within the run (e.g. the step it precedes).
+  """
+  if jax.process_count() == 1:
+    return
+  jitted.lower(*args).compile()  # cached: the call that follows does not compile again
+  from orbax.checkpoint import multihost
+  # Naming the processes takes the coordinator's barrier even where orbax's flag is unset.
+  multihost.sync_global_processes(f"jaxsr_{name}", timeout=int(timeout),
+                                  processes=set(range(jax.process_count())))
+
+
 def to_host(tree):
   """`jax.device_get` of a tree of replicated arrays, also where they span processes
   (PRNG key arrays are left as they are).

@@ -207,8 +207,11 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
   with progress, metrics_file, interrupt.stop_requests() as stop:
     for step in range(start_step, config.train.num_steps):
       batch = next(iterator)
-      state, metrics = train_step(state, sharding.shard_batch(batch, mesh),
-                                  jax.random.fold_in(rng, step))
+      step_args = (state, sharding.shard_batch(batch, mesh), jax.random.fold_in(rng, step))
+      if step == start_step:
+        distributed.compile_and_wait_for_all(train_step, *step_args, name=f"first_step_{step}",
+                                             timeout=config.get("distributed_timeout_s", 300))
+      state, metrics = train_step(*step_args)
       window_metrics.append(metrics)
       window_voxels += batch["hr"].size * jax.process_count()
       done = step + 1
