@@ -16,7 +16,8 @@ Variants (`--config configs/mrsi.py:VARIANT`):
            ~890 training maps of a fold, 5 folds, all 9 n values.
   quick    fold 0 only, ~8 epochs per network (900 steps, Adam 3e-4), the paper's
            architecture: what docs/results_mrsi.md reports from a 2-core CPU.
-  smoke    one-level networks of 4 channels, two n values, 4 steps, 5 patients
+  smoke    one-level networks of 4 channels (condition MLPs 2 × 16), two n values,
+           4 steps, 5 patients
            (3 train, 1 validation, 1 test per fold): train + evaluate in under
            3 minutes on 2 CPU cores (tests, CI).
 """
@@ -33,7 +34,8 @@ VARIANTS = {
     "smoke": {
         "folds": (0,), "batch_size": 2,
         "data.num_patients": 5, "data.n_values": (16, 24),  # 3 train / 1 val / 1 test
-        "model.channels": (4,), "model.critic_channels": (4, 8), "model.critic_hidden": 8,
+        "model.channels": (4,), "model.condition_mlp": (2, 16),
+        "model.critic_channels": (4, 8), "model.critic_hidden": 8,
         "train.num_steps": 4, "train.num_critic": 2, "train.learning_rate": 1e-3,
         "train.lr_decay_steps": 0,
         "train.log_every_steps": 2, "train.checkpoint_every_steps": 2,
@@ -79,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.conditioning = "filter_scaling_met"  # set per run by the study
   c.model.channels = (8, 16, 32, 64, 128)
   c.model.num_metabolites = 7
+  c.model.condition_mlp = ()  # (depth, width) of every condition MLP; (): the paper's
   c.model.critic_channels = (16, 32, 64, 128)
   c.model.critic_hidden = 64
   c.model.dtype = "float32"

@@ -62,7 +62,8 @@ def build_model(config) -> MRSIUNet:
     raise ValueError(f"model.kind={config.kind!r} computes in float32 only")
   return MRSIUNet(channels=tuple(config.channels), conditioning=config.conditioning,
                   num_metabolites=config.num_metabolites,
-                  anatomy=config.get("anatomy", True))  # runs saved before the field: True
+                  anatomy=config.get("anatomy", True),  # runs saved before the field: True
+                  condition_mlp=tuple(config.get("condition_mlp", ())))
 
 
 def build_critic(model_config) -> Critic:

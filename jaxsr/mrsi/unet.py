@@ -175,14 +175,23 @@ class MRSIUNet(nn.Module):
     num_metabolites: size of the metabolite vocabulary of E(m).
     anatomy: False gives both encoders zeros for the T1 and FLAIR (the ablation that
       measures what the anatomy adds; same parameters).
+    condition_mlp: (depth, width) of every condition MLP, convolutions' and
+      normalisations' alike; () gives the paper's: c(n) 5 × 32, c(n, E(m)) 7 × 64, c(λ)
+      5 × 64. Smaller ones only make tiny test networks faster to build and compile.
   """
   channels: Sequence[int] = (8, 16, 32, 64, 128)
   conditioning: str = "filter_scaling_met"
   num_metabolites: int = 7
   anatomy: bool = True
+  condition_mlp: tuple[int, ...] = ()
 
   def _conv_mlp(self) -> tuple[int, int]:
+    if self.condition_mlp:
+      return tuple(self.condition_mlp)
     return (7, 64) if self.conditioning == "filter_scaling_met" else (5, 32)
+
+  def _norm_mlp(self) -> tuple[int, int]:
+    return tuple(self.condition_mlp) or (5, 64)
 
   @nn.compact
   def __call__(self, lr_map: jax.Array, t1: jax.Array, flair: jax.Array, n: jax.Array,
@@ -202,7 +211,8 @@ class MRSIUNet(nn.Module):
       embedding = nn.Embed(self.num_metabolites, EMBEDDING_SIZE, name="metabolite_embedding")
       scale_condition = jnp.concatenate([scale_condition, embedding(metabolite)], axis=-1)
     sharpness_condition = (10.0 * jnp.asarray(sharpness, jnp.float32))[:, None]
-    mcm = lambda features, name: MCM(features, self.conditioning, self._conv_mlp(), name=name)
+    mcm = lambda features, name: MCM(features, self.conditioning, self._conv_mlp(),
+                                     self._norm_mlp(), name=name)
 
     def encoder(image, prefix):
       h, skips = jnp.stack([lr_map, image], axis=-1), []
