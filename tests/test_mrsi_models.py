@@ -158,3 +158,18 @@ def test_unet_parameter_counts_order_as_the_conditionings_grow(maps):
   with pytest.raises(ValueError, match="conditioning must be one of"):
     MRSIUNet(channels=TINY_CHANNELS, conditioning="film").init(
         jax.random.key(0, impl="rbg"), lr, t1, flair, n, metabolite, lam)
+
+
+def test_condition_mlp_sizes_are_the_papers_unless_set(maps):
+  """() gives c(n, E(m)) 7 × 64 and s(λ) 5 × 64 (c(n) 5 × 32 without the metabolite); a
+  (depth, width) replaces every condition MLP's."""
+  def mlp_shapes(**kwargs):
+    model = MRSIUNet(channels=(4,), **kwargs)
+    params = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), *maps)["params"]
+    mcm = params["t1_0_0"]
+    conv, norm = mcm["ConditionedConv_0"]["scale"], mcm["ConditionalInstanceNorm_0"]["style"]
+    return [(len(m), m["hidden_0"]["kernel"].shape[1]) for m in (conv, norm)]
+
+  assert mlp_shapes() == [(7, 64), (5, 64)]
+  assert mlp_shapes(conditioning="filter_scaling") == [(5, 32), (5, 64)]
+  assert mlp_shapes(condition_mlp=(2, 16)) == [(2, 16), (2, 16)]
