@@ -78,6 +78,27 @@ def test_build_is_deterministic_in_any_process_count_and_rebuilt_for_other_param
   assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
 
 
+def test_an_identical_build_finished_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+  """Two processes building the same data into one cache (a distributed run): the one that
+  finishes second keeps the first one's folders, which the first may already be reading."""
+  root = tmp_path / "data"
+  build = dict(BUILD, num_subjects=1)
+  build_subject, others = synthetic._build_subject, {}
+
+  def build_while_another_process_finishes(job):
+    build_subject(job)
+    monkeypatch.setattr(synthetic, "_build_subject", build_subject)
+    synthetic.build_embedded_dataset(root, seed=0, num_workers=1, **build)  # the other one
+    others.update({p: p.stat().st_ino for p in root.rglob("*")})
+
+  monkeypatch.setattr(synthetic, "_build_subject", build_while_another_process_finishes)
+  folders = synthetic.build_embedded_dataset(root, seed=0, num_workers=1, **build)
+  assert folders == [root / "sub-00"] and others
+  # The other process's files, untouched; no temporary or stale folder left.
+  assert {p: p.stat().st_ino for p in root.rglob("*")} == others
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_gradient_table_uses_well_spread_dipy_directions():
   bvals, bvecs = synthetic.gradient_table(num_directions=10, num_b0=3)
   np.testing.assert_array_equal(np.flatnonzero(bvals == 0), [0, 4, 8])

@@ -269,6 +269,10 @@ def build_embedded_dataset(root: str | os.PathLike, *, num_subjects: int, voxel_
         for _ in progress(pool.map(_build_subject, jobs)):
           pass
     (temp / "manifest.json").write_text(json.dumps(params, indent=2) + "\n")
+    if _manifest(root) == params:
+      # Another process built the same data meanwhile (the processes of a distributed run
+      # share the cache) and may be reading it: keep that build, never move it away.
+      return [root / n for n in names]
     if root.exists():  # stale parameters: set the old build aside, then swap
       stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
       os.replace(root, stale)
