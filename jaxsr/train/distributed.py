@@ -110,10 +110,10 @@ def _checkpoint_barriers_through_the_coordinator() -> None:
 def compile_and_wait_for_all(jitted, *args, timeout: float, name: str) -> None:
   """Compiles `jitted` for `args` here, then waits (at most `timeout` s) at the coordinator
   until every process has: the first run of a program with collectives sets up their
-  connections (gloo on CPU), which gives up after 30 s, and one process compiling or
-  loading its data later than that is common on a loaded machine (seen in CI: "Gloo
-  context initialization failed"). Single-process runs return at once. `name` makes the
-  barrier unique within the run (e.g. the step it precedes).
+  connections (gloo on CPU), which gives up after 30 s ("Gloo context initialization
+  failed"), and one process compiling or loading its data later than that is common on a
+  loaded machine. Single-process runs return at once. `name` makes the barrier unique
+  within the run (e.g. the step it precedes).
   """
   if jax.process_count() == 1:
     return
