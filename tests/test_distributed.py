@@ -1,6 +1,7 @@
 """Training on 2 processes with JAX's distributed runtime (localhost, CPU, 2 host devices each)
 equals 1 process on 4 devices, through a checkpoint and a resume, with one process 40 s late
-to the first step; a lost process stops the other within its timeout; an unreachable coordinator is one line, exit code 2."""
+to the first step; a lost process stops the other within its timeout; an unreachable
+coordinator is one line, exit code 2."""
 
 import json
 import os

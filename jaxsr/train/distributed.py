@@ -71,6 +71,11 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
       time.sleep(0.5)
 
 
+def timeout_s(config) -> int:
+  """How long processes wait for each other: `config.distributed_timeout_s`, 300 where unset."""
+  return int(config.get("distributed_timeout_s", 300))
+
+
 def initialize(config) -> None:
   """Starts JAX's distributed runtime if `config.distributed`; DistributedError on failure.
 
@@ -81,7 +86,7 @@ def initialize(config) -> None:
   """
   if not config.get("distributed"):
     return
-  timeout = int(config.get("distributed_timeout_s", 300))
+  timeout = timeout_s(config)
   settings = _environment_settings()
   if settings.get("process_id", 0) != 0:  # process 0 serves the coordinator itself
     wait_for_coordinator(os.environ["JAX_COORDINATOR_ADDRESS"], timeout)

@@ -210,7 +210,7 @@ def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib
       step_args = (state, sharding.shard_batch(batch, mesh), jax.random.fold_in(rng, step))
       if step == start_step:
         distributed.compile_and_wait_for_all(train_step, *step_args, name=f"first_step_{step}",
-                                             timeout=config.get("distributed_timeout_s", 300))
+                                             timeout=distributed.timeout_s(config))
       state, metrics = train_step(*step_args)
       window_metrics.append(metrics)
       window_voxels += batch["hr"].size * jax.process_count()
