@@ -29,6 +29,9 @@ The last lines are the ratios of JAX's throughput to each PyTorch column.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -85,8 +88,7 @@ def model_flops(config, hr_size: int) -> float:
   """Model FLOPs of one train step: 3 × the forward pass's (forward, and backward at twice it).
 
   The forward pass (`reconstruct_grid` of the batch's LR input, native
-  convolutions) as XLA's cost analysis counts it before backend-specific rewrites,
-  lowered for the CPU on every backend.
+  convolutions) as XLA's cost analysis counts it before backend-specific rewrites.
   """
   model = build_model(config.model).clone(conv_impl="xla")
   lr = jax.ShapeDtypeStruct((config.batch_size,) + (config.data.lr_patch_size,) * 3
@@ -95,10 +97,24 @@ def model_flops(config, hr_size: int) -> float:
                                               config.model.in_channels))
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x, (hr_size,) * 3,
                                              method="reconstruct_grid"))
-  # Lowered for the CPU whatever the backend: XLA:GPU counts nothing before compiling and,
-  # after, misses the convolutions it hands to cuDNN; the model's FLOPs are the same anywhere.
-  lowered = forward.trace(params, lr).lower(lowering_platforms=("cpu",))
-  return 3 * float(lowered.cost_analysis()["flops"])
+  return 3 * float(forward.lower(params, lr).cost_analysis()["flops"])
+
+
+def model_flops_on_cpu(config, hr_size: int) -> float:
+  """`model_flops`, counted by XLA:CPU: in a CPU-only child process on other backends.
+
+  XLA:GPU counts nothing before compiling and, after, misses the convolutions it hands to
+  cuDNN; the model's FLOPs are the same on every backend.
+  """
+  if jax.default_backend() == "cpu":
+    return model_flops(config, hr_size)
+  code = ("import json, sys, ml_collections; from benchmarks.train_step import model_flops; "
+          "print(model_flops(ml_collections.ConfigDict(json.loads(sys.argv[1])), "
+          "int(sys.argv[2])))")
+  child = subprocess.run([sys.executable, "-c", code, config.to_json(), str(hr_size)],
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True, check=True)
+  return float(child.stdout.split()[-1])
 
 
 def compiled_step_shapes(config, num_steps: int) -> tuple[int, int]:
@@ -165,7 +181,7 @@ def main(argv=None):
         f"HR {hr_size}³ (s = {hr_size / config.data.lr_patch_size:g}), "
         f"conv_impl {args.conv_impl} ({resolve_conv_impl(args.conv_impl)}), compute dtype "
         f"{args.dtype}; PyTorch on {args.torch_device}")
-  flops = model_flops(config, hr_size)
+  flops = model_flops_on_cpu(config, hr_size)
   print(f"model FLOPs per step: {flops / 1e9:,.1f} G (3 × the forward pass's)")
   peak = args.peak_tflops and args.peak_tflops * 1e12
   if peak is None and jax.default_backend() == "cpu":
