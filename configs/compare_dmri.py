@@ -95,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     run.eval.validation_volumes = 1
   c.eval = base.eval
   c.eval.checkpoint = "best"  # the best validation score of each run
+  # Per-method score records (jaxsr.dmri.evaluation.ScoreRecords), reused while the settings
+  # and checkpoint are the same: "" = the output folder's scores/; a folder: its <split>/.
+  c.eval.scores_dir = ""
   c.eval.num_volumes = {"default": 4, "quick": 2, "smoke": 2}[c.variant]  # scored per subject
   # FA/MD errors in white matter: tensors fitted at these scales from dti_volumes shell
   # volumes spread over the sphere (each costs that many reconstructions per method, seed and

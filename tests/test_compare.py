@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -16,16 +17,16 @@ METHODS = {"tricubic", "zero_fill", *RUNS}
 pytestmark = pytest.mark.slow
 
 
-def run(script, workdir, cache):
+def run(script, workdir, cache, *overrides):
   command = [sys.executable, script, f"--config={CONFIG}", f"--workdir={workdir}",
-             f"--config.data.cache_dir={cache}"]
+             f"--config.data.cache_dir={cache}", *overrides]
   result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   return result
 
 
-def test_compare_smoke_trains_every_method_and_writes_tables_dti_and_figures(tmp_path):
+def test_compare_smoke_trains_every_method_writes_tables_dti_figures_and_reuses_scores(tmp_path):
   workdir, cache = tmp_path / "compare", tmp_path / "cache"
   run("train.py", workdir, cache)
   best = {}
@@ -66,3 +67,18 @@ def test_compare_smoke_trains_every_method_and_writes_tables_dti_and_figures(tmp
   for name in ("slices_2.4x.png", "errors_2.4x.png", "fa_2.4x.png"):
     image = matplotlib.image.imread(eval_dir / "figures" / name)
     assert image.shape[0] > 200 and image.shape[1] > image.shape[0]
+
+  # One score record per method and seed; a later evaluation reads them instead of the runs,
+  # also where a run is gone (scored on another machine), and gives the same tables.
+  records = {p.name for p in (eval_dir / "scores").iterdir()}
+  assert records == {"tricubic.json", "zero_fill.json"} | {f"{m}.seed0.json" for m in RUNS}
+  record = json.loads((eval_dir / "scores" / "arssr.seed0.json").read_text())
+  assert record["checkpoint_step"] == best["arssr"]
+  assert record["training_run"]["config"]["model"]["in_channels"] == 1
+  assert len(record["rows"]) == 4 * 2 and len(record["dti_rows"]) == 1
+  shutil.rmtree(workdir / "arssr")
+  result = run("evaluate.py", workdir, cache, "--config.eval.figures=False")
+  assert "arssr/seed0: scores from" in result.stderr + result.stdout
+  again = json.loads((eval_dir / "tables.json").read_text())
+  assert again["table"] == tables["table"] and again["dti"] == tables["dti"]
+  assert again["wilcoxon"] == tables["wilcoxon"]

@@ -21,6 +21,7 @@ trained with), so tables can be remade at any time without retraining.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from typing import Callable
@@ -38,7 +39,7 @@ from jaxsr.dmri.reconstruct import reconstruct, reconstruct_fixed_scale
 from jaxsr.nifti import DataError
 from jaxsr.train import distributed
 from jaxsr.train.checkpoint import CheckpointError, TrainedRun, load_run, model_variables, run_dir
-from jaxsr.train.run_record import write_run_record
+from jaxsr.train.run_record import git_commit, write_run_record
 
 # (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
 Predict = Callable[[np.ndarray, np.ndarray | None, tuple, float], np.ndarray]
@@ -138,15 +139,19 @@ class FigureData:
 
 def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: int,
                   dti_scales=(), dti_volumes: int = 0, figure: FigureData | None = None,
-                  progress: tqdm | None = None) -> tuple[list[dict], list[dict]]:
+                  progress: tqdm | None = None, inputs: dict | None = None
+                  ) -> tuple[list[dict], list[dict]]:
   """PSNR/SSIM per (method, scale, scored volume) and FA/MD RMSE per (method, scale in `dti_scales`).
 
   At a scale in `dti_scales` the shell's volumes of `dti.spread_directions(bvecs,
   dti_volumes)` (0: all) are super-resolved, tensors are fitted on them and on the
   same HR volumes, and FA/MD are compared inside the subject's WM mask (without one:
   truth FA > 0.2 in the brain). `figure`, if given, is filled with the outputs at its
-  scale and volume (of the first seed of a method trained with several).
+  scale and volume of each method it has none of yet. `inputs`, a dict kept by the caller
+  for this subject, holds the LR volumes and truth tensors made here, so that scoring
+  methods one call at a time degrades and fits the truth once.
   """
+  inputs = {} if inputs is None else inputs
   hr_shape = subject.mask.shape
   mask = np.asarray(subject.mask)
   num_shell = subject.dwi.shape[-1]
@@ -154,20 +159,27 @@ def score_subject(methods: dict[str, Method], subject, *, scales, num_volumes: i
   dti_scales = [float(s) for s in dti_scales]
   fitted = dti.spread_directions(subject.bvecs, dti_volumes)
   if dti_scales:
-    fa_truth, md_truth = dti.tensor_maps(np.stack([subject.dwi[..., v] for v in fitted], -1),
-                                         subject.bvecs[fitted], subject.bval, mask)
-    wm = (np.asarray(subject.wm_mask) if subject.wm_mask is not None
-          else mask & (fa_truth > WM_FA_THRESHOLD))
+    if ("truth tensors", tuple(fitted)) not in inputs:
+      fa, md = dti.tensor_maps(np.stack([subject.dwi[..., v] for v in fitted], -1),
+                               subject.bvecs[fitted], subject.bval, mask)
+      inputs["truth tensors", tuple(fitted)] = (
+          fa, md, np.asarray(subject.wm_mask) if subject.wm_mask is not None
+          else mask & (fa > WM_FA_THRESHOLD))
+    fa_truth, md_truth, wm = inputs["truth tensors", tuple(fitted)]
   rows, dti_rows = [], []
   t1 = np.asarray(subject.t1, np.float32)
   for scale in scales:
     with_dti = float(scale) in dti_scales
     needed = sorted(set(fitted) | set(scored)) if with_dti else scored
     lr_shape = lr_shape_for_scale(hr_shape, scale)
-    lr_t1 = (np.asarray(degrade(t1, lr_shape)) if any(m.uses_t1 for m in methods.values())
-             else None)
-    lr_dwi = {v: np.asarray(degrade(np.asarray(subject.dwi[..., v], np.float32), lr_shape))
-              for v in needed}
+    if any(m.uses_t1 for m in methods.values()) and ("t1", lr_shape) not in inputs:
+      inputs["t1", lr_shape] = np.asarray(degrade(t1, lr_shape))
+    lr_t1 = inputs.get(("t1", lr_shape))
+    for v in needed:
+      if ("dwi", lr_shape, v) not in inputs:
+        inputs["dwi", lr_shape, v] = np.asarray(
+            degrade(np.asarray(subject.dwi[..., v], np.float32), lr_shape))
+    lr_dwi = {v: inputs["dwi", lr_shape, v] for v in needed}
     keep = figure is not None and scale == figure.scale
     for method in methods.values():
       shell = np.empty(hr_shape + (len(fitted),), np.float32) if with_dti else None
@@ -264,11 +276,101 @@ def evaluate(config, workdir: str | pathlib.Path, out: str | os.PathLike | None 
   return text
 
 
+# Bumped when what a score record holds or how its scores are computed changes.
+SCORES_VERSION = 1
+
+
+def scores_key(config, split: str, subjects) -> dict:
+  """What a comparison method's scores depend on besides the method: the split and its
+  subjects, the data set and the evaluation settings (not chunk or tile sizes, which
+  change only the float rounding)."""
+  data = {k: v for k, v in config.data.to_dict().items() if k != "cache_dir"}
+  e = config.eval
+  key = {"version": SCORES_VERSION, "split": split, "subjects": [s.name for s in subjects],
+         "data": data, "scales": [float(s) for s in e.scales], "num_volumes": int(e.num_volumes),
+         "dti_scales": [float(s) for s in e.dti_scales], "dti_volumes": int(e.dti_volumes)}
+  return json.loads(files.json_text(key, default=str))
+
+
+def scores_dir(config, out_dir: pathlib.Path, split: str) -> pathlib.Path:
+  """`eval.scores_dir`/<split> if set, else OUT/scores."""
+  configured = config.eval.get("scores_dir")
+  return pathlib.Path(configured).expanduser() / split if configured else out_dir / "scores"
+
+
+def training_record(directory: pathlib.Path) -> dict | None:
+  """A run's `run.json` (config, seed, versions, commit of its training), if it has one."""
+  path = pathlib.Path(directory) / "run.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+class ScoreRecords:
+  """One JSON record per method (and seed) of a comparison: its score rows, the checkpoint
+  step they were made from, its Table 2 flags and the run's training record, under the
+  `key` of the evaluation that made them (`scores_key`); a record under another key is
+  not read."""
+
+  def __init__(self, folder: pathlib.Path, key: dict):
+    self.folder, self.key = pathlib.Path(folder), key
+
+  def path(self, label: str) -> pathlib.Path:
+    return self.folder / f"{label.replace('/', '.')}.json"
+
+  def read(self, label: str) -> dict | None:
+    path = self.path(label)
+    if not path.exists():
+      return None
+    record = json.loads(path.read_text())
+    return record if record.get("key") == self.key else None
+
+  def write(self, label: str, method: Method, rows: list[dict], dti_rows: list[dict],
+            step: int | None, trained: dict | None) -> dict:
+    record = {"label": label, "key": self.key, "checkpoint_step": step, "t1": method.t1,
+              "fft_loss": method.fft_loss, "evaluated_at_commit": git_commit(),
+              "training_run": trained, "rows": rows, "dti_rows": dti_rows}
+    text = files.json_text(record, indent=1, default=str) + "\n"
+    with files.write_errors(self.folder):
+      self.folder.mkdir(parents=True, exist_ok=True)
+    files.write_text(self.path(label), text)
+    return json.loads(text)
+
+
+def complete_figure(figure: FigureData, config, workdir: pathlib.Path, subject, seed,
+                    inputs: dict) -> FigureData | None:
+  """`figure` with the outputs of table 1's methods whose scores came from records
+  (recomputed on `subject` at the figure's scale), or None where a run is not here."""
+  missing = {}
+  classical = classical_methods()
+  for name in config.table1:
+    if name in figure.outputs:
+      continue
+    if name in classical:
+      missing[name] = classical[name]
+      continue
+    try:
+      run = load_run(run_dir(config, workdir, name, seed),
+                     checkpoint_choice(config.eval.checkpoint), families=[step_lib])
+    except CheckpointError as error:
+      tqdm.write(f"no figures: they need every table 1 run's checkpoint ({error})")
+      return None
+    missing[name] = trained_method(name, run, config.eval, seed)
+  if missing:
+    score_subject(missing, subject, scales=(figure.scale,), num_volumes=config.eval.num_volumes,
+                  dti_scales=[s for s in config.eval.dti_scales if float(s) == figure.scale],
+                  dti_volumes=config.eval.dti_volumes, figure=figure, inputs=inputs)
+  return figure
+
+
 def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathLike | None = None
                 ) -> str:
   """Tables 1 and 2, Wilcoxon tests, DTI errors and figures for the runs of a comparison config.
 
   Every run is read at `eval.checkpoint` for each of `config.seeds` (WORKDIR/<name>/seed<s>).
+  Each method's scores (one record per method and seed: its rows, checkpoint step and the
+  run's training record) are kept in `eval.scores_dir` (default: the output folder's
+  `scores/`; set: its `<split>/` subfolder) and reused while the evaluation settings, subjects
+  and checkpoint step are the same, also where the run itself is not on this machine, so
+  that a comparison can be scored run by run as its runs finish and the records kept.
   Writes under `WORKDIR/eval/` (`eval.split=val`: `WORKDIR/eval/val/`): `table1.md`
   (config.table1 methods × scales, PSNR/SSIM as mean over seeds ± sd over seeds, best in
   bold, p-values of config.reference against each method over subjects), `table2.md` (the
@@ -290,41 +392,72 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
                      f"{tuple(config.eval.scales)}")
   choice = checkpoint_choice(config.eval.checkpoint)
   seeds = [int(s) for s in config.seeds] if config.get("seeds") else [None]
-  methods, steps = {}, {}
+  scores = ScoreRecords(scores_dir(config, out_dir, split), scores_key(config, split, subjects))
+  methods, records, steps = {}, {}, {}
   for name in names:
-    if name in classical:
-      methods[name] = classical[name]
-      continue
-    for seed in seeds:
-      run = load_run(run_dir(config, workdir, name, seed), choice, families=[step_lib])
-      methods[name if seed is None else f"{name}/seed{seed}"] = trained_method(
-          name, run, config.eval, seed)
-      steps.setdefault(name, {})[str(seed)] = run.step
+    for seed in ([None] if name in classical else seeds):
+      label = name if seed is None else f"{name}/seed{seed}"
+      record = scores.read(label)
+      if name in classical:
+        method, step, trained = classical[name], None, None
+      else:
+        directory = run_dir(config, workdir, name, seed)
+        try:
+          run = load_run(directory, choice, families=[step_lib])
+        except CheckpointError as error:
+          if record is None:
+            raise
+          tqdm.write(f"{label}: scores from {scores.path(label)} (checkpoint step "
+                     f"{record['checkpoint_step']}); the run is not readable here: {error}")
+          records[label] = record
+          steps.setdefault(name, {})[str(seed)] = record["checkpoint_step"]
+          continue
+        method, step = trained_method(name, run, config.eval, seed), run.step
+        trained = training_record(directory)
+        steps.setdefault(name, {})[str(seed)] = step
+      if record is not None and record["checkpoint_step"] == step:
+        records[label] = record
+      else:
+        methods[label] = (method, step, trained)
   write_run_record(out_dir / "run.json", config, checkpoint_steps=steps, split=split,
-                   subjects=[s.name for s in subjects])
+                   subjects=[s.name for s in subjects], reused_scores=sorted(records))
+  tqdm.write(evaluation_cost(config, subjects, len(methods)) + (
+      f"; {len(records)} method(s) and seed(s) from their score records" if records else ""))
   figure = None
-  rows, dti_rows = [], []
-  tqdm.write(evaluation_cost(config, subjects, len(methods)))
+  if config.eval.figures:
+    volume = evaluated_volumes(config.eval.num_volumes, subjects[0].dwi.shape[-1])[0]
+    figure = FigureData(float(config.eval.figure_scale), volume,
+                        np.asarray(subjects[0].dwi[..., volume], np.float32),
+                        np.asarray(subjects[0].mask))
+  inputs = {s.name: {} for s in subjects}  # LR volumes and truth tensors, made once
+  settings = dict(scales=config.eval.scales, num_volumes=config.eval.num_volumes,
+                  dti_scales=config.eval.dti_scales, dti_volumes=config.eval.dti_volumes)
   progress = tqdm(total=len(subjects) * len(config.eval.scales) * len(methods),
                   desc="evaluate", dynamic_ncols=True)
   with progress:
-    for i, subject in enumerate(subjects):
-      if i == 0 and config.eval.figures:
-        volume = evaluated_volumes(config.eval.num_volumes, subject.dwi.shape[-1])[0]
-        figure = FigureData(float(config.eval.figure_scale), volume,
-                            np.asarray(subject.dwi[..., volume], np.float32),
-                            np.asarray(subject.mask))
-      subject_rows, subject_dti = score_subject(
-          methods, subject, scales=config.eval.scales, num_volumes=config.eval.num_volumes,
-          dti_scales=config.eval.dti_scales, dti_volumes=config.eval.dti_volumes,
-          figure=figure if i == 0 else None, progress=progress)
-      rows += subject_rows
-      dti_rows += subject_dti
+    for label, (method, step, trained) in methods.items():
+      rows, dti_rows = [], []
+      for i, subject in enumerate(subjects):
+        in_figure = i == 0 and method.seed in (None, seeds[0])
+        subject_rows, subject_dti = score_subject(
+            {label: method}, subject, **settings, figure=figure if in_figure else None,
+            progress=progress, inputs=inputs[subject.name])
+        rows += subject_rows
+        dti_rows += subject_dti
+      records[label] = scores.write(label, method, rows, dti_rows, step, trained)
+  if figure is not None:
+    figure = complete_figure(figure, config, workdir, subjects[0], seeds[0],
+                             inputs[subjects[0].name])
+  rows = [row for label in records for row in records[label]["rows"]]
+  dti_rows = [row for label in records for row in records[label]["dti_rows"]]
+  flags = {"T1": {}, "FFT loss": {}}
+  for label, record in records.items():
+    name = label.split("/")[0]
+    flags["T1"][name] = "✓" if record.get("t1") else ""
+    flags["FFT loss"][name] = "✓" if record.get("fft_loss") else ""
 
   table = tables.summarise(rows)
   pvalues = tables.wilcoxon(rows, config.reference)
-  flags = {"T1": {m.name: "✓" if m.t1 else "" for m in methods.values()},
-           "FFT loss": {m.name: "✓" if m.fft_loss else "" for m in methods.values()}}
   text1 = ("## Table 1: methods × scales (PSNR dB, SSIM)\n\n"
            + tables.markdown_table(table, methods=config.table1) + "\n"
            + tables.markdown_pvalues(pvalues, methods=config.table1))
