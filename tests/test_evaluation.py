@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxsr.dmri import dti
-from jaxsr.dmri.evaluation import Method, classical_methods, evaluated_volumes, score_subject
+from jaxsr.dmri.evaluation import (Method, ScoreRecords, classical_methods, evaluated_volumes,
+                                  score_subject)
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 
@@ -193,3 +194,18 @@ def test_score_subject_fits_tensors_from_dti_volumes_only():
                                  dti_scales=(4.0,), dti_volumes=6)
   fitted = dti.spread_directions(subject.bvecs, 6)
   assert len(calls) == len(set(fitted) | {0, 9}) < 10 and len(rows) == 2 and len(dti_rows) == 1
+
+
+def test_score_records_are_read_back_only_under_the_key_that_wrote_them(tmp_path):
+  key = {"split": "test", "subjects": ["sub-06"], "scales": [2.0]}
+  rows = [{"subject": "sub-06", "method": "arssr", "seed": 1, "scale": 2.0, "volume": 0,
+           "psnr": 25.5, "ssim": 0.8}]
+  written = ScoreRecords(tmp_path, key).write("arssr/seed1", Method("arssr", None, t1=False,
+                                                                    fft_loss=False, seed=1),
+                                               rows, [], 300, {"seed": 1})
+  assert (tmp_path / "arssr.seed1.json").exists()
+  record = ScoreRecords(tmp_path, key).read("arssr/seed1")
+  assert record == written and record["rows"] == rows and record["checkpoint_step"] == 300
+  assert record["training_run"] == {"seed": 1} and record["t1"] is False
+  assert ScoreRecords(tmp_path, {**key, "scales": [2.0, 3.0]}).read("arssr/seed1") is None
+  assert ScoreRecords(tmp_path, key).read("arssr/seed2") is None
