@@ -39,6 +39,29 @@ def test_recovers_fa_and_md_of_known_tensors():
   assert fa_expected[1, 0, 0] == pytest.approx(0.0) and fa_expected[0, 0, 0] > 0.7
 
 
+def test_maps_equal_dipys_weighted_least_squares_fit_on_noisy_signal():
+  from dipy.core.gradients import gradient_table
+  from dipy.reconst.dti import TensorModel
+
+  rng = np.random.default_rng(1)
+  bvecs, bval, shape = _directions(12, seed=2), 1000.0, (6, 5, 4)
+  dwi = np.empty(shape + (12,))
+  for index in np.ndindex(shape):
+    l1, l2 = rng.uniform(0.3e-3, 2.0e-3, 2)
+    tensor = _tensor((max(l1, l2), min(l1, l2)), rng.normal(size=3))
+    dwi[index] = np.exp(-bval * np.einsum("ki,ij,kj->k", bvecs, tensor, bvecs))
+  dwi = np.abs(dwi + rng.normal(0, 0.03, dwi.shape))  # SNR about 30; some values near 0
+  dwi[0, 0, 0, 3] = 0.0  # floored at MIN_SIGNAL by both
+  mask = rng.random(shape) > 0.2
+  fa, md = tensor_maps(dwi, bvecs, bval, mask)
+  gtab = gradient_table(np.r_[0.0, np.full(12, bval)], bvecs=np.r_[np.zeros((1, 3)), bvecs])
+  signal = np.concatenate([np.ones(shape + (1,)), np.maximum(dwi, 1e-4)], axis=-1)
+  fit = TensorModel(gtab, fit_method="WLS").fit(signal, mask=mask)
+  np.testing.assert_allclose(fa, np.nan_to_num(fit.fa).clip(0, 1), atol=1e-6)
+  np.testing.assert_allclose(md, np.nan_to_num(fit.md), rtol=1e-5, atol=1e-12)
+  assert not fa[~mask].any() and not md[~mask].any()
+
+
 def test_errors_are_rmse_inside_mask_with_md_in_um2_per_ms():
   mask = np.zeros((4, 4, 4), bool)
   mask[:2] = True
