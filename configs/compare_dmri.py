@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distributed = base.distributed  # several processes (docs/scaling.md)
   c.distributed_timeout_s = base.distributed_timeout_s
   c.seeds = {"smoke": (0,)}.get(c.variant, (0, 1, 2))  # every run is trained once per seed
+  c.train_runs = ()  # the runs train.py trains (e.g. "('arssr','csr_dmri')"); empty: all
   inr_t1 = csr_dmri.get_config(arg)
   inr_t1.train.fft_weight = 0.0
   inr_fft = csr_dmri.get_config(arg)

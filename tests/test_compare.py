@@ -10,11 +10,26 @@ import sys
 import matplotlib.image
 import pytest
 
+from configs import compare_dmri
+from jaxsr.dmri.task import runs
+from jaxsr.errors import ConfigError
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/compare_dmri.py:smoke"
 RUNS = ("dcsrn", "rescnn3d", "arssr", "inr_t1", "inr_fft", "csr_dmri")  # smoke: no size-matched
 METHODS = {"tricubic", "zero_fill", *RUNS}
-pytestmark = pytest.mark.slow
+
+
+def test_train_runs_chooses_which_runs_are_trained_for_each_seed():
+  config = compare_dmri.get_config("quick")
+  assert [(n, s) for n, s, _ in runs(config)] == [(n, s) for s in (0, 1, 2) for n in config.runs]
+  config.train_runs, config.seeds = ("rescnn3d_matched", "arssr"), (2,)
+  chosen = runs(config)
+  assert [(n, s) for n, s, _ in chosen] == [("arssr", 2), ("rescnn3d_matched", 2)]
+  assert chosen[1][2].seed == 2 and chosen[1][2].model.num_features == 32
+  config.train_runs = ("arssr", "nonsense")
+  with pytest.raises(ConfigError, match="nonsense"):
+    runs(config)
 
 
 def run(script, workdir, cache, *overrides):
@@ -26,6 +41,7 @@ def run(script, workdir, cache, *overrides):
   return result
 
 
+@pytest.mark.slow
 def test_compare_smoke_trains_every_method_writes_tables_dti_figures_and_reuses_scores(tmp_path):
   workdir, cache = tmp_path / "compare", tmp_path / "cache"
   run("train.py", workdir, cache)

@@ -7,7 +7,7 @@ import pytest
 
 from jaxsr.dmri import dti
 from jaxsr.dmri.evaluation import (Method, ScoreRecords, classical_methods, evaluated_volumes,
-                                  score_subject)
+                                   score_subject)
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 

@@ -17,6 +17,7 @@ from jaxsr.dmri import evaluation, patches, randomised
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri import subjects as subjects_lib
 from jaxsr.dmri.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
+from jaxsr.errors import ConfigError
 from jaxsr.nifti import DataError
 from jaxsr.train.loop import Task
 
@@ -54,14 +55,21 @@ def make_task(config) -> Task:
 def runs(config) -> list[tuple[str, int | None, Any]]:
   """(name, seed, run config) of every run of a comparison config: `config.runs` × `config.seeds`.
 
-  A comparison without `seeds` trains each run once with its own seed (seed None).
+  A comparison without `seeds` trains each run once with its own seed (seed None);
+  `config.train_runs`, if not empty, keeps only the runs it names.
   """
+  chosen = tuple(config.get("train_runs") or config.runs)
+  unknown = [name for name in chosen if name not in config.runs]
+  if unknown:
+    raise ConfigError(f"train_runs: {unknown} are not runs of the config "
+                      f"({', '.join(config.runs)})")
+  selected = {name: run for name, run in config.runs.items() if name in chosen}
   seeds = config.get("seeds")
   if not seeds:
-    return [(name, None, run) for name, run in config.runs.items()]
+    return [(name, None, run) for name, run in selected.items()]
   out = []
   for seed in seeds:  # seed-major: a partly trained comparison has every method of seed 0 first
-    for name, run in config.runs.items():
+    for name, run in selected.items():
       seeded = run.copy_and_resolve_references()
       seeded.seed = int(seed)
       out.append((name, int(seed), seeded))
