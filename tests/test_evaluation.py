@@ -7,7 +7,7 @@ import pytest
 
 from jaxsr.dmri import dti
 from jaxsr.dmri.evaluation import (Method, ScoreRecords, classical_methods, evaluated_volumes,
-                                   score_subject)
+                                   same_training, score_subject)
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 
@@ -196,7 +196,7 @@ def test_score_subject_fits_tensors_from_dti_volumes_only():
   assert len(calls) == len(set(fitted) | {0, 9}) < 10 and len(rows) == 2 and len(dti_rows) == 1
 
 
-def test_score_records_are_read_back_only_under_the_key_that_wrote_them(tmp_path):
+def test_score_records_are_read_back_only_under_their_key_and_training_config(tmp_path):
   key = {"split": "test", "subjects": ["sub-06"], "scales": [2.0]}
   rows = [{"subject": "sub-06", "method": "arssr", "seed": 1, "scale": 2.0, "volume": 0,
            "psnr": 25.5, "ssim": 0.8}]
@@ -209,3 +209,5 @@ def test_score_records_are_read_back_only_under_the_key_that_wrote_them(tmp_path
   assert record["training_run"] == {"seed": 1} and record["t1"] is False
   assert ScoreRecords(tmp_path, {**key, "scales": [2.0, 3.0]}).read("arssr/seed1") is None
   assert ScoreRecords(tmp_path, key).read("arssr/seed2") is None
+  assert same_training(record, {"seed": 1}) and same_training(record, {"seed": 1, "time": "t"})
+  assert not same_training(record, {"seed": 1, "config": {"train": {"num_steps": 2400}}})

@@ -304,6 +304,13 @@ def training_record(directory: pathlib.Path) -> dict | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def same_training(record: dict, trained: dict | None) -> bool:
+  """Whether a score record was made from a run trained with the config in `trained` (the
+  run's training record; a run retrained with another config may reach the same step)."""
+  kept = record.get("training_run") or {}
+  return (kept.get("config") == (trained or {}).get("config"))
+
+
 class ScoreRecords:
   """One JSON record per method (and seed) of a comparison: its score rows, the checkpoint
   step they were made from, its Table 2 flags and the run's training record, under the
@@ -368,8 +375,8 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   Every run is read at `eval.checkpoint` for each of `config.seeds` (WORKDIR/<name>/seed<s>).
   Each method's scores (one record per method and seed: its rows, checkpoint step and the
   run's training record) are kept in `eval.scores_dir` (default: the output folder's
-  `scores/`; set: its `<split>/` subfolder) and reused while the evaluation settings, subjects
-  and checkpoint step are the same, also where the run itself is not on this machine, so
+  `scores/`; set: its `<split>/` subfolder) and reused while the evaluation settings, subjects,
+  checkpoint step and training config are the same, also where the run is not on this machine, so
   that a comparison can be scored run by run as its runs finish and the records kept.
   Writes under `WORKDIR/eval/` (`eval.split=val`: `WORKDIR/eval/val/`): `table1.md`
   (config.table1 methods × scales, PSNR/SSIM as mean over seeds ± sd over seeds, best in
@@ -415,7 +422,8 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
         method, step = trained_method(name, run, config.eval, seed), run.step
         trained = training_record(directory)
         steps.setdefault(name, {})[str(seed)] = step
-      if record is not None and record["checkpoint_step"] == step:
+      if record is not None and record["checkpoint_step"] == step and same_training(record,
+                                                                                    trained):
         records[label] = record
       else:
         methods[label] = (method, step, trained)
