@@ -92,6 +92,11 @@ def test_compare_smoke_trains_every_method_writes_tables_dti_figures_and_reuses_
   assert record["checkpoint_step"] == best["arssr"]
   assert record["training_run"]["config"]["model"]["in_channels"] == 1
   assert len(record["rows"]) == 4 * 2 and len(record["dti_rows"]) == 1
+  shutil.rmtree(eval_dir / "figures")
+  result = run("evaluate.py", workdir, cache)  # every score from its record, figures anew
+  assert "evaluate: 0 volume reconstructions" in result.stdout + result.stderr
+  assert json.loads((eval_dir / "tables.json").read_text())["table"] == tables["table"]
+  assert (eval_dir / "figures" / "fa_2.4x.png").exists()
   shutil.rmtree(workdir / "arssr")
   result = run("evaluate.py", workdir, cache, "--config.eval.figures=False")
   assert "arssr/seed0: scores from" in result.stderr + result.stdout
