@@ -91,6 +91,7 @@ def test_compare_smoke_trains_every_method_writes_tables_dti_figures_and_reuses_
   record = json.loads((eval_dir / "scores" / "arssr.seed0.json").read_text())
   assert record["checkpoint_step"] == best["arssr"]
   assert record["training_run"]["config"]["model"]["in_channels"] == 1
+  assert record["training_run"]["final_metrics"]["step"] == 20
   assert len(record["rows"]) == 4 * 2 and len(record["dti_rows"]) == 1
   shutil.rmtree(eval_dir / "figures")
   result = run("evaluate.py", workdir, cache)  # every score from its record, figures anew

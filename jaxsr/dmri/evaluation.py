@@ -39,7 +39,7 @@ from jaxsr.dmri.reconstruct import reconstruct, reconstruct_fixed_scale
 from jaxsr.nifti import DataError
 from jaxsr.train import distributed
 from jaxsr.train.checkpoint import CheckpointError, TrainedRun, load_run, model_variables, run_dir
-from jaxsr.train.run_record import git_commit, write_run_record
+from jaxsr.train.run_record import METRICS_FILE, git_commit, write_run_record
 
 # (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
 Predict = Callable[[np.ndarray, np.ndarray | None, tuple, float], np.ndarray]
@@ -299,9 +299,17 @@ def scores_dir(config, out_dir: pathlib.Path, split: str) -> pathlib.Path:
 
 
 def training_record(directory: pathlib.Path) -> dict | None:
-  """A run's `run.json` (config, seed, versions, commit of its training), if it has one."""
+  """A run's `run.json` (config, seed, versions, commit of its training), if it has one, with
+  the last line of its metrics (`final_metrics`: step, loss, `elapsed_s`) where it has them."""
   path = pathlib.Path(directory) / "run.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  record = json.loads(path.read_text())
+  metrics = pathlib.Path(directory) / METRICS_FILE
+  lines = metrics.read_text().splitlines() if metrics.exists() else []
+  if lines:
+    record["final_metrics"] = json.loads(lines[-1])
+  return record
 
 
 def same_training(record: dict, trained: dict | None) -> bool:
