@@ -383,9 +383,10 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   Every run is read at `eval.checkpoint` for each of `config.seeds` (WORKDIR/<name>/seed<s>).
   Each method's scores (one record per method and seed: its rows, checkpoint step and the
   run's training record) are kept in `eval.scores_dir` (default: the output folder's
-  `scores/`; set: its `<split>/` subfolder) and reused while the evaluation settings, subjects,
-  checkpoint step and training config are the same, also where the run is not on this machine, so
-  that a comparison can be scored run by run as its runs finish and the records kept.
+  `scores/`; set: its `<split>/` subfolder) and reused while the evaluation settings,
+  subjects, checkpoint step and training config are the same, also where the run is not on
+  this machine, so that a comparison can be scored run by run as its runs finish and the
+  records kept.
   Writes under `WORKDIR/eval/` (`eval.split=val`: `WORKDIR/eval/val/`): `table1.md`
   (config.table1 methods × scales, PSNR/SSIM as mean over seeds ± sd over seeds, best in
   bold, p-values of config.reference against each method over subjects), `table2.md` (the
