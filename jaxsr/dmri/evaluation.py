@@ -39,7 +39,7 @@ from jaxsr.dmri.reconstruct import reconstruct, reconstruct_fixed_scale
 from jaxsr.nifti import DataError
 from jaxsr.train import distributed
 from jaxsr.train.checkpoint import CheckpointError, TrainedRun, load_run, model_variables, run_dir
-from jaxsr.train.run_record import METRICS_FILE, git_commit, write_run_record
+from jaxsr.train.run_record import METRICS_FILE, git_commit, read_metrics, write_run_record
 
 # (lr_dwi (x, y, z), lr_t1 (x, y, z) or None, hr_shape, scale) -> float32 (X, Y, Z)
 Predict = Callable[[np.ndarray, np.ndarray | None, tuple, float], np.ndarray]
@@ -305,10 +305,9 @@ def training_record(directory: pathlib.Path) -> dict | None:
   if not path.exists():
     return None
   record = json.loads(path.read_text())
-  metrics = pathlib.Path(directory) / METRICS_FILE
-  lines = metrics.read_text().splitlines() if metrics.exists() else []
-  if lines:
-    record["final_metrics"] = json.loads(lines[-1])
+  metrics = read_metrics(pathlib.Path(directory) / METRICS_FILE)
+  if metrics:
+    record["final_metrics"] = metrics[-1]
   return record
 
 
@@ -350,25 +349,16 @@ class ScoreRecords:
     return json.loads(text)
 
 
-def complete_figure(figure: FigureData, config, workdir: pathlib.Path, subject, seed,
+def complete_figure(figure: FigureData, config, subject, loaded: dict[str, Method | None],
                     inputs: dict) -> FigureData | None:
-  """`figure` with the outputs of table 1's methods whose scores came from records
-  (recomputed on `subject` at the figure's scale), or None where a run is not here."""
-  missing = {}
-  classical = classical_methods()
-  for name in config.table1:
-    if name in figure.outputs:
-      continue
-    if name in classical:
-      missing[name] = classical[name]
-      continue
-    try:
-      run = load_run(run_dir(config, workdir, name, seed),
-                     checkpoint_choice(config.eval.checkpoint), families=[step_lib])
-    except CheckpointError as error:
-      tqdm.write(f"no figures: they need every table 1 run's checkpoint ({error})")
-      return None
-    missing[name] = trained_method(name, run, config.eval, seed)
+  """`figure` with the outputs of table 1's methods it has none of (their scores came from
+  records), recomputed on `subject` at the figure's scale from `loaded` (table 1's methods
+  by name, None where the run is not here: then no figures, None)."""
+  missing = {name: loaded[name] for name in config.table1 if name not in figure.outputs}
+  absent = [name for name, method in missing.items() if method is None]
+  if absent:
+    tqdm.write(f"no figures: they need the checkpoints of table 1's runs {absent}")
+    return None
   if missing:
     score_subject(missing, subject, scales=(figure.scale,), num_volumes=config.eval.num_volumes,
                   dti_scales=[s for s in config.eval.dti_scales if float(s) == figure.scale],
@@ -410,12 +400,14 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   seeds = [int(s) for s in config.seeds] if config.get("seeds") else [None]
   scores = ScoreRecords(scores_dir(config, out_dir, split), scores_key(config, split, subjects))
   methods, records, steps = {}, {}, {}
+  figure_methods = {}  # table 1's methods of the first seed, None where the run is not here
   for name in names:
     for seed in ([None] if name in classical else seeds):
       label = name if seed is None else f"{name}/seed{seed}"
       record = scores.read(label)
       if name in classical:
         method, step, trained = classical[name], None, None
+        figure_methods[name] = method
       else:
         directory = run_dir(config, workdir, name, seed)
         try:
@@ -427,8 +419,10 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
                      f"{record['checkpoint_step']}); the run is not readable here: {error}")
           records[label] = record
           steps.setdefault(name, {})[str(seed)] = record["checkpoint_step"]
+          figure_methods.setdefault(name, None)
           continue
         method, step = trained_method(name, run, config.eval, seed), run.step
+        figure_methods.setdefault(name, method)
         trained = training_record(directory)
         steps.setdefault(name, {})[str(seed)] = step
       if record is not None and record["checkpoint_step"] == step and same_training(record,
@@ -463,7 +457,7 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
         dti_rows += subject_dti
       records[label] = scores.write(label, method, rows, dti_rows, step, trained)
   if figure is not None:
-    figure = complete_figure(figure, config, workdir, subjects[0], seeds[0],
+    figure = complete_figure(figure, config, subjects[0], figure_methods,
                              inputs[subjects[0].name])
   rows = [row for label in records for row in records[label]["rows"]]
   dti_rows = [row for label in records for row in records[label]["dti_rows"]]
