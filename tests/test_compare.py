@@ -1,4 +1,5 @@
-"""configs/compare_dmri.py:smoke through the command line: train every method, then the tables."""
+"""configs/compare_dmri.py: which runs `train_runs` trains; smoke through the command line: train every
+method, then the tables and their score records."""
 
 import json
 import os
