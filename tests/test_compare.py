@@ -1,5 +1,5 @@
-"""configs/compare_dmri.py: which runs `train_runs` trains; smoke through the command line: train every
-method, then the tables and their score records."""
+"""configs/compare_dmri.py: which runs `train_runs` trains; the smoke comparison through the
+command line: train every method, then the tables and their score records."""
 
 import json
 import os
