@@ -80,6 +80,9 @@ def test_compare_smoke_trains_every_method_writes_tables_dti_figures_and_reuses_
   assert "| csr_dmri | ✓ | ✓ |" in table2 and "| arssr |  |  |" in table2
   assert "| inr_fft |  | ✓ |" in table2
   assert "FA RMSE" in (eval_dir / "dti.md").read_text()
+  runs_md = (eval_dir / "runs.md").read_text()  # each run: steps, its scored (best) checkpoint
+  for name in RUNS:
+    assert f"| {name} | 0 | 20 | {best[name]} | " in runs_md
   assert "Table 1" in result.stdout and "Table 2" in result.stdout
   for name in ("slices_2.4x.png", "errors_2.4x.png", "fa_2.4x.png"):
     image = matplotlib.image.imread(eval_dir / "figures" / name)

@@ -381,7 +381,8 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   (config.table1 methods × scales, PSNR/SSIM as mean over seeds ± sd over seeds, best in
   bold, p-values of config.reference against each method over subjects), `table2.md` (the
   ablations, config.table2, with their T1 / FFT-loss flags), `dti.md` (FA and MD RMSE in
-  the WM mask), `tables.json` (everything, including per-volume scores), `figures/*.png`
+  the WM mask), `runs.md` (each run and seed: steps, checkpoint scored, training time,
+  commit, mean PSNR), `tables.json` (everything, including per-volume scores), `figures/*.png`
   and `run.json` (`out` replaces WORKDIR/eval). Returns the Markdown.
   """
   workdir = pathlib.Path(workdir)
@@ -487,10 +488,32 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
     files.write_text(out_dir / "dti.md", text_dti)
     result.update(dti=dti_table, dti_per_subject=dti_rows)
     texts.append(text_dti)
+  text_runs = runs_markdown(records)
+  files.write_text(out_dir / "runs.md", text_runs)
+  texts.append(text_runs)
   files.write_json(out_dir / "tables.json", result)
   if figure is not None:
     write_figures(figure, config.table1, out_dir / "figures", subjects[0].name)
   return "\n".join(texts)
+
+
+def runs_markdown(records: dict[str, dict]) -> str:
+  """One row per trained run and seed of the score `records` (labels "<name>/seed<s>"): its
+  steps trained, the checkpoint scored, its training wall time (`elapsed_s`, minutes), the
+  commit it was trained at and its mean test PSNR over the scored volumes and scales."""
+  lines = ["## Runs\n", "| run | seed | steps trained | checkpoint scored | training, min "
+           "| trained at | mean PSNR, dB |", "|---" * 7 + "|"]
+  for label, record in records.items():
+    if "/seed" not in label:
+      continue
+    name, seed = label.split("/seed")
+    trained = record.get("training_run") or {}
+    final = trained.get("final_metrics") or {}
+    minutes = f"{final['elapsed_s'] / 60:.1f}" if "elapsed_s" in final else ""
+    psnr = np.mean([row["psnr"] for row in record["rows"]])
+    lines.append(f"| {name} | {seed} | {final.get('step', '')} | {record['checkpoint_step']} | "
+                 f"{minutes} | {str(trained.get('git_commit', ''))[:7]} | {psnr:.4f} |")
+  return "\n".join(lines) + "\n"
 
 
 def evaluation_cost(config, subjects, num_methods: int) -> str:
