@@ -488,7 +488,7 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
     files.write_text(out_dir / "dti.md", text_dti)
     result.update(dti=dti_table, dti_per_subject=dti_rows)
     texts.append(text_dti)
-  text_runs = runs_markdown(records)
+  text_runs = runs_markdown(records, names)
   files.write_text(out_dir / "runs.md", text_runs)
   texts.append(text_runs)
   files.write_json(out_dir / "tables.json", result)
@@ -497,16 +497,16 @@ def evaluate_comparison(config, workdir: str | pathlib.Path, out: str | os.PathL
   return "\n".join(texts)
 
 
-def runs_markdown(records: dict[str, dict]) -> str:
-  """One row per trained run and seed of the score `records` (labels "<name>/seed<s>"): its
-  steps trained, the checkpoint scored, its training wall time (`elapsed_s`, minutes), the
-  commit it was trained at and its mean test PSNR over the scored volumes and scales."""
+def runs_markdown(records: dict[str, dict], names: list[str]) -> str:
+  """One row per trained run and seed of the score `records` (labels "<name>/seed<s>", rows
+  in the order of `names`, then by seed): its steps trained, the checkpoint scored, its
+  training wall time (`elapsed_s`, minutes), the commit it was trained at and its mean test
+  PSNR over the scored volumes and scales."""
   lines = ["## Runs\n", "| run | seed | steps trained | checkpoint scored | training, min "
            "| trained at | mean PSNR, dB |", "|---" * 7 + "|"]
-  for label, record in records.items():
-    if "/seed" not in label:
-      continue
-    name, seed = label.split("/seed")
+  runs = [label.split("/seed") for label in records if "/seed" in label]
+  for name, seed in sorted(runs, key=lambda run: (names.index(run[0]), int(run[1]))):
+    record = records[f"{name}/seed{seed}"]
     trained = record.get("training_run") or {}
     final = trained.get("final_metrics") or {}
     minutes = f"{final['elapsed_s'] / 60:.1f}" if "elapsed_s" in final else ""
