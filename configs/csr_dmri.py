@@ -33,6 +33,7 @@ VARIANTS = {
         "model.num_features": 16, "model.growth": 16, "model.num_blocks": 3,
         "model.num_layers": 3, "model.latent_features": 32,
         "model.mlp_depth": 6, "model.mlp_width": 64, "model.mlp_skip_after": 3,
+        "model.mlp_chunk_rows": 4000,
         "train.lr_schedule": "cosine", "train.num_steps": 1200, "train.learning_rate": 5e-3,
         "train.warmup_steps": 100, "train.log_every_steps": 50,
         "train.checkpoint_every_steps": 300,
@@ -99,6 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mlp_depth = 8
   c.model.mlp_width = 256
   c.model.mlp_skip_after = 4
+  c.model.mlp_chunk_rows = 0  # >0: the MLP over chunks of about this many queries, recomputed in
+  #   the backward pass: faster for a narrow MLP on a CPU (quick), not for a wide one (ImplicitMLP)
   c.model.coordinates = "periodic"  # MLP position input: "periodic" (sin, cos of the offset
   #   from the nearest LR voxel centre: the same on patches and whole volumes, continuous across
   #   voxel faces), "local" (that offset) or "global" (c in [-1, 1]); see jaxsr.dmri.models.csr_dmri

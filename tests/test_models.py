@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsr.dmri.models import RDN3D, CSRdMRI, ImplicitMLP, build_model, init_params
+from jaxsr.dmri.models.mlp import chunk_layout
 from jaxsr.dmri.models.sampling import grid_coordinates
 
 TINY = dict(num_features=4, growth=3, num_blocks=2, num_layers=2, latent_features=5,
@@ -86,6 +87,50 @@ def test_mlp_skip_is_a_concatenation_of_the_input():
   h = jax.nn.relu(h @ params["hidden_2"]["kernel"] + params["hidden_2"]["bias"])
   expected = h @ params["head"]["kernel"] + params["head"]["bias"]
   np.testing.assert_allclose(mlp.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, chunk_rows, expected", [
+    (32000, 4000, (8, 4000)), (55296, 4000, (14, 3950)), (60, 7, (9, 7)), (5, 0, (1, 5)),
+    (3, 4, (1, 3))])
+def test_chunk_layout_covers_the_rows_with_less_than_a_row_per_chunk_of_padding(
+    rows, chunk_rows, expected):
+  chunks, chunk = chunk_layout(rows, chunk_rows)
+  assert (chunks, chunk) == expected
+  assert 0 <= chunks * chunk - rows < chunks
+
+
+def test_chunked_mlp_equals_the_whole_mlp_in_values_and_gradients():
+  """60 queries in 9 chunks of 7 (3 padded rows): the same outputs and gradients."""
+  whole = ImplicitMLP(depth=3, width=8, skip_after=1)
+  chunked = ImplicitMLP(depth=3, width=8, skip_after=1, chunk_rows=7)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 6, 5)), jnp.float32)
+  params = random_params(whole, x)
+  assert jax.tree_util.tree_structure(abstract_params(chunked, x)) == \
+      jax.tree_util.tree_structure(params)
+  np.testing.assert_allclose(chunked.apply({"params": params}, x),
+                             whole.apply({"params": params}, x), rtol=1e-6, atol=1e-6)
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 6, 1)), jnp.float32)
+
+  def loss(mlp):
+    return lambda p, x: jnp.sum(weights * mlp.apply({"params": p}, x))
+
+  expected = jax.grad(loss(whole), argnums=(0, 1))(params, x)
+  got = jax.grad(loss(chunked), argnums=(0, 1))(params, x)
+  for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_mlp_maps_over_chunks_and_recomputes_them_in_the_backward_pass():
+  """The structure that makes it fast: a loop over chunks, each chunk a rematerialised call."""
+  mlp = ImplicitMLP(depth=3, width=8, skip_after=1, chunk_rows=7)
+  x = jnp.zeros((60, 5), jnp.float32)
+  params = abstract_params(mlp, x)
+  jaxpr = str(jax.make_jaxpr(lambda p: mlp.apply({"params": p}, x))(params))
+  assert "scan[" in jaxpr and "length=9" in jaxpr
+  assert "checkpoint[" in jaxpr or "remat" in jaxpr
+  whole = str(jax.make_jaxpr(lambda p: ImplicitMLP(depth=3, width=8, skip_after=1).apply(
+      {"params": p}, x))(params))
+  assert "scan[" not in whole
 
 
 def test_rdn_keeps_spatial_size():

@@ -29,7 +29,8 @@ class CSRdMRI(nn.Module):
   Attributes:
     num_features, growth, num_blocks, num_layers: RDN3D G0, G, D, C.
     latent_features: channels of the latent map (RDN output).
-    mlp_depth, mlp_width, mlp_skip_after: ImplicitMLP depth, width, skip_after.
+    mlp_depth, mlp_width, mlp_skip_after, mlp_chunk_rows: ImplicitMLP depth, width,
+      skip_after, chunk_rows.
     coordinates: what the MLP gets beside the features: "global", the query
       coordinate c in [-1, 1] of the LR input's field of view (the paper's
       wording), or "local", c relative to the nearest LR voxel centre
@@ -54,6 +55,7 @@ class CSRdMRI(nn.Module):
   mlp_depth: int = 8
   mlp_width: int = 256
   mlp_skip_after: int = 4
+  mlp_chunk_rows: int = 0
   coordinates: str = "periodic"
   predict_residual: bool = False
   dtype: Dtype = jnp.float32
@@ -62,7 +64,8 @@ class CSRdMRI(nn.Module):
   def setup(self):
     self.encoder = RDN3D(self.num_features, self.growth, self.num_blocks, self.num_layers,
                          self.latent_features, self.dtype, self.conv_impl)
-    self.mlp = ImplicitMLP(self.mlp_depth, self.mlp_width, self.mlp_skip_after, self.dtype)
+    self.mlp = ImplicitMLP(self.mlp_depth, self.mlp_width, self.mlp_skip_after, self.dtype,
+                           self.mlp_chunk_rows)
 
   @property
   def receptive_radius(self) -> int:

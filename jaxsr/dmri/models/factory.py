@@ -42,7 +42,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         num_features=config.num_features, growth=config.growth, num_blocks=config.num_blocks,
         num_layers=config.num_layers, latent_features=config.latent_features,
         mlp_depth=config.mlp_depth, mlp_width=config.mlp_width,
-        mlp_skip_after=config.mlp_skip_after, coordinates=config.coordinates,
+        mlp_skip_after=config.mlp_skip_after,
+        mlp_chunk_rows=config.get("mlp_chunk_rows", 0),  # runs saved before the field existed
+        coordinates=config.coordinates,
         predict_residual=config.get("predict_residual", False),  # older runs: the field's absence
         dtype=dtype, conv_impl=conv_impl)
   if config.in_channels != 1:
