@@ -88,9 +88,11 @@ def model_flops(config, hr_size: int) -> float:
   """Model FLOPs of one train step: 3 × the forward pass's (forward, and backward at twice it).
 
   The forward pass (`reconstruct_grid` of the batch's LR input, native
-  convolutions) as XLA's cost analysis counts it before backend-specific rewrites.
+  convolutions, the MLP over all queries at once) as XLA's cost analysis counts it
+  before backend-specific rewrites. (The analysis counts a loop's body once, so a
+  chunked MLP would be under-counted; its arithmetic is the same.)
   """
-  model = build_model(config.model).clone(conv_impl="xla")
+  model = build_model(config.model).clone(conv_impl="xla", mlp_chunk_rows=0)
   lr = jax.ShapeDtypeStruct((config.batch_size,) + (config.data.lr_patch_size,) * 3
                             + (config.model.in_channels,), np.float32)
   params = jax.eval_shape(lambda: init_params(model, jax.random.key(0, impl=RNG_IMPL),
