@@ -8,8 +8,9 @@ Variants (`--config configs/csr_dmri.py:VARIANT`):
            `data.source=bids` and `data.root` at real subjects).
   quick    what the README's main line runs: a small model on 2 mm embedded data,
            1200 steps of a cosine schedule from 5e-3 (chosen on the validation
-           subject: docs/benchmarks.md, *The README's main line*); install to table
-           in 7 to 11 minutes on 2 CPU cores (docs/benchmarks.md).
+           subject: docs/benchmarks.md, *The README's main line*), the MLP over
+           chunks of 4000 queries (faster on a CPU; ImplicitMLP); install to table
+           in 4 to 11 minutes on 2 CPU cores, by the machine's hour (docs/benchmarks.md).
   smoke    tiny model and data, train + evaluate in under 2 minutes (tests, CI).
 Any field can be overridden: `--config.batch_size=4`, `--config.data.root=/data/hcp`.
 """
