@@ -18,7 +18,7 @@ def chunk_layout(rows: int, chunk_rows: int) -> tuple[int, int]:
   """
   if chunk_rows <= 0 or rows <= chunk_rows:
     return 1, rows
-  chunks = max(1, round(rows / chunk_rows))
+  chunks = round(rows / chunk_rows)  # >= 1: rows > chunk_rows
   return chunks, -(-rows // chunks)
 
 
