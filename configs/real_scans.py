@@ -6,7 +6,9 @@
 Variants: `test` (default: the dipy scans of the table, scored once), `validation`
 (the scans that choose checkpoints and options), `smoke` (one small case, tests).
 `--config.checkpoint=RUN_DIR` scores another model (default "": the shipped one),
-`--config.checkpoint_step=N` one of its checkpoints.
+`--config.checkpoint_step=N` one of its checkpoints,
+`--config.scores_from=docs/results_real_scores/real_scans_test.json` rebuilds the committed
+tables without scoring.
 """
 
 import ml_collections
@@ -14,7 +16,7 @@ import ml_collections
 from jaxsr.dmri.adapt import AdaptSettings
 from jaxsr.dmri.psf import PSFS
 from jaxsr.dmri.real_scans import DEGRADATIONS
-from jaxsr.dmri.upsample import DEFAULT_BACK_PROJECTION
+from jaxsr.dmri.upsample import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,14 +30,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.checkpoint = ""  # a run directory or exported folder; "" = the shipped general model
   c.checkpoint_step = 0  # of a run directory; 0 = its latest
-  c.degradations = tuple(DEGRADATIONS)
+  c.scores_from = ""  # a real_scans_<split>.json: rebuild its tables without scoring
+  c.degradations = tuple(d for d in DEGRADATIONS if d != "in-plane 4x")  # the test table's
   c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
   c.back_projection = (DEFAULT_BACK_PROJECTION,)  # a model column per value (iterations)
+  c.psf_modes = (DEFAULT_PSF,)  # a model column per --psf (training: the training degradation)
   c.adapt_steps = 100  # columns with --adapt STEPS (0: none), one per learning rate
   c.adapt_learning_rates = (AdaptSettings.learning_rate,)
-  if variant == "validation":
-    c.back_projection = (0, 3)
-    c.adapt_learning_rates = (1e-4, 3e-4, 1e-3)  # what chose AdaptSettings.learning_rate
+  if variant == "validation":  # every degradation the validation scans allow
+    c.degradations = tuple(DEGRADATIONS)
+    c.psf_modes = ("training", DEFAULT_PSF)  # what chose DEFAULT_PSF
   if variant == "smoke":
     c.degradations = ("in-plane 2x",)
     c.psfs = ("block",)

@@ -42,35 +42,81 @@ def test_crop_shapes_fit_the_scan_and_too_small_scans_are_refused():
 
 def test_sampler_crops_are_degraded_with_the_given_psf():
   scan = smooth_scan()
-  sampler = adapt.AdaptSampler(scan, (2.0, 2.0, 1.0), adapt.AdaptSettings(psf="block"))
+  settings = adapt.AdaptSettings(psf="block")
+  split = adapt.held_out_split(scan, (2.0, 2.0, 1.0), settings.lr_patch_size)
+  sampler = adapt.AdaptSampler(scan, (2.0, 2.0, 1.0), settings, split)
   batch = sampler(np.random.default_rng(0))
-  assert batch["hr"].shape == (4, 16, 16, 8) and batch["lr"].shape == (4, 8, 8, 8)
+  hr_shape, lr_shape = split.hr_shape, split.lr_shape
+  assert batch["hr"].shape == (4, *hr_shape) and batch["lr"].shape == (4, *lr_shape)
   for hr, lr in zip(batch["hr"], batch["lr"]):
-    np.testing.assert_allclose(lr, hr.reshape(8, 2, 8, 2, 8).mean(axis=(1, 3)), atol=1e-5)
+    blocks = hr.reshape(lr_shape[0], 2, lr_shape[1], 2, lr_shape[2]).mean(axis=(1, 3))
+    np.testing.assert_allclose(lr, blocks, atol=1e-5)
 
 
-def test_adaptation_lowers_the_loss_on_a_tiny_volume(tiny_model):
+def test_training_crops_never_reach_into_the_held_out_slab():
+  scan = smooth_scan((24, 20, 8))
+  split = adapt.held_out_split(scan, (2.0, 2.0, 1.0), 4)
+  marked = np.full(scan.shape, 1.0, np.float32)
+  marked[split.region("heldout")] = -1.0  # every voxel of the slab is negative
+  settings = adapt.AdaptSettings(batch_size=64, lr_patch_size=4, psf="block")
+  train = adapt.AdaptSampler(marked, (2.0, 2.0, 1.0), settings, split)(np.random.default_rng(0))
+  held = adapt.AdaptSampler(marked, (2.0, 2.0, 1.0), settings, split,
+                            part="heldout")(np.random.default_rng(0))
+  assert train["hr"].min() > 0 and held["hr"].max() < 0
+  size = split.heldout.stop - split.heldout.start
+  assert size == max(24 // 4, split.hr_shape[0]) or split.axis != 0
+
+
+def test_scans_too_small_to_hold_a_part_out_are_refused():
+  with pytest.raises(adapt.AdaptError, match="too small to hold part of it out"):
+    adapt.held_out_shapes((12, 12, 1), (3.0, 3.0, 1.0), 8)  # one crop fills x and y
+  axis, size, hr, lr = adapt.held_out_shapes((64, 64, 10), (2.0, 2.0, 1.0), 8)
+  assert size == 16 and hr[axis] == 16 and lr == (8, 8, 8)
+
+
+def test_adaptation_lowers_the_loss_on_a_tiny_volume_and_is_kept(tiny_model):
   config, model, params = tiny_model
   settings = adapt.AdaptSettings(steps=60, batch_size=2, lr_patch_size=4, learning_rate=1e-3,
-                                 psf="block")
-  adapted, history = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0), settings)
-  assert len(history) == 60
-  # The loss on crops of the same scan that the adaptation never drew (another seed) falls.
-  held_out = adapt.AdaptSampler(smooth_scan(), (2.0, 2.0, 1.0),
-                                adapt.AdaptSettings(batch_size=16, lr_patch_size=4, psf="block",
-                                                    seed=99))(np.random.default_rng(99))
-  before = adapt.adapt_loss(model, params, held_out["hr"], held_out["lr"], 0.0)
-  after = adapt.adapt_loss(model, adapted, held_out["hr"], held_out["lr"], 0.0)
+                                 psf="block", patience=10)
+  result = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0), settings)
+  assert result.kept and result.best_step > 0 and len(result.history) == result.steps_run
+  assert result.loss_after < 0.8 * result.loss_before
+  # The loss on crops the adaptation never drew (another seed, anywhere in the scan) falls too.
+  split = adapt.held_out_split(smooth_scan(), (2.0, 2.0, 1.0), 4)
+  others = adapt.AdaptSampler(smooth_scan(), (2.0, 2.0, 1.0),
+                              adapt.AdaptSettings(batch_size=16, lr_patch_size=4, psf="block"),
+                              split)(np.random.default_rng(99))
+  before = adapt.adapt_loss(model, params, others["hr"], others["lr"], 0.0)
+  after = adapt.adapt_loss(model, result.params, others["hr"], others["lr"], 0.0)
   assert float(after) < 0.8 * float(before)
-  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), params, adapted)
+  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), params, result.params)
   assert all(jax.tree_util.tree_leaves(changed))  # the caller's params were copied, not used
+  assert result.record()["kept"] is True and "adaptation kept" in result.message
 
 
-def test_zero_steps_return_the_parameters_and_bad_settings_fail(tiny_model):
+def test_adaptation_that_hurts_is_not_kept_and_stops_early(tiny_model):
   config, model, params = tiny_model
-  same, history = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0),
-                                     adapt.AdaptSettings(steps=0))
-  assert same is params and history == []
+  trained = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0),
+                               adapt.AdaptSettings(steps=60, batch_size=2, lr_patch_size=4,
+                                                   learning_rate=1e-3, psf="block",
+                                                   patience=10)).params
+  # From a model that already fits the scan, a learning rate of 1 diverges: the held-out loss
+  # rises, training stops after `patience` evaluations and the weights are left as they were.
+  settings = adapt.AdaptSettings(steps=200, batch_size=2, lr_patch_size=4, learning_rate=1.0,
+                                 psf="block", eval_every=5, patience=3)
+  result = adapt.adapt_params(model, trained, smooth_scan(), (2.0, 2.0, 1.0), settings)
+  assert not result.kept and result.params is trained
+  assert result.steps_run < 200 and result.best_step == 0
+  assert result.loss_after == result.loss_before
+  assert max(v for _, v in result.heldout_history[1:]) > result.heldout_history[0][1]
+  assert "not kept" in result.message and result.record()["kept"] is False
+
+
+def test_zero_steps_keep_the_parameters_and_bad_settings_fail(tiny_model):
+  config, model, params = tiny_model
+  result = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0),
+                              adapt.AdaptSettings(steps=0))
+  assert result.params is params and result.history == [] and not result.kept
   with pytest.raises(psf.PSFError):
     adapt.adapt_params(model, params, smooth_scan(), (2, 2, 1), adapt.AdaptSettings(5, psf="x"))
   with pytest.raises(adapt.AdaptError, match="no signal"):
@@ -96,6 +142,10 @@ def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path):
   assert image.shape == (40, 40, 8) and np.all(np.isfinite(image.get_fdata()))
   manifest = json.loads((saved / "manifest.json").read_text())
   assert manifest["adapt"]["steps"] == 3 and manifest["adapt"]["psf"] == "block"
+  record = json.loads((tmp_path / "out.json").read_text())
+  assert record["adapt"]["volumes"] == [0] and record["psf"]["per_axis"] == ["block"] * 3
+  assert record["adapt"]["kept"] is manifest["adapt"]["kept"]
+  assert f"adaptation {'kept' if record['adapt']['kept'] else 'not kept'}" in err or code == 0
   adapted = Upsampler.from_checkpoint(saved)
   original = Upsampler.from_checkpoint(exported)
   differs = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), adapted.params,

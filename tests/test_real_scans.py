@@ -1,5 +1,7 @@
 """Real-scan evaluation (`jaxsr.dmri.real_scans`): the cases, their LR images and the scores."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,10 @@ def test_cases_follow_what_each_scan_allows():
   validation = real_scans.make_cases(real_scans.VALIDATION_SCANS,
                                      tuple(real_scans.DEGRADATIONS), ("block",))
   assert {c.degradation for c in validation if c.scan == "test_piesno"} == {
-      "in-plane 2x", "in-plane 3x"}  # one slice under 14 weightings: nothing through-plane
+      "in-plane 2x", "in-plane 3x", "in-plane 4x"}  # one slice, 14 weightings: nothing through
+  assert {c.degradation for c in validation if c.scan == "t1_coronal"} == {
+      "in-plane 2x", "in-plane 3x", "in-plane 4x"}  # one slice
+  assert "in-plane 4x" not in real_scans_config.get_config("test").degradations
 
 
 def test_lr_images_are_the_scan_degraded_onto_block_centred_grids():
@@ -32,6 +37,9 @@ def test_lr_images_are_the_scan_degraded_onto_block_centred_grids():
   affine = real_scans.lr_affine((2.0, 2.0, 1.0))
   # LR voxel (0, 0, 0) sits at the centre of HR voxels 0 and 1: HR index 0.5.
   np.testing.assert_allclose(affine @ [0, 0, 0, 1], [0.5, 0.5, 0, 1])
+  affine = real_scans.lr_affine((2.0, 2.0, 1.0), real_scans.voxel_size("aniso_vox"))
+  np.testing.assert_allclose(affine @ [0, 0, 0, 1], [2.0, 2.0, 0, 1], rtol=1e-6)
+  np.testing.assert_allclose(np.abs(affine[:3, :3]).sum(axis=0), [8.0, 8.0, 5.0], rtol=1e-6)
 
 
 def test_shell_means_come_from_the_gradient_table():
@@ -55,3 +63,20 @@ def test_configs_pick_disjoint_scans():
   assert test.split == "test" and validation.split == "validation"
   with pytest.raises(ValueError, match="unknown variant"):
     real_scans_config.get_config("train")
+
+
+SCORES = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results_real_scores"
+
+
+@pytest.mark.parametrize("split", ["validation"])  # the test split: once re-scored
+def test_the_committed_tables_are_rebuilt_from_the_committed_scores(split, tmp_path):
+  """docs/results_real_scores holds each split's scores and the report made from them; the
+  report, rebuilt from the scores alone (no scoring), is the same text, so the page's tables
+  cannot drift from the scores."""
+  config = real_scans_config.get_config(split)
+  config.scores_from = str(SCORES / f"real_scans_{split}.json")
+  text = real_scans.evaluate(config, tmp_path)
+  committed = (SCORES / f"real_scans_{split}.md").read_text()
+  strip = lambda t: t.split("\n", 1)[1]  # the first line names the model folder of the machine
+  assert strip(text) == strip(committed)
+  assert "model_adapt" in text and "over the best classical method" in text

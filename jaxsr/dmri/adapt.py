@@ -13,6 +13,16 @@ transposed in-plane when both in-plane factors agree), degraded to l_a voxels
 by the PSF given (`--psf`) or by one drawn per crop from `jaxsr.dmri.psf.PSFS`.
 All crops have one shape, so the step compiles once. The loss is the model's
 training loss (L1 + fft_weight · FFT term); Adam at `learning_rate`.
+
+Adaptation never silently hurts (`adapt_params`): a slab of the scan at one end
+of one axis (`HeldOutSplit`: a quarter of it, or as much as one crop needs, at
+most half) is held out, and training crops never reach into it. Two fixed sets
+of crops from the slab, degraded alike, are restored before training and every
+`eval_every` steps after: the first set stops training once its loss has not
+fallen for `patience` evaluations and picks the best step; the second, which
+chose nothing, decides: the adapted weights are kept only if they lower its loss
+by at least `min_gain` (a fraction), else the model stays as it was. Both
+losses, the step chosen and the decision are returned for the output's record.
 """
 
 from __future__ import annotations
@@ -53,6 +63,11 @@ class AdaptSettings:
     lr_patch_size: LR crop edge (voxels), at most.
     learning_rate: Adam's step size.
     seed: crops and PSFs are drawn from this seed.
+    eval_every: steps between held-out evaluations.
+    patience: evaluations without a lower held-out loss before training stops.
+    heldout_crops: crops in each of the two held-out sets (stopping, deciding).
+    min_gain: the adapted weights are kept only if they lower the deciding set's loss
+      by at least this fraction.
   """
   steps: int = 0
   psf: str | None = None
@@ -60,6 +75,10 @@ class AdaptSettings:
   lr_patch_size: int = 8
   learning_rate: float = 3e-4  # chosen on the validation scans (docs/results_real.md)
   seed: int = 0
+  eval_every: int = 10
+  patience: int = 5
+  heldout_crops: int = 8
+  min_gain: float = 0.01
 
 
 def crop_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_size: int
@@ -76,38 +95,103 @@ def crop_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_si
   return tuple(hr), tuple(lr)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutSplit:
+  """The scan split along `axis` into a training part and a held-out slab `heldout` (a slice
+  along that axis; the training part is the rest), and the crop shapes both can hold."""
+  axis: int
+  heldout: slice
+  train: slice
+  hr_shape: tuple[int, ...]
+  lr_shape: tuple[int, ...]
+
+  def region(self, part: str) -> tuple[slice, slice, slice]:
+    """Index of the training part ("train") or the held-out slab ("heldout")."""
+    index = [slice(None)] * 3
+    index[self.axis] = self.heldout if part == "heldout" else self.train
+    return tuple(index)
+
+
+def held_out_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_size: int
+                    ) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+  """(axis, slab size, HR crop, LR crop) of the split whose crops are largest: along each
+  axis, a slab of a quarter of it or one full crop, at most half.
+
+  Raises:
+    AdaptError: the scan is too small for the factors even before splitting, or no split
+      leaves room for a crop on both sides.
+  """
+  full_hr, _ = crop_shapes(scan_shape, factors, lr_patch_size)
+  best = None
+  for axis, n in enumerate(scan_shape):
+    size = min(n // 2, max(math.ceil(n / 4), full_hr[axis]))
+    region = list(scan_shape)
+    region[axis] = size
+    try:
+      hr, lr = crop_shapes(region, factors, lr_patch_size) if size >= 1 else (None, None)
+    except AdaptError:
+      continue
+    if hr is not None and (best is None or math.prod(hr) > math.prod(best[2])):
+      best = (axis, size, hr, lr)
+  if best is None:
+    raise AdaptError(f"the scan ({'×'.join(map(str, scan_shape))} voxels) is too small to "
+                     "hold part of it out for checking the adaptation at these factors")
+  return best
+
+
+def held_out_split(scan: np.ndarray, factors: Sequence[float], lr_patch_size: int
+                   ) -> HeldOutSplit:
+  """`held_out_shapes`' split of `scan` (X, Y, Z), the slab at the end with more signal."""
+  axis, size, hr, lr = held_out_shapes(scan.shape, factors, lr_patch_size)
+  n = scan.shape[axis]
+  signal = np.moveaxis(scan > SIGNAL_FRACTION * float(np.percentile(scan, 99)), axis, 0)
+  if signal[:size].sum() >= signal[n - size:].sum():
+    return HeldOutSplit(axis, slice(0, size), slice(size, n), hr, lr)
+  return HeldOutSplit(axis, slice(n - size, n), slice(0, n - size), hr, lr)
+
+
 @dataclasses.dataclass
 class AdaptSampler:
-  """Random (HR crop, its degraded LR) pairs from one scan, `scan` (X, Y, Z) normalised."""
+  """Random (HR crop, its degraded LR) pairs from one part of a scan.
+
+  `scan` (X, Y, Z) normalised; crops of `split`'s shapes lie inside `split.region(part)`.
+  """
   scan: np.ndarray
   factors: Sequence[float]
   settings: AdaptSettings
+  split: HeldOutSplit
+  part: str = "train"
 
   def __post_init__(self):
     if self.settings.psf is not None:
-      psf_lib.check_psf(self.settings.psf)
-    self.hr_shape, self.lr_shape = crop_shapes(self.scan.shape, self.factors,
-                                               self.settings.lr_patch_size)
+      psf_lib.per_axis(self.settings.psf)
+    self.hr_shape, self.lr_shape = self.split.hr_shape, self.split.lr_shape
+    region = self.split.region(self.part)
+    self.offset = np.array([r.start or 0 for r in region])
+    self.region = self.scan[region]
     level = SIGNAL_FRACTION * float(np.percentile(self.scan, 99))
-    self.centres = np.argwhere(self.scan > level)
+    self.centres = np.argwhere(self.region > level)
     if len(self.centres) == 0:
-      raise AdaptError("the scan has no signal to adapt to")
+      if self.part == "train":
+        raise AdaptError("the scan has no signal to adapt to")
+      self.centres = np.argwhere(np.ones(self.region.shape, bool))
     self.transpose = self.hr_shape[0] == self.hr_shape[1] and self.lr_shape[0] == self.lr_shape[1]
 
-  def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """{'hr': (B, *hr_shape), 'lr': (B, *lr_shape)} float32."""
-    shape = np.array(self.scan.shape)
+  def __call__(self, rng: np.random.Generator, augment: bool = True) -> dict[str, np.ndarray]:
+    """{'hr': (B, *hr_shape), 'lr': (B, *lr_shape)} float32; flips and transposes if `augment`."""
+    shape = np.array(self.region.shape)
     size = np.array(self.hr_shape)
     hr, lr = [], []
     for _ in range(self.settings.batch_size):
       centre = self.centres[rng.integers(len(self.centres))]
       corner = np.clip(centre - size // 2, 0, shape - size)
-      crop = self.scan[tuple(slice(c, c + s) for c, s in zip(corner, size))]
-      for axis in range(3):
-        if rng.random() < 0.5:
-          crop = np.flip(crop, axis)
-      if self.transpose and rng.random() < 0.5:
-        crop = np.swapaxes(crop, 0, 1)
+      crop = self.region[tuple(slice(c, c + s) for c, s in zip(corner, size))]
+      if augment:
+        for axis in range(3):
+          if rng.random() < 0.5:
+            crop = np.flip(crop, axis)
+        if self.transpose and rng.random() < 0.5:
+          crop = np.swapaxes(crop, 0, 1)
       kind = self.settings.psf or str(rng.choice(psf_lib.PSFS))
       fwhm = 1.0 if self.settings.psf else (rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0)
       hr.append(np.ascontiguousarray(crop, np.float32))
@@ -123,8 +207,9 @@ def adapt_loss(model, params, hr: jax.Array, lr: jax.Array, fft_weight: float) -
 
 @functools.lru_cache(maxsize=8)
 def make_adapt_step(model, fft_weight: float, learning_rate: float
-                    ) -> tuple[optax.GradientTransformation, Callable]:
-  """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss)).
+                    ) -> tuple[optax.GradientTransformation, Callable, Callable]:
+  """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss),
+  jitted loss(params, hr, lr)).
 
   Cached per (model, fft_weight, learning_rate): adapting the same model to several scans
   of one crop shape compiles the step once.
@@ -137,13 +222,67 @@ def make_adapt_step(model, fft_weight: float, learning_rate: float
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  return optimizer, step
+  loss = jax.jit(lambda params, hr, lr: adapt_loss(model, params, hr, lr, fft_weight))
+  return optimizer, step, loss
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptResult:
+  """What adaptation did: the parameters to use and why.
+
+  Attributes:
+    params: the adapted parameters if kept, else the original ones.
+    kept: whether the adapted parameters lowered the deciding held-out loss enough.
+    loss_before, loss_after: the deciding held-out set's loss with the original and with
+      the adapted (best-step) parameters.
+    best_step: the step the stopping set chose (0: none was better than the start).
+    steps_run: steps trained (fewer than asked when the held-out loss stopped falling).
+    steps_asked: `settings.steps`.
+    history: training loss per step.
+    heldout_history: [(step, stopping set's loss)], step 0 first.
+    split: the held-out slab.
+  """
+  params: dict
+  kept: bool
+  loss_before: float
+  loss_after: float
+  best_step: int
+  steps_run: int
+  steps_asked: int
+  history: list[float]
+  heldout_history: list[tuple[int, float]]
+  split: HeldOutSplit
+
+  @property
+  def message(self) -> str:
+    """One line for the user."""
+    change = (f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g} "
+              f"(step {self.best_step} of {self.steps_run} run, {self.steps_asked} asked)")
+    if self.kept:
+      return f"adaptation kept: {change}"
+    return (f"adaptation not kept, the model is used as it was: it did not lower the "
+            f"held-out loss by {100 * AdaptSettings.min_gain:g} % ({change})")
+
+  def record(self) -> dict:
+    s = self.split
+    return {"kept": self.kept, "heldout_loss_before": self.loss_before,
+            "heldout_loss_after": self.loss_after, "best_step": self.best_step,
+            "steps_run": self.steps_run, "steps_asked": self.steps_asked,
+            "heldout_slab": {"axis": s.axis, "start": s.heldout.start, "stop": s.heldout.stop},
+            "crop_shape": list(s.hr_shape),
+            "heldout_history": [[k, v] for k, v in self.heldout_history],
+            "message": self.message}
+
+
+def _mean_loss(loss_fn, params, batches: Sequence[dict]) -> float:
+  return float(np.mean([float(loss_fn(params, b["hr"], b["lr"])) for b in batches]))
 
 
 def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
                  settings: AdaptSettings, *, fft_weight: float = 0.0, progress: bool = False
-                 ) -> tuple[dict, list[float]]:
-  """Fine-tunes `params` on `scan` (X, Y, Z), normalised as the model's inputs are.
+                 ) -> AdaptResult:
+  """Fine-tunes `params` on `scan` (X, Y, Z), normalised as the model's inputs are, and keeps
+  the result only where held-out crops of the scan say it helps (module docstring).
 
   Args:
     model: the implicit DWI-only model (`CSRdMRI` with one input channel).
@@ -151,32 +290,59 @@ def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
     scan: the user's scan on its own grid.
     factors: (3,) per-axis upsampling factors requested (>= 1; an axis at 1 is
       not degraded).
-    settings: steps, PSF, batch, crop size, learning rate, seed.
+    settings: steps, PSF, batch, crop size, learning rate, seed, held-out checks.
     fft_weight: weight of the FFT loss term, as the model was trained.
     progress: show a progress bar.
 
   Returns:
-    (adapted parameters, loss per step).
+    An `AdaptResult`: the parameters to use (adapted or original), both held-out losses,
+    the decision and the loss histories.
 
   Raises:
-    AdaptError: a scan too small for the factors, or no signal; PSFError: an unknown PSF.
+    AdaptError: a scan too small for the factors or for a held-out part, no signal, bad
+      settings; PSFError: an unknown PSF.
   """
   if settings.steps < 0:
     raise AdaptError(f"--adapt takes a number of steps >= 0, got {settings.steps}")
+  if settings.eval_every < 1 or settings.patience < 1 or settings.heldout_crops < 1:
+    raise AdaptError("eval_every, patience and heldout_crops must be >= 1")
   factors = [max(1.0, float(f)) for f in factors]
-  sampler = AdaptSampler(np.asarray(scan, np.float32), factors, settings)
-  if settings.steps == 0:
-    return params, []
-  optimizer, step = make_adapt_step(model, fft_weight, settings.learning_rate)
+  scan = np.asarray(scan, np.float32)
+  split = held_out_split(scan, factors, settings.lr_patch_size)
+  sampler = AdaptSampler(scan, factors, settings, split)
+  optimizer, step, loss_fn = make_adapt_step(model, fft_weight, settings.learning_rate)
+  heldout = AdaptSampler(scan, factors, dataclasses.replace(settings, batch_size=1), split,
+                         part="heldout")
+  rng_heldout = np.random.default_rng(settings.seed + 1)
+  crops = [heldout(rng_heldout, augment=False) for _ in range(2 * settings.heldout_crops)]
+  stop_set, decide_set = crops[:settings.heldout_crops], crops[settings.heldout_crops:]
+  original = params
+  before = _mean_loss(loss_fn, original, decide_set)
+  best_loss = _mean_loss(loss_fn, original, stop_set)
+  heldout_history = [(0, best_loss)]
+  best_params, best_step, since_best = original, 0, 0
   params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the caller's stay as they are
   opt_state = optimizer.init(params)
   rng = np.random.default_rng(settings.seed)
   history = []
   with tqdm(total=settings.steps, desc="adapt", disable=not progress, dynamic_ncols=True) as bar:
-    for _ in range(settings.steps):
+    for index in range(1, settings.steps + 1):
       batch = sampler(rng)
       params, opt_state, loss = step(params, opt_state, batch["hr"], batch["lr"])
       history.append(float(loss))
       bar.update(1)
       bar.set_postfix(loss=f"{history[-1]:.4g}")
-  return params, history
+      if index % settings.eval_every and index != settings.steps:
+        continue
+      value = _mean_loss(loss_fn, params, stop_set)
+      heldout_history.append((index, value))
+      if value < best_loss:
+        best_loss, best_params, best_step, since_best = value, params, index, 0
+      else:
+        since_best += 1
+        if since_best >= settings.patience:
+          break
+  after = _mean_loss(loss_fn, best_params, decide_set) if best_step else before
+  kept = bool(best_step) and after <= before * (1.0 - settings.min_gain)
+  return AdaptResult(best_params if kept else original, kept, before, after, best_step,
+                     len(history), settings.steps, history, heldout_history, split)

@@ -13,7 +13,7 @@ from jaxsr.dmri.memory import format_bytes
 from jaxsr.dmri.pretrained import export_run
 from jaxsr.dmri.psf import PSFS
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                 DEFAULT_MAX_OUTPUT_VOXELS)
+                                 DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF)
 from jaxsr.dmri.upsample_files import upsample_files
 
 
@@ -116,20 +116,26 @@ def _add_upsample(commands) -> None:
   up.add_argument("--max-output-voxels", type=int, default=DEFAULT_MAX_OUTPUT_VOXELS,
                   metavar="N", help="refuse output grids of more voxels per 3D volume "
                   f"(default {DEFAULT_MAX_OUTPUT_VOXELS:,})")
-  up.add_argument("--psf", metavar="NAME",
-                  help="the input's point-spread function, if known: one of "
-                  f"{', '.join(PSFS)} (block: thick slices / block averaging; gaussian: a "
-                  "smooth slice profile; kspace: a smaller k-space matrix). Back-projection and "
-                  "--adapt degrade with it; without it, --adapt draws one per training crop")
+  up.add_argument("--psf", metavar="NAME", default=DEFAULT_PSF,
+                  help="the input's point-spread function: 'auto' (default: per axis, k-space "
+                  "truncation or a smooth cubic profile, decided from the grid's in-plane and "
+                  "through-plane axes and the scan itself, and written to OUT.json), or one of "
+                  f"{', '.join(PSFS)} for every axis or three as X,Y,Z, e.g. kspace,kspace,block "
+                  "(block: thick slices / block averaging; gaussian: a smooth slice profile; "
+                  "kspace: a smaller k-space matrix). Back-projection degrades with it, and "
+                  "--adapt when it is named; with 'auto', --adapt draws one per training crop")
   up.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
                   help="iterations of back-projection onto the input: the output is corrected "
-                  "until downsampling it (with --psf, else the training degradation) gives back "
-                  f"the input; 0 keeps the model's raw output (default {DEFAULT_BACK_PROJECTION})")
+                  "until downsampling it with --psf gives back the input (exactly along "
+                  "k-space axes); 0 keeps the model's raw output (default "
+                  f"{DEFAULT_BACK_PROJECTION})")
   up.add_argument("--adapt", type=int, default=0, metavar="STEPS",
                   help="first fine-tune the model on the input itself for STEPS steps "
                   "(self-supervised: the input degraded once more by the requested factors is "
                   "restored to the input), then apply it; DWI-only models; 100-300 steps take "
-                  "about a minute on a laptop (default 0: off)")
+                  "about a minute on a laptop. A part of the input is held out: training stops "
+                  "when its loss stops falling, and the adapted model is used only if it "
+                  "restores that part better (one line and OUT.json say which) (default 0: off)")
   up.add_argument("--save-adapted", metavar="DIR",
                   help="with --adapt, also save the adapted model to DIR (reuse it with "
                   "--checkpoint DIR)")
@@ -175,7 +181,8 @@ def _add_bids(commands) -> None:
                    f"{format_bytes(DEFAULT_MAX_MEMORY)})")
   app.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
                    help=f"as for `jaxsr upsample` (default {DEFAULT_BACK_PROJECTION})")
-  app.add_argument("--psf", metavar="NAME", help=f"as for `jaxsr upsample`: {', '.join(PSFS)}")
+  app.add_argument("--psf", metavar="NAME", default=DEFAULT_PSF,
+                   help=f"as for `jaxsr upsample`: auto (default), {', '.join(PSFS)} or X,Y,Z")
   app.add_argument("--overwrite", action="store_true", help="replace existing derivatives")
   app.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -192,7 +199,7 @@ def _add_export(commands) -> None:
 
 
 def _upsample(args: argparse.Namespace) -> str:
-  adapt = AdaptSettings(steps=args.adapt, psf=args.psf) if args.adapt else None
+  adapt = AdaptSettings(steps=args.adapt) if args.adapt else None
   result = upsample_files(
       args.checkpoint, args.dwi, args.out, t1=args.t1, bvals=args.bvals, bvecs=args.bvecs,
       mask=args.mask, voxel_size=args.voxel_size, scale=args.scale, shape=args.shape,
@@ -202,7 +209,8 @@ def _upsample(args: argparse.Namespace) -> str:
       progress=not args.quiet)
   voxel = "×".join(f"{v:.4g}" for v in result.grid.voxel_size)
   plan = result.plan
-  return (f"wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
+  adapted = (result.decided["adapt"]["message"] + "\n") if "adapt" in result.decided else ""
+  return (f"{adapted}wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
           f"{'×'.join(map(str, result.grid.shape))} voxels of {voxel} mm "
           f"in {result.seconds:.1f} s (encoder tiles of {'×'.join(map(str, plan.tile))} input "
           f"voxels with the {plan.conv_impl} convolution, decoder chunks of "

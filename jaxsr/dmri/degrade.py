@@ -49,22 +49,32 @@ def tricubic_upsample(lr: jax.Array, hr_shape: Sequence[int]) -> jax.Array:
   return resize_spatial(lr, hr_shape, antialias=False)
 
 
-def back_project(hr: np.ndarray, lr: np.ndarray, iterations: int, psf: str | None = None
-                 ) -> np.ndarray:
-  """Iterative back-projection: corrects an (X, Y, Z) HR estimate towards consistency with `lr`.
+def back_project(hr: np.ndarray, lr: np.ndarray, iterations: int,
+                 psf: str | Sequence[str] | None = None) -> np.ndarray:
+  """Data consistency by back-projection: corrects an (X, Y, Z) HR estimate towards `lr`.
 
-  Each iteration adds the tricubic upsampling of the residual lr − D(hr)
+  Each iteration adds the residual lr − D(hr) mapped back to the HR grid
   (Irani & Peleg's back-projection), so degrading the result reproduces the
   measured (x, y, z) LR volume ever more closely while the detail the estimate
   adds above the LR band is kept. D is this module's `degrade` (anti-aliased
-  cubic, the training degradation), or `jaxsr.dmri.psf.degrade` with `psf`
-  when the acquisition's PSF is known.
+  cubic, the training degradation) when `psf` is None, else
+  `jaxsr.dmri.psf.degrade` with `psf` (one name, or one per axis). Residuals
+  go back by tricubic interpolation, except along k-space-truncated axes, where
+  they go back by the pseudo-inverse of the truncation (`psf.right_inverse`):
+  there the first iteration already replaces the estimate's measured k-space
+  centre by the input's exactly (the data consistency of the MRSI method),
+  and the frequencies above it stay the estimate's.
   Returns float32 (X, Y, Z); `iterations` = 0 returns `hr` unchanged.
   """
-  out = jax.numpy.asarray(hr, jax.numpy.float32)
-  lr = jax.numpy.asarray(lr, jax.numpy.float32)
+  if psf is None:
+    out = jax.numpy.asarray(hr, jax.numpy.float32)
+    lr = jax.numpy.asarray(lr, jax.numpy.float32)
+    for _ in range(iterations):
+      out = out + tricubic_upsample(lr - degrade(out, lr.shape), out.shape)
+    return np.asarray(out)
+  out = np.asarray(hr, np.float32)
+  lr = np.asarray(lr, np.float32)
   for _ in range(iterations):
-    simulated = (degrade(out, lr.shape) if psf is None
-                 else psf_lib.degrade(np.asarray(out), lr.shape, psf))
-    out = out + tricubic_upsample(lr - simulated, out.shape)
-  return np.asarray(out)
+    out = out + psf_lib.upsample_residual(lr - psf_lib.degrade(out, lr.shape, psf), out.shape,
+                                          psf)
+  return out

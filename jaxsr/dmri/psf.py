@@ -22,6 +22,13 @@ as it is. Each map is an (n, N) matrix, built once per (psf, N, n, fwhm) and
 applied by matrix products, so a patch of a few thousand voxels degrades in
 well under a millisecond; the same matrices degrade whole volumes in
 evaluation and in `jaxsr upsample --adapt`.
+
+A PSF may be given per axis: one name for all three axes, or a tuple of three
+(an MRI acquisition is k-space truncation in-plane and a slice profile
+through-plane). `right_inverse` gives, per axis, the map from LR back to HR
+that data consistency adds residuals with: the minimum-norm right inverse
+(pseudo-inverse) for k-space truncation, so one step makes the output
+reproduce the input exactly, and cubic interpolation for the spatial PSFs.
 """
 
 from __future__ import annotations
@@ -48,6 +55,22 @@ def check_psf(psf: str) -> str:
   if psf not in PSFS:
     raise PSFError(f"unknown PSF {psf!r}: use one of {', '.join(PSFS)}")
   return psf
+
+
+def per_axis(psf: str | Sequence[str]) -> tuple[str, str, str]:
+  """(x, y, z) PSF names from one name or three (each checked); PSFError otherwise."""
+  names = (psf,) * 3 if isinstance(psf, str) else tuple(psf)
+  if len(names) != 3:
+    raise PSFError(f"give one PSF or three (x, y, z), got {len(names)}: {', '.join(names)}")
+  return tuple(check_psf(str(name)) for name in names)
+
+
+def describe(psf: str | Sequence[str] | None) -> str | None:
+  """A per-axis PSF as one name when the axes agree, else 'x,y,z' (for records and messages)."""
+  if psf is None:
+    return None
+  names = per_axis(psf)
+  return names[0] if len(set(names)) == 1 else ",".join(names)
 
 
 def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -129,9 +152,45 @@ def axis_matrix(psf: str, n_hr: int, n_lr: int, fwhm: float = 1.0) -> np.ndarray
   return matrix
 
 
-def degrade(volume: np.ndarray, lr_shape: Sequence[int], psf: str, fwhm: float = 1.0
-            ) -> np.ndarray:
-  """Degrades the last three axes of (..., X, Y, Z) to `lr_shape` with one PSF on every axis.
+@functools.lru_cache(maxsize=512)
+def right_inverse(psf: str, n_hr: int, n_lr: int) -> np.ndarray:
+  """(n_hr, n_lr) float32 map from LR residuals back to HR along one axis (read-only).
+
+  k-space truncation: the pseudo-inverse of `axis_matrix` (zero-filling, with an even
+  LR matrix's Nyquist term shared so that `axis_matrix @ right_inverse` is the identity:
+  data consistency is exact in one step). Spatial PSFs: Keys cubic interpolation (the
+  classical back-projection, as `jaxsr.dmri.degrade.tricubic_upsample` along one axis).
+  """
+  check_psf(psf)
+  if n_lr == n_hr:
+    matrix = np.eye(n_hr)
+  elif psf == "kspace":
+    matrix = np.linalg.pinv(axis_matrix(psf, n_hr, n_lr).astype(np.float64))
+  else:  # the resize of the identity: exactly `tricubic_upsample`'s weights, borders included
+    import jax  # on use: numpy-only callers (data loading) need not start JAX
+
+    matrix = np.asarray(jax.image.resize(np.eye(n_lr, dtype=np.float32), (n_hr, n_lr),
+                                         method="cubic", antialias=False), np.float64)
+  matrix = matrix.astype(np.float32)
+  matrix.flags.writeable = False
+  return matrix
+
+
+def apply_axes(volume: np.ndarray, matrices: Sequence[np.ndarray | None]) -> np.ndarray:
+  """(..., X, Y, Z) with axis a mapped by matrices[a] (rows: new voxels; None: unchanged)."""
+  out = np.asarray(volume, np.float32)
+  for axis, matrix in enumerate(matrices):
+    if matrix is None:
+      continue
+    position = out.ndim - 3 + axis
+    out = np.moveaxis(np.tensordot(out, matrix, axes=([position], [1])), -1, position)
+  return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def degrade(volume: np.ndarray, lr_shape: Sequence[int], psf: str | Sequence[str],
+            fwhm: float = 1.0) -> np.ndarray:
+  """Degrades the last three axes of (..., X, Y, Z) to `lr_shape` by `psf`: one name for every
+  axis, or three (x, y, z).
 
   Returns float32 (..., x, y, z). Axes whose size does not change are untouched.
   """
@@ -139,12 +198,16 @@ def degrade(volume: np.ndarray, lr_shape: Sequence[int], psf: str, fwhm: float =
   if volume.ndim < 3 or len(lr_shape) != 3:
     raise PSFError(f"need (..., X, Y, Z) volumes and a 3-axis LR shape, got {volume.shape}, "
                    f"{tuple(lr_shape)}")
-  out = volume
-  for axis, n_lr in enumerate(lr_shape):
-    n_hr = out.shape[out.ndim - 3 + axis]
-    if int(n_lr) == n_hr:
-      continue
-    matrix = axis_matrix(psf, n_hr, int(n_lr), float(fwhm))
-    out = np.moveaxis(np.tensordot(out, matrix, axes=([out.ndim - 3 + axis], [1])), -1,
-                      out.ndim - 3 + axis)
-  return np.ascontiguousarray(out, dtype=np.float32)
+  names = per_axis(psf)
+  hr_shape = volume.shape[-3:]
+  return apply_axes(volume, [None if int(n) == h else axis_matrix(p, h, int(n), float(fwhm))
+                             for p, h, n in zip(names, hr_shape, lr_shape)])
+
+
+def upsample_residual(residual: np.ndarray, hr_shape: Sequence[int], psf: str | Sequence[str]
+                      ) -> np.ndarray:
+  """(..., x, y, z) LR residuals onto the (X, Y, Z) HR grid by each axis's `right_inverse`."""
+  names = per_axis(psf)
+  lr_shape = residual.shape[-3:]
+  return apply_axes(residual, [None if int(h) == n else right_inverse(p, int(h), n)
+                               for p, h, n in zip(names, hr_shape, lr_shape)])

@@ -9,9 +9,11 @@ The scans are real acquisitions that ship inside the dipy wheel (no download):
   test_piesno     one noisy DWI slice, 96 x 96, under 14 diffusion weightings (2 b0, then
                   diffusion-weighted) stacked along z (validation only; in-plane only)
   small_101D_b0   the mean b0 of small_101D, 6 x 10 x 10 of 2.5 mm (validation only)
+  t1_coronal      one coronal slice of a T1-weighted structural scan, 256 x 256 (validation
+                  only; in-plane only)
 
-The validation scans choose (checkpoint, back-projection); the test scans are
-scored once for the table (`docs/results_real.md`). Each case degrades a scan
+The validation scans choose (checkpoint, back-projection, PSF handling,
+adaptation); the test scans are scored once for the table (`docs/results_real.md`). Each case degrades a scan
 by per-axis factors (`DEGRADATIONS`: in-plane 2x and 3x, through-plane 2x,
 isotropic 2x, where the scan has at least `MIN_LR_VOXELS` LR voxels per axis)
 with one PSF of `jaxsr.dmri.psf` (block, Gaussian of FWHM one LR voxel, k-space
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import time
@@ -51,13 +54,14 @@ DEGRADATIONS = {  # per-axis factors (x, y in-plane; z through-plane)
     "in-plane 3x": (3.0, 3.0, 1.0),
     "through-plane 2x": (1.0, 1.0, 2.0),
     "isotropic 2x": (2.0, 2.0, 2.0),
+    "in-plane 4x": (4.0, 4.0, 1.0),  # validation only (configs/real_scans.py)
 }
 MIN_LR_VOXELS = 4
 TEST_SCANS = ("S0_10slices", "aniso_vox", "small_64D_b0", "small_64D_dwi")
-VALIDATION_SCANS = ("test_piesno", "small_101D_b0")
+VALIDATION_SCANS = ("test_piesno", "small_101D_b0", "t1_coronal")
 # Scans whose slices are not neighbours in space (gaps between them, or one slice under
 # several weightings): no through-plane cases.
-NON_CONTIGUOUS_SLICES = ("S0_10slices", "test_piesno")
+NON_CONTIGUOUS_SLICES = ("S0_10slices", "test_piesno", "t1_coronal")
 
 
 def _shell_mean(name: str, b0: bool) -> np.ndarray:
@@ -79,10 +83,22 @@ def load_scan(name: str) -> np.ndarray:
   elif name in ("small_64D_b0", "small_64D_dwi", "small_101D_b0"):
     base, shell = name.rsplit("_", 1)
     volume = _shell_mean(base, b0=shell == "b0")
+  elif name == "t1_coronal":
+    volume = np.load(DIPY_FILES / "t1_coronal_slice.npy").astype(np.float32)[:, :, None]
   else:
     raise ValueError(f"unknown scan {name!r}: use one of {TEST_SCANS + VALIDATION_SCANS}")
   volume.flags.writeable = False
   return volume
+
+
+def voxel_size(name: str) -> np.ndarray:
+  """(3,) the HR scan's voxel size in mm, from its NIfTI header (1 mm where it has none)."""
+  if name == "t1_coronal":
+    return np.ones(3)
+  base = name.rsplit("_", 1)[0] if name.startswith("small_") else name
+  path = DIPY_FILES / f"{base}.nii.gz"
+  return nib.affines.voxel_sizes(nib.load(path if path.exists() else path.with_suffix(""))
+                                 .affine)[:3]
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,16 +145,20 @@ def make_cases(scans: Sequence[str], degradations: Sequence[str], psfs: Sequence
   return [Case(s, d, p) for s in scans for d in degradations for p in psfs if allowed(s, d)]
 
 
-def lr_affine(factors: Sequence[float]) -> np.ndarray:
-  """LR voxel -> HR voxel index: LR centres at the centres of the HR blocks (HR affine = I)."""
-  affine = np.diag([*factors, 1.0])
-  affine[:3, 3] = (np.asarray(factors) - 1.0) / 2.0
+def lr_affine(factors: Sequence[float], hr_voxel_size: Sequence[float] = (1.0, 1.0, 1.0)
+              ) -> np.ndarray:
+  """LR voxel -> mm, the HR grid's voxel centres at (i * hr_voxel_size): LR centres at the
+  centres of the HR blocks, LR voxels `factors` times the HR scan's."""
+  size = np.asarray(hr_voxel_size, np.float64)
+  affine = np.diag([*(np.asarray(factors) * size), 1.0])
+  affine[:3, 3] = (np.asarray(factors) - 1.0) / 2.0 * size
   return affine
 
 
 # (LR volume, case) -> (X, Y, Z) float32 on the HR grid, or (that, a note on what was done
-# instead of what the method names, e.g. no adaptation on a scan too small for it)
-Method = Callable[[np.ndarray, Case], np.ndarray | tuple[np.ndarray, str]]
+# instead of what the method names, e.g. no adaptation on a scan too small for it, what was
+# decided on the scan: the PSF, the adaptation)
+Method = Callable[[np.ndarray, Case], np.ndarray | tuple[np.ndarray, str | None, dict]]
 
 
 def classical_methods() -> dict[str, Method]:
@@ -152,21 +172,40 @@ def classical_methods() -> dict[str, Method]:
 
 def model_method(upsampler: upsample.Upsampler, *,
                  back_projection: int = upsample.DEFAULT_BACK_PROJECTION,
+                 psf: str | None = upsample.DEFAULT_PSF,
                  adapt: adapt_lib.AdaptSettings | None = None,
                  max_memory: int = upsample.DEFAULT_MAX_MEMORY) -> Method:
-  """The model on the LR volume, as `jaxsr upsample` runs it (no mask, PSF not given: blind)."""
-  def predict(lr: np.ndarray, case: Case) -> np.ndarray | tuple[np.ndarray, str]:
+  """The model on the LR volume, as `jaxsr upsample` runs it (no mask; `psf` as the command's
+  --psf: the default "auto" decides it from the scan, None is the training degradation)."""
+  def predict(lr: np.ndarray, case: Case) -> tuple[np.ndarray, str | None, dict]:
     factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
+    affine = lr_affine(factors, voxel_size(case.scan))
 
     def run(settings):
-      return upsample.upsample(lr, lr_affine(factors), upsampler, shape=case.hr_shape,
-                                 back_projection=back_projection, adapt=settings,
-                                 max_memory=max_memory)[0]
+      record = {}
+      out = upsample.upsample(lr, affine, upsampler, shape=case.hr_shape,
+                              back_projection=back_projection, psf=psf, adapt=settings,
+                              max_memory=max_memory, record=record)[0]
+      return out, record
     try:
-      return run(adapt)
+      out, record = run(adapt)
     except adapt_lib.AdaptError as error:  # as `jaxsr upsample` would refuse: the model alone
-      return run(None), f"not adapted: {error}"
+      out, record = run(None)
+      return out, f"not adapted: {error}", _decisions(record)
+    return out, None, _decisions(record)
   return predict
+
+
+def _decisions(record: dict) -> dict:
+  """What a case's record keeps of a run's decisions (the PSF, adaptation's losses)."""
+  out = {}
+  if "psf" in record:
+    out["psf"] = record["psf"].get("per_axis")
+  if "adapt" in record:
+    out["adapt"] = {k: record["adapt"][k] for k in ("kept", "heldout_loss_before",
+                                                    "heldout_loss_after", "best_step",
+                                                    "steps_run")}
+  return out
 
 
 def score_case(methods: dict[str, Method], case: Case) -> dict:
@@ -179,10 +218,10 @@ def score_case(methods: dict[str, Method], case: Case) -> dict:
   for name, method in methods.items():
     start = time.perf_counter()
     pred = method(lr, case)
-    pred, note = pred if isinstance(pred, tuple) else (pred, None)
+    pred, note, decided = pred if isinstance(pred, tuple) else (pred, None, {})
     scores[name] = {"psnr": metrics.psnr(pred, hr, mask, data_range),
                     "ssim": metrics.ssim(pred, hr, mask, data_range),
-                    "seconds": time.perf_counter() - start, "note": note}
+                    "seconds": time.perf_counter() - start, "note": note, **decided}
   return scores
 
 
@@ -233,12 +272,74 @@ def summary(rows: Sequence[dict], method_names: Sequence[str], reference: str = 
   return "\n".join(lines) + "\n"
 
 
+def _psf_mode(mode: str) -> str | None:
+  """A config's PSF mode as `upsample`'s psf: "training" -> None (the training degradation)."""
+  return None if mode == "training" else mode
+
+
+def best_classical(scores: dict) -> tuple[str, float]:
+  """(name, PSNR) of the best classical method of one case's scores."""
+  name = max((m for m in classical_methods() if m in scores), key=lambda m: scores[m]["psnr"])
+  return name, scores[name]["psnr"]
+
+
+def target_summary(rows: Sequence[dict], method_names: Sequence[str],
+                   reference: str = "tricubic") -> str:
+  """Per model: its margin over the best classical method (least, cases >= +0.3 dB, cases
+  with higher SSIM than every classical method) and its mean gain over `reference` per PSF."""
+  lines = []
+  for m in method_names:
+    if m in classical_methods():
+      continue
+    margins = np.array([r["scores"][m]["psnr"] - best_classical(r["scores"])[1] for r in rows])
+    ssim_all = sum(all(r["scores"][m]["ssim"] > r["scores"][c]["ssim"]
+                       for c in classical_methods() if c in r["scores"]) for r in rows)
+    per_psf = []
+    for kind in sorted({r["psf"] for r in rows}):
+      gains = [r["scores"][m]["psnr"] - r["scores"][reference]["psnr"] for r in rows
+               if r["psf"] == kind]
+      per_psf.append(f"{kind} {np.mean(gains):+.2f}")
+    lines.append(f"- {m}: over the best classical method mean {margins.mean():+.2f} dB, least "
+                 f"{margins.min():+.2f} dB, >= +0.3 dB in {(margins >= 0.3).sum()}/{len(rows)}, "
+                 f"higher SSIM than each in {ssim_all}/{len(rows)}; mean gain over {reference} "
+                 f"by PSF: {', '.join(per_psf)} dB")
+  return "\n".join(lines) + "\n"
+
+
+def adaptation_summary(rows: Sequence[dict], method_names: Sequence[str]) -> str:
+  """Per adapted model: cases adapted, kept, and its gain over the unadapted model on them."""
+  base = [m for m in method_names if m.startswith("model") and "adapt" not in m]
+  lines = []
+  for m in method_names:
+    if "adapt" not in m or not base:
+      continue
+    adapted = [r for r in rows if "adapt" in r["scores"][m]]
+    if not adapted:
+      continue
+    gains = np.array([r["scores"][m]["psnr"] - r["scores"][base[-1]]["psnr"] for r in adapted])
+    kept = sum(r["scores"][m]["adapt"]["kept"] for r in adapted)
+    lines.append(f"- {m} against {base[-1]}, over the {len(adapted)} adaptable cases: kept in "
+                 f"{kept}, mean {gains.mean():+.2f} dB, least {gains.min():+.2f} dB, below it in "
+                 f"{(gains < -0.005).sum()}")
+  return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def report(rows: Sequence[dict], names: Sequence[str], title: str) -> str:
+  """The markdown report of scored rows: the table, its notes and the summaries."""
+  notes = sorted({s["note"] for r in rows for s in r["scores"].values() if s.get("note")})
+  return (f"{title}; PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names)
+          + "".join(f"\n† {n}" for n in notes) + "\n\n" + summary(rows, names)
+          + "\n" + target_summary(rows, names) + adaptation_summary(rows, names))
+
+
 def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
   """Scores the config's cases; writes WORKDIR/eval/real_scans.{md,json} and returns the text.
 
   `config.split` picks the scans ("test": TEST_SCANS, "validation": VALIDATION_SCANS);
   `config.checkpoint` the model ("" = the shipped general model) and
   `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
+  `config.scores_from` (a real_scans_<split>.json written before, e.g. in
+  docs/results_real_scores/) rebuilds the tables from its scores without scoring.
   """
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
   files.check_can_create(out_dir)
@@ -248,9 +349,13 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
                                                     config.get("checkpoint_step") or None)
                if config.checkpoint else upsample.Upsampler.general())
   methods = dict(classical_methods())
-  for bp in config.back_projection:
-    name = "model" if len(config.back_projection) == 1 else f"model_bp{bp}"
-    methods[name] = model_method(upsampler, back_projection=bp)
+  psf_modes = tuple(config.get("psf_modes", (upsample.DEFAULT_PSF,)))
+  for mode in psf_modes:
+    for bp in config.back_projection:
+      name = "model"
+      name += f"_bp{bp}" if len(config.back_projection) > 1 else ""
+      name += f"_psf_{mode}" if len(psf_modes) > 1 else ""
+      methods[name] = model_method(upsampler, back_projection=bp, psf=_psf_mode(mode))
   for learning_rate in config.adapt_learning_rates if config.adapt_steps else ():
     name = f"model_adapt{config.adapt_steps}"
     if len(config.adapt_learning_rates) > 1:
@@ -258,14 +363,15 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
     settings = adapt_lib.AdaptSettings(steps=config.adapt_steps, learning_rate=learning_rate,
                                        seed=config.seed)
     methods[name] = model_method(upsampler, back_projection=config.back_projection[0],
-                                 adapt=settings)
-  cases = make_cases(scans, config.degradations, config.psfs)
-  rows = run_cases(methods, cases)
-  names = list(methods)
-  notes = sorted({s["note"] for r in rows for s in r["scores"].values() if s.get("note")})
-  text = (f"Real scans ({config.split}), model {upsampler.run_dir} (step {upsampler.step}); "
-          f"PSNR (dB) / SSIM inside the brain mask\n\n" + markdown_table(rows, names)
-          + "".join(f"\n† {n}" for n in notes) + "\n\n" + summary(rows, names))
+                                 psf=_psf_mode(psf_modes[-1]), adapt=settings)
+  if config.get("scores_from"):  # the tables again from a committed score record, no scoring
+    saved = json.loads(pathlib.Path(config.scores_from).read_text())
+    rows, names = saved["rows"], list(saved["rows"][0]["scores"])
+  else:
+    rows = run_cases(methods, make_cases(scans, config.degradations, config.psfs))
+    names = list(methods)
+  text = report(rows, names, f"Real scans ({config.split}), model {upsampler.run_dir} "
+                f"(step {upsampler.step})")
   files.write_text(out_dir / f"real_scans_{config.split}.md", text)
   files.write_json(out_dir / f"real_scans_{config.split}.json",
                    {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows})

@@ -22,11 +22,13 @@ Intensities follow the model's training data:
     mean b0; b0 volumes, the mean b0 and every volume of an input without
     b-values are divided by their maximum (inside the mask), super-resolved and
     multiplied back; outputs stay in [0, the input's maximum].
-Model outputs are then back-projected onto the input (`degrade.back_project`,
-`back_projection` iterations: degrading the output reproduces the input) with
-the input's PSF when it is given (`psf`), else with the anti-aliased cubic
-degradation (also for the general model, whose inputs come from any PSF: the
-validation scans chose it over none, docs/results_real.md). With a mask,
+Model outputs are then made consistent with the input (`degrade.back_project`,
+`back_projection` iterations: degrading the output reproduces the input, exactly
+along k-space-truncated axes) under the input's PSF: by default "auto", which
+takes k-space truncation or the anti-aliased cubic degradation per group of axes
+(in-plane, through-plane) from the grid and the first volume's output
+(`jaxsr.dmri.acquisition`; chosen over the cubic degradation on the validation
+scans, docs/results_real.md), or the PSF given (`psf`). With a mask,
 normalisation uses the voxels inside it and the output is 0 outside it.
 The T1 is resampled onto the output grid through both affines (cubic) and then
 degraded onto the input grid by the training degradation, so it reaches the
@@ -49,6 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import anatomy, geometry, nifti
+from jaxsr.dmri import acquisition
 from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable, pretrained
 from jaxsr.dmri import psf as psf_lib
@@ -63,6 +66,7 @@ from jaxsr.train.checkpoint import CheckpointError, load_run
 DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
 DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
 DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
+DEFAULT_PSF = acquisition.AUTO  # chosen over the training degradation on the validation scans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,25 +193,54 @@ def intensity_reference(volume: np.ndarray, mask: np.ndarray | None, upsampler: 
 
 def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[int],
                     hr_shape: Sequence[int], settings: adapt_lib.AdaptSettings, *,
-                    mask: np.ndarray | None = None, progress: bool = False) -> Upsampler:
-  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.dmri.adapt`) for the factors hr/lr."""
+                    mask: np.ndarray | None = None, progress: bool = False
+                    ) -> tuple[Upsampler, adapt_lib.AdaptResult]:
+  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.dmri.adapt`) for the factors hr/lr,
+  or as it was where held-out parts of the scan say adaptation does not help; and what was
+  decided."""
   prepare_adaptation(upsampler, scan.shape, hr_shape, settings)
   reference = intensity_reference(scan, mask, upsampler)
   if not reference > 0:
     raise adapt_lib.AdaptError("the scan has no signal to adapt to")
   factors = [h / l for h, l in zip(hr_shape, lr_shape)]
-  params, _ = adapt_lib.adapt_params(upsampler.model, upsampler.params,
-                                     np.clip(scan / reference, 0.0, None), factors, settings,
-                                     fft_weight=upsampler.fft_weight, progress=progress)
-  return upsampler.with_params(params, f"{upsampler.run_dir} adapted ({settings.steps} steps)")
+  result = adapt_lib.adapt_params(upsampler.model, upsampler.params,
+                                  np.clip(scan / reference, 0.0, None), factors, settings,
+                                  fft_weight=upsampler.fft_weight, progress=progress)
+  if not result.kept:
+    return upsampler, result
+  source = f"{upsampler.run_dir} adapted ({result.best_step} of {settings.steps} steps)"
+  return upsampler.with_params(result.params, source), result
 
 
-def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike, settings: adapt_lib.AdaptSettings,
-                 source: str) -> pathlib.Path:
-  """Exports adapted parameters (`jaxsr.dmri.pretrained` format); `--checkpoint FOLDER` reuses them."""
+def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
+                          hr_shape: Sequence[int], psf, *, mask: np.ndarray | None = None,
+                          max_memory: int = DEFAULT_MAX_MEMORY, plan: MemoryPlan | None = None,
+                          record: dict) -> str | tuple[str, str, str] | None:
+  """`psf`, or with "auto" the per-axis PSF decided on the model's output for `volume` before
+  any adaptation (what adaptation then trains with and the output is made consistent
+  under: an adapted model's output would decide it on what adaptation changed);
+  record["psf"] says which."""
+  psf = acquisition.psf_option(psf)
+  if psf != acquisition.AUTO:
+    return psf
+  decided = {}
+  for _ in upsample_volumes(lambda _: volume, 1, volume.shape, lr_affine, hr_shape, upsampler,
+                            mask=mask, max_memory=max_memory, back_projection=0, psf=psf,
+                            plan=plan, record=decided):
+    pass
+  record["psf"] = {**decided["psf"], "decided": "on the unadapted model's output"}
+  return tuple(decided["psf"]["per_axis"])
+
+
+def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike,
+                       settings: adapt_lib.AdaptSettings, source: str, kept: bool = True
+                       ) -> pathlib.Path:
+  """Exports the parameters used after adaptation (`jaxsr.dmri.pretrained` format; the
+  original ones, with "kept": false in the manifest, where adaptation was not kept);
+  `--checkpoint FOLDER` reuses them."""
   return pretrained.export(folder, upsampler.config, upsampler.params, step=upsampler.step,
                            source=upsampler.run_dir, adapted_on=source,
-                           adapt=dataclasses.asdict(settings))
+                           adapt={**dataclasses.asdict(settings), "kept": kept})
 
 
 def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
@@ -215,9 +248,10 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
                      hr_shape: Sequence[int], upsampler: Upsampler, *,
                      bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
                      mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
-                     back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
+                     back_projection: int = DEFAULT_BACK_PROJECTION,
+                     psf: str | Sequence[str] | None = DEFAULT_PSF,
                      plan: MemoryPlan | None = None, progress: bool = False,
-                     source: str = "input") -> Iterator[np.ndarray]:
+                     source: str = "input", record: dict | None = None) -> Iterator[np.ndarray]:
   """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
 
   Inputs are checked, the T1 prepared and memory planned when this is called;
@@ -235,10 +269,14 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     max_memory: bytes for the whole process (`jaxsr.dmri.memory.plan_memory`); `plan`
       overrides the plan made from it.
     back_projection: iterations of back-projection on each model output.
-    psf: the input's PSF (`jaxsr.dmri.psf.PSFS`): back-projection degrades with it
+    psf: the input's PSF: "auto" (decided per axis from the grid and the first volume
+      super-resolved, `jaxsr.dmri.acquisition`, and kept for the series), one name of
+      `jaxsr.dmri.psf.PSFS` or three (x, y, z); back-projection degrades with it
       (None: the training degradation, anti-aliased cubic).
     progress: show a progress bar over tiles and chunks of every volume.
     source: the input's name, for errors.
+    record: a dict that receives "psf": what was used (with "auto": the choice and why),
+      once the first volume is made.
 
   Raises:
     DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
@@ -246,8 +284,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
   """
   lr_shape = tuple(int(n) for n in lr_shape)
   hr_shape = tuple(int(n) for n in hr_shape)
-  if psf is not None:
-    psf_lib.check_psf(psf)
+  psf = acquisition.psf_option(psf)
   if back_projection < 0:
     raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
   check_t1(upsampler, t1.path if t1 is not None else None)
@@ -257,7 +294,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
                        hr_shape, max_memory)
   volume_sr = _VolumeSR(upsampler, plan, lr_shape, lr_affine, hr_shape, t1, mask,
-                        back_projection, psf)
+                        back_projection, psf, record if record is not None else {})
   return _generate(read, kinds, b0s, volume_sr, progress, source)
 
 
@@ -266,10 +303,15 @@ class _VolumeSR:
 
   def __init__(self, upsampler: Upsampler, plan: MemoryPlan, lr_shape, lr_affine, hr_shape,
                t1: nifti.Volume | None, mask: np.ndarray | None, back_projection: int,
-               psf: str | None):
+               psf: str | tuple[str, str, str] | None, record: dict):
     self.upsampler, self.plan = upsampler, plan
     self.lr_shape, self.hr_shape = lr_shape, hr_shape
     self.mask, self.back_projection, self.psf = mask, back_projection, psf
+    self.voxel_size = nib.affines.voxel_sizes(lr_affine)
+    self.record = record
+    if psf != acquisition.AUTO:
+      record["psf"] = {"mode": "given" if psf is not None else "training degradation",
+                       "per_axis": list(psf) if psf is not None else None}
     self.mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
     self.channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, self.mask_hr)]
                      if upsampler.uses_t1 else [])
@@ -287,6 +329,10 @@ class _VolumeSR:
     out = reconstruct(self.upsampler.model, self.upsampler.params, inputs, self.hr_shape,
                       chunk_size=self.plan.chunk_size, tile=self.plan.tile, progress=bar.update,
                       conv_impl=self.plan.conv_impl)
+    if self.psf == acquisition.AUTO:  # decided on the first volume, kept for the series
+      choice = acquisition.estimate_psf(out, x, self.voxel_size)
+      self.psf = choice.psf
+      self.record["psf"] = choice.record()
     return np.clip(back_project(out, x, self.back_projection, psf=self.psf), 0.0, self.upper)
 
   def by_reference(self, volume: np.ndarray, bar: tqdm) -> np.ndarray:
@@ -373,9 +419,9 @@ def prepare_adaptation(upsampler: Upsampler, lr_shape: Sequence[int], hr_shape: 
   if upsampler.uses_t1:
     raise UpsampleError("--adapt needs a DWI-only model (this one takes a T1)")
   if settings.psf is not None:
-    psf_lib.check_psf(settings.psf)
-  adapt_lib.crop_shapes(lr_shape, [max(1.0, h / l) for h, l in zip(hr_shape, lr_shape)],
-                        settings.lr_patch_size)
+    psf_lib.per_axis(settings.psf)
+  adapt_lib.held_out_shapes(lr_shape, [max(1.0, h / l) for h, l in zip(hr_shape, lr_shape)],
+                            settings.lr_patch_size)
 
 
 def check_magnitude(peak: float, source: str) -> None:
@@ -404,9 +450,10 @@ def upsample(data: np.ndarray, affine: np.ndarray,
              t1_affine: np.ndarray | None = None, bvals: np.ndarray | None = None,
              mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
              max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-             back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
-             adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False
-             ) -> tuple[np.ndarray, np.ndarray]:
+             back_projection: int = DEFAULT_BACK_PROJECTION,
+             psf: str | Sequence[str] | None = DEFAULT_PSF,
+             adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False,
+             record: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
 
   Args:
@@ -421,10 +468,12 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     max_memory: bytes for the whole process; tiles and chunks are sized to fit.
     max_output_voxels: refuse larger output grids (per 3D volume).
     back_projection: iterations of back-projection onto the input (0: none).
-    psf: the input's PSF if known (`jaxsr.dmri.psf.PSFS`): back-projection and
-      adaptation degrade with it.
+    psf: the input's PSF: "auto" (default: decided per axis, `jaxsr.dmri.acquisition`),
+      one name of `jaxsr.dmri.psf.PSFS` or three (x, y, z), or None (the training
+      degradation). Back-projection degrades with it; adaptation too when it is given.
     adapt: fine-tune on the input's first volume first (`jaxsr.dmri.adapt`), or None.
     progress: show a progress bar.
+    record: a dict that receives what was decided: "psf" and, with `adapt`, "adapt".
 
   Returns:
     (output, output_affine): float32 (X', Y', Z'[, V]) in the input's units, and
@@ -447,22 +496,30 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   upsampler = load_upsampler(checkpoint)
   mask = lr_mask(mask, data.shape[:3], "<mask>")
   adapt = with_psf(adapt, psf)
+  record = record if record is not None else {}
   if adapt is not None and adapt.steps:
-    upsampler = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
-                                mask=mask, progress=progress)
+    prepare_adaptation(upsampler, data.shape[:3], grid.shape, adapt)
+    psf = psf_before_adaptation(upsampler, read(0), np.asarray(affine, np.float64), grid.shape,
+                                psf, mask=mask, max_memory=max_memory, record=record)
+    upsampler, result = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape,
+                                        with_psf(adapt, psf), mask=mask, progress=progress)
+    record["adapt"] = {**result.record(), "volumes": [0]}
   volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
                              grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
                              max_memory=max_memory, back_projection=back_projection, psf=psf,
-                             progress=progress, source="<bvals>")
+                             progress=progress, source="<bvals>",
+                             record={} if "psf" in record else record)
   out = np.stack(list(volumes), axis=-1)
   return (out if data.ndim == 4 else out[..., 0]), grid.affine
 
 
-def with_psf(settings: adapt_lib.AdaptSettings | None, psf: str | None
+def with_psf(settings: adapt_lib.AdaptSettings | None, psf
               ) -> adapt_lib.AdaptSettings | None:
-  """Adaptation settings that degrade with the input's PSF when one is given."""
-  if settings is None or psf is None or settings.psf is not None:
+  """Adaptation settings that degrade with the input's PSF when one is given (not "auto",
+  which is decided after adaptation: then a PSF is drawn per crop)."""
+  psf = acquisition.psf_option(psf)
+  if settings is None or psf is None or psf == acquisition.AUTO or settings.psf is not None:
     return settings
-  return dataclasses.replace(settings, psf=psf)
+  return dataclasses.replace(settings, psf=psf[0] if len(set(psf)) == 1 else psf)
 
 

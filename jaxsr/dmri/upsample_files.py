@@ -21,26 +21,29 @@ import nibabel.affines
 import numpy as np
 
 from jaxsr import files, nifti
+from jaxsr.dmri import acquisition
 from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable
-from jaxsr.dmri import psf as psf_lib
 from jaxsr.dmri.memory import MemoryPlan, plan_memory
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                 DEFAULT_MAX_OUTPUT_VOXELS, OutputGrid, Upsampler, adapt_upsampler,
-                                 check_magnitude, check_t1, load_upsampler, lr_mask, output_grid,
-                                 prepare_adaptation, save_adapted_model, upsample_volumes, with_psf)
+                                 DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
+                                 adapt_upsampler, check_magnitude, check_t1, load_upsampler,
+                                 lr_mask, output_grid, prepare_adaptation, psf_before_adaptation,
+                                 save_adapted_model, upsample_volumes, with_psf)
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
 
 
 @dataclasses.dataclass(frozen=True)
 class UpsampleResult:
-  """What `upsample_files` wrote: the files, the output grid, volumes, memory plan and seconds."""
+  """What `upsample_files` wrote: the files, the output grid, volumes, memory plan, seconds,
+  and what was decided on the scan (the sidecar's "psf" and "adapt")."""
   files: list[str]
   grid: OutputGrid
   num_volumes: int
   plan: MemoryPlan
   seconds: float
+  decided: dict = dataclasses.field(default_factory=dict)
 
 
 def output_targets(out: pathlib.Path, bvals, bvecs, preview) -> dict[str, pathlib.Path]:
@@ -113,10 +116,12 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
 
 
 def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: OutputGrid,
-                   adapt: adapt_lib.AdaptSettings | None, back_projection: int, psf: str | None,
+                   adapt: adapt_lib.AdaptSettings | None, back_projection: int, decided: dict,
                    seconds: float) -> dict:
   """What the JSON sidecar beside an output records: the model and the exact weights, the
-  jaxsr version, the input, the grid and the settings, and the time taken."""
+  jaxsr version, the input, the grid, the settings, what was decided on the scan
+  (`decided`: the PSF, and with --adapt the adaptation's held-out losses and decision)
+  and the time taken."""
   return {
       "GeneratedBy": {"Name": "jaxsr", "Version": importlib.metadata.version("jaxsr")},
       "model": {"source": upsampler.run_dir, "step": upsampler.step,
@@ -126,8 +131,10 @@ def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: Ou
                 "voxel_size_mm": [float(v) for v in nib.affines.voxel_sizes(source.affine)]},
       "output": {"shape": list(grid.shape), "voxel_size_mm": [float(v) for v in grid.voxel_size],
                  "scale": [float(n / m) for n, m in zip(grid.shape, source.shape[:3])]},
-      "settings": {"back_projection": back_projection, "psf": psf,
+      "settings": {"back_projection": back_projection,
+                   "psf": decided.get("psf", {}).get("per_axis"),
                    "adapt_steps": adapt.steps if adapt is not None else 0},
+      **decided,
       "seconds": round(seconds, 3),
   }
 
@@ -138,7 +145,8 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                    mask: str | os.PathLike | None = None, voxel_size=None, scale=None, shape=None,
                    max_memory: int = DEFAULT_MAX_MEMORY,
                    max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
-                   back_projection: int = DEFAULT_BACK_PROJECTION, psf: str | None = None,
+                   back_projection: int = DEFAULT_BACK_PROJECTION,
+                   psf: str | tuple[str, str, str] | None = DEFAULT_PSF,
                    adapt: adapt_lib.AdaptSettings | None = None,
                    save_adapted: str | os.PathLike | None = None,
                    preview: str | os.PathLike | None = None, overwrite: bool = False,
@@ -161,8 +169,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   out = nifti_output(out)
   targets = output_targets(out, bvals, bvecs, preview)
   check_outputs(targets.values(), overwrite, inputs=(dwi, t1, bvals, bvecs, mask))
-  if psf is not None:
-    psf_lib.check_psf(psf)
+  psf = acquisition.psf_option(psf)
   adapt = with_psf(adapt, psf)
   check_save_adapted(save_adapted, adapt, overwrite)
   upsampler = load_upsampler(checkpoint)
@@ -185,21 +192,28 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                      grid.shape, max_memory)
 
   start = time.perf_counter()
+  decided = {}
   if adapt is not None and adapt.steps:
-    upsampler = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape, adapt,
-                                mask=mask_array, progress=progress)
+    psf = psf_before_adaptation(upsampler, source.volume(0), source.affine, grid.shape, psf,
+                                mask=mask_array, plan=plan, record=decided)
+    upsampler, adapted = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape,
+                                         with_psf(adapt, psf), mask=mask_array,
+                                         progress=progress)
+    decided["adapt"] = {**adapted.record(), "volumes": [0]}
   volumes = upsample_volumes(
       source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
       bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
-      psf=psf, progress=progress, source=os.fspath(bvals or dwi))
+      psf=psf, progress=progress, source=os.fspath(bvals or dwi),
+      record={} if "psf" in decided else decided)
   write_outputs(targets, source, grid, volumes, bvals, bvecs,
                 preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
                 sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
-                                                  back_projection, psf,
+                                                  back_projection, decided,
                                                   time.perf_counter() - start),
                                  **(sidecar_extra or {})})
   if save_adapted is not None:
-    save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi))
+    save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi),
+                       kept=decided["adapt"]["kept"])
     targets["adapted"] = pathlib.Path(save_adapted)
   return UpsampleResult([os.fspath(p) for p in targets.values()], grid, source.num_volumes, plan,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, decided)

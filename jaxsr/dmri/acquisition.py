@@ -1,0 +1,155 @@
+"""`--psf auto`: which PSF each axis of a user's scan was acquired with, from its grid and itself.
+
+An MR image is acquired in-plane by sampling k-space (its in-plane PSF is a
+k-space truncation) and through-plane by exciting slices (a slice profile), or,
+in a 3D acquisition, by k-space on every axis; a resampled or smoothed image has
+a spatial PSF. Data consistency (`jaxsr.dmri.degrade.back_project`) is only as
+right as the PSF it assumes, so `auto` decides it per axis:
+
+1. The grid groups the axes (`axis_groups`): the two axes of equal voxel size
+   are in-plane and the odd one through-plane; where all three agree
+   (isotropic), the through-plane axis cannot be told and all axes form one
+   group.
+2. The scan decides each degraded group (`estimate_psf`): the model's own
+   output, which never saw the PSF (the shipped model is trained on every PSF),
+   is degraded onto the input grid with k-space truncation and with each
+   spatial candidate (`SPATIAL_CANDIDATES`) along that group's axes; the group
+   takes `kspace` when truncation reproduces the input best (in-plane, where
+   physics expects it: unless a spatial PSF does better by a margin,
+   `IN_PLANE_KSPACE_MARGIN`), else `cubic` (the
+   back-projection of the training degradation; degrading with the winning
+   spatial candidate instead gained nothing on the validation scans). The other group is held
+   at its current choice, so a scan degraded in-plane and through-plane is
+   decided one group after the other.
+3. Axes that are not upsampled keep the physics default (`PHYSICS_DEFAULT`),
+   which changes nothing there: the PSF of an axis at factor 1 is never used.
+
+The test is only a comparison of residuals, so it costs four degradations of one
+volume; the decision and every residual go into the output's record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from jaxsr.dmri import psf as psf_lib
+
+AUTO = "auto"
+# Voxel sizes within this fraction of each other are equal (scanners round them).
+EQUAL_VOXEL_TOLERANCE = 0.05
+PHYSICS_DEFAULT = {"in-plane": "kspace", "through-plane": "cubic", "isotropic": "cubic"}
+SPATIAL_CANDIDATES = (("cubic", 1.0), ("block", 1.0), ("gaussian", 0.7))
+# In-plane axes are k-space by physics: they take k-space unless a spatial PSF's residual is
+# lower by more than this fraction (the validation scans' margins, docs/results_real.md).
+IN_PLANE_KSPACE_MARGIN = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisGroup:
+  """Axes acquired alike: `role` in-plane, through-plane or isotropic."""
+  role: str
+  axes: tuple[int, ...]
+
+
+def axis_groups(voxel_size: Sequence[float], tolerance: float = EQUAL_VOXEL_TOLERANCE
+                ) -> list[AxisGroup]:
+  """In-plane and through-plane axes of a grid of (3,) voxel sizes (mm), or one isotropic group.
+
+  Two axes of equal size and a third of another are in-plane and through-plane;
+  all three equal: isotropic; all three different: the largest is through-plane.
+  """
+  size = np.asarray(voxel_size, np.float64)
+  if size.shape != (3,) or not np.all(size > 0):
+    raise ValueError(f"need three positive voxel sizes, got {tuple(voxel_size)}")
+
+  def equal(a, b):
+    return abs(size[a] - size[b]) <= tolerance * max(size[a], size[b])
+
+  pairs = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if equal(a, b)]
+  if len(pairs) == 3 or (len(pairs) == 2):  # two equalities within tolerance: call it isotropic
+    return [AxisGroup("isotropic", (0, 1, 2))]
+  if len(pairs) == 1:
+    in_plane = pairs[0]
+    odd = ({0, 1, 2} - set(in_plane)).pop()
+    return [AxisGroup("in-plane", in_plane), AxisGroup("through-plane", (odd,))]
+  odd = int(np.argmax(size))
+  return [AxisGroup("in-plane", tuple(a for a in range(3) if a != odd)),
+          AxisGroup("through-plane", (odd,))]
+
+
+@dataclasses.dataclass(frozen=True)
+class PSFChoice:
+  """The per-axis PSF `auto` chose and why (what the output's record says)."""
+  psf: tuple[str, str, str]
+  groups: tuple[AxisGroup, ...]
+  residuals: dict  # group role -> {candidate: RMS residual / the input's 99th percentile}
+  note: str
+
+  def record(self) -> dict:
+    return {"mode": AUTO, "per_axis": list(self.psf),
+            "groups": {g.role: list(g.axes) for g in self.groups},
+            "residuals": self.residuals, "note": self.note}
+
+
+def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[float]
+                 ) -> PSFChoice:
+  """The per-axis PSF under which `estimate` (X, Y, Z), a PSF-blind HR estimate, best
+  reproduces the measured `lr` (x, y, z); see the module docstring.
+
+  Args:
+    estimate: the model's output on the HR grid (any intensity scale shared with `lr`).
+    lr: the input on its own grid.
+    voxel_size: (3,) the input's voxel size in mm (for the axis groups).
+  """
+  estimate = np.asarray(estimate, np.float32)
+  lr = np.asarray(lr, np.float32)
+  groups = axis_groups(voxel_size)
+  psf = [PHYSICS_DEFAULT[g.role] for g in groups for _ in g.axes]
+  order = [a for g in groups for a in g.axes]
+  chosen = ["cubic"] * 3
+  for axis, name in zip(order, psf):
+    chosen[axis] = name
+  scale = float(np.percentile(lr, 99)) or 1.0
+  residuals = {}
+  degraded = [g for g in groups if any(estimate.shape[a] != lr.shape[a] for a in g.axes)]
+  for group in degraded:  # first the others at their default: the in-plane group decides first
+    for a in group.axes:
+      chosen[a] = "cubic"
+  for group in degraded:
+    scores = {}
+    for name, fwhm in (("kspace", 1.0), *SPATIAL_CANDIDATES):
+      trial = list(chosen)
+      for a in group.axes:
+        trial[a] = name
+      # Inputs are magnitudes, clipped at 0 where a truncation's ringing would go below it:
+      # so is the simulation.
+      simulated = np.clip(psf_lib.degrade(estimate, lr.shape, tuple(trial), fwhm), 0.0, None)
+      key = name if name != "gaussian" else f"gaussian_fwhm{fwhm:g}"
+      scores[key] = float(np.sqrt(np.mean((simulated - lr) ** 2)) / scale)
+    spatial = min(v for k, v in scores.items() if k != "kspace")
+    margin = IN_PLANE_KSPACE_MARGIN if group.role == "in-plane" else 0.0
+    for a in group.axes:
+      chosen[a] = "kspace" if scores["kspace"] <= spatial * (1.0 + margin) else "cubic"
+    residuals[group.role] = scores
+  if len(groups) == 1:
+    note = "isotropic grid: the axes are not told apart; one PSF for all"
+  else:
+    note = (f"axes {list(groups[0].axes)} in-plane, axis {groups[1].axes[0]} through-plane "
+            "(by voxel size)")
+  if not degraded:
+    note += "; no axis is upsampled"
+  return PSFChoice(tuple(chosen), tuple(groups), residuals, note)
+
+
+def psf_option(value: str | Sequence[str] | None) -> str | tuple[str, str, str] | None:
+  """A `--psf` value checked: None (the training degradation), "auto", or per-axis names
+  (one name, three, or "x,y,z"); PSFError otherwise."""
+  if value is None or value == AUTO:
+    return value
+  if isinstance(value, str):
+    names = [v.strip() for v in value.split(",")]
+    return psf_lib.per_axis(names[0] if len(names) == 1 else names)
+  return psf_lib.per_axis(value)
