@@ -1,16 +1,17 @@
 """The `jaxsr` command: super-resolution of your own NIfTI files with a trained model.
 
-  jaxsr upsample --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz [--adapt 300] [--psf block]
+  jaxsr upsample --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz [--adapt 300] [--psf auto]
   jaxsr upsample --checkpoint RUN_DIR --dwi in.nii.gz --voxel-size 1.25 --out out.nii.gz
   jaxsr bids BIDS_DIR BIDS_DIR/derivatives/jaxsr participant [--participant-label 01] --scale 2
   jaxsr upsample-mrsi --checkpoint RUN_DIR --map naa.nii.gz --t1 t1.nii.gz --flair flair.nii.gz \
       --metabolite NAA --sharpness 0.03 --out naa_sr.nii.gz
 
 Training and evaluation have their own entry points (train.py, evaluate.py).
-Bad input (files, requests, an output folder that takes no file, a checkpoint that
-does not restore) stops with one line naming the problem, exit code 2, before any
-computation; a write that fails later is one line, exit code 1. No partial output
-file is left either way (docs/reliability.md).
+Bad input (options, files, requests, an output folder that takes no file, a
+checkpoint that does not restore) stops with one line naming the problem, exit
+code 2, before any computation; a write that fails later is one line, exit code
+1; Ctrl-C is one line, exit code 130. No partial output file is left either way
+(docs/reliability.md). Progress bars are drawn only when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from jaxsr import __version__, tasks
 from jaxsr.errors import JaxsrError, exit_code, one_line
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """argparse with its errors as one line (`jaxsr upsample: error: ...`, exit 2) rather than
+  the usage block first: the line names the option, and --help has the rest."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
   """The parser of every family's commands (`jaxsr.tasks.family_clis`), and {name: handler}."""
-  parser = argparse.ArgumentParser(
+  parser = _OneLineParser(
       prog="jaxsr", description="Arbitrary-scale super-resolution of MR images (JAX/Flax). "
       "Train models with train.py, score them with evaluate.py, and apply them to your own "
       "scans with the commands below.")
@@ -44,12 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   a one-line message)."""
   parser, handlers = build_parser()
   args = parser.parse_args(argv)
+  # Progress bars only on a terminal: in a log file their carriage returns are noise.
+  args.quiet = getattr(args, "quiet", False) or not sys.stderr.isatty()
   absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. orbax's notes on read-only restores
   try:
     message = handlers[args.command](args)
   except (JaxsrError, OSError) as error:
     print(f"jaxsr {args.command}: error: {one_line(error)}", file=sys.stderr)
     return exit_code(error)
+  except KeyboardInterrupt:  # outputs are written under temporary names: none is left
+    print(f"jaxsr {args.command}: interrupted; no output was written", file=sys.stderr)
+    return 130
   print(message)
   return 0
 

@@ -147,3 +147,29 @@ def check_can_create(folder: str | os.PathLike) -> None:
     check_writable_folder(existing, create=False)
   except WriteError as error:
     raise WriteError(f"{folder}: cannot be created or written ({error})") from error
+
+
+def publish_together(temps: dict[str, pathlib.Path], targets: dict[str, pathlib.Path],
+                     overwrite: bool) -> None:
+  """Renames each finished temporary onto its target, all of one run's outputs together.
+
+  Without `overwrite`, every target is first claimed by creating it exclusively (O_EXCL):
+  if another run made one of them since the check before computing, this run's claims are
+  removed and a WriteError names it, so no run's output silently replaces another's and no
+  output set mixes two runs. The renames then replace only this run's own empty claims.
+  """
+  claimed = []
+  if not overwrite:
+    try:
+      for path in targets.values():
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        claimed.append(path)
+    except FileExistsError as error:
+      for path in claimed:
+        pathlib.Path(path).unlink(missing_ok=True)
+      raise WriteError(f"{error.filename}: appeared while this run was computing (another run "
+                       "writing the same output?); nothing of this run was written (use "
+                       "--overwrite to replace it)") from error
+  for name, path in targets.items():
+    with write_errors(path):
+      os.replace(temps[name], path)

@@ -53,7 +53,7 @@ def output_shape(shape: Sequence[int], affine: np.ndarray, *,
   """
   given = [v is not None for v in (voxel_size, scale, out_shape)]
   if sum(given) != 1:
-    raise ValueError("give exactly one of voxel_size, scale and out_shape")
+    raise ValueError("give exactly one of voxel_size, scale and shape")
   shape = np.asarray(shape[:3], dtype=np.int64)
   if voxel_size is not None:
     counts = shape * nib.affines.voxel_sizes(affine)[:3] / _per_axis(voxel_size, "voxel size")

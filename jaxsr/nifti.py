@@ -120,6 +120,8 @@ def open_volume(path: str | os.PathLike, ndim: int | None = None) -> LazyVolume:
       empty, complex-valued, or a singular/non-finite affine.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise DataError(f"{path}: a folder, not a NIfTI file (.nii or .nii.gz)")
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
   try:

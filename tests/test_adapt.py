@@ -103,13 +103,34 @@ def test_adaptation_that_hurts_is_not_kept_and_stops_early(tiny_model):
   # From a model that already fits the scan, a learning rate of 1 diverges: the held-out loss
   # rises, training stops after `patience` evaluations and the weights are left as they were.
   settings = adapt.AdaptSettings(steps=200, batch_size=2, lr_patch_size=4, learning_rate=1.0,
-                                 psf="block", eval_every=5, patience=3)
+                                 psf="block", eval_every=5, patience=3, check_transfer=False)
   result = adapt.adapt_params(model, trained, smooth_scan(), (2.0, 2.0, 1.0), settings)
-  assert not result.kept and result.params is trained
+  assert not result.kept and result.params is trained and result.transfer is None
   assert result.steps_run < 200 and result.best_step == 0
   assert result.loss_after == result.loss_before
   assert max(v for _, v in result.heldout_history[1:]) > result.heldout_history[0][1]
   assert "not kept" in result.message and result.record()["kept"] is False
+
+
+def test_the_transfer_check_stops_an_adaptation_that_hurts_one_scale_up(tiny_model):
+  config, model, params = tiny_model
+  settings = adapt.AdaptSettings(steps=60, batch_size=2, lr_patch_size=4, learning_rate=1.0,
+                                 psf="block", eval_every=5, patience=3)
+  result = adapt.adapt_params(model, params, smooth_scan(), (2.0, 2.0, 1.0), settings)
+  assert not result.kept and result.params is params and result.steps_run == 0
+  assert not result.transfer.passed and result.transfer.loss_before is not None
+  assert "did not help one scale up" in result.message
+  assert result.record()["transfer_check"]["passed"] is False
+
+
+def test_a_scan_too_small_to_check_is_not_adapted(tiny_model):
+  config, model, params = tiny_model
+  settings = adapt.AdaptSettings(steps=5, batch_size=2, lr_patch_size=4, psf="block")
+  # 14 x 14 voxels at 2x: adaptable (crops of 4 LR voxels need 8), but degraded once it has
+  # 7, too few for such crops one level down.
+  result = adapt.adapt_params(model, params, smooth_scan((14, 14, 8)), (2.0, 2.0, 1.0), settings)
+  assert not result.kept and result.params is params and result.steps_run == 0
+  assert "too small to check" in result.message
 
 
 def test_zero_steps_keep_the_parameters_and_bad_settings_fail(tiny_model):

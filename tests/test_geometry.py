@@ -108,3 +108,10 @@ def test_nearest_on_output_copies_each_input_voxel_onto_its_cell():
   expected = np.zeros((8, 9, 5), bool)
   expected[2:4, 6:9, 0:2] = True
   np.testing.assert_array_equal(out, expected)
+
+
+def test_a_request_of_two_grids_names_the_api_arguments():
+  from jaxsr.dmri.upsample import UpsampleError, output_grid
+
+  with pytest.raises(UpsampleError, match="exactly one of voxel_size, scale and shape$"):
+    output_grid((4, 4, 4), np.eye(4), scale=2, shape=(8, 8, 8))

@@ -154,6 +154,8 @@ def test_command_on_the_real_4d_dwi_copies_the_gradient_table(arssr_smoke_run, t
   assert values.max() <= nib.load(dwi).get_fdata().max()
   assert companion_path(out, ".bval").read_bytes() == pathlib.Path(bvals).read_bytes()
   assert companion_path(out, ".bvec").read_bytes() == pathlib.Path(bvecs).read_bytes()
+  record = json.loads(companion_path(out, ".json").read_text())
+  assert record["output"]["shape"] == [20, 20, 20, 65] and record["input"]["shape"][3] == 65
 
 
 def test_help_explains_every_flag():
@@ -169,6 +171,34 @@ def test_help_explains_every_flag():
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["--help"])
   assert exit_info.value.code == 0
+
+
+def test_option_errors_are_one_line_exit_2(capsys):
+  for args, expected in [(["--shape", "100,100"], "--shape takes one number or three"),
+                         (["--scale", "2,2"], "--scale takes one number or three"),
+                         (["--scale", "2", "--voxel-size", "1"], "not allowed with argument"),
+                         (["--scale", "2", "--adapt", "many"], "invalid int value")]:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(["upsample", "--dwi", "in.nii.gz", "--out", "out.nii.gz", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, (args, err)
+    assert err.startswith("jaxsr upsample: error: ") and expected in err, (args, err)
+
+
+def test_ctrl_c_is_one_line_exit_130_and_no_progress_bars_off_a_terminal(monkeypatch, capsys):
+  from jaxsr.dmri import cli as dmri_cli
+
+  seen = {}
+
+  def interrupted(args):
+    seen["quiet"] = args.quiet
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(dmri_cli, "_upsample", interrupted)
+  code = cli.main(["upsample", "--dwi", "in.nii.gz", "--out", "out.nii.gz", "--scale", "2"])
+  err = capsys.readouterr().err
+  assert code == 130 and err == "jaxsr upsample: interrupted; no output was written\n"
+  assert seen["quiet"] is True  # stderr is captured here, not a terminal: no progress bars
 
 
 def test_parse_size():
@@ -197,6 +227,7 @@ def _bad_requests(tmp_path, run):
   base = ["--checkpoint", run, "--out", tmp_path / "out.nii.gz", "--max-memory", BUDGET]
   return [
       ("missing", [*base, "--dwi", tmp_path / "none.nii.gz", "--scale", 2], "file not found"),
+      ("folder", [*base, "--input", tmp_path, "--scale", 2], "a folder, not a NIfTI file"),
       ("not nifti", [*base, "--dwi", text, "--scale", 2], "not a readable NIfTI"),
       ("2D", [*base, "--dwi", flat, "--scale", 2], "expected a 3D or 4D volume"),
       ("inf", [*base, "--dwi", nan, "--scale", 2], "not finite"),
@@ -226,6 +257,31 @@ def test_bad_requests_fail_with_one_line_exit_2_and_no_output(arssr_smoke_run, t
     assert err.count("\n") == 1 and err.startswith("jaxsr upsample: error: "), (name, err)
     assert message in err, (name, err)
     assert sorted(os.listdir(tmp_path)) == before, name  # nothing written, no temp file
+
+
+def test_a_run_never_replaces_outputs_another_run_made_meanwhile(arssr_smoke_run, tmp_path,
+                                                                 monkeypatch):
+  from jaxsr import nifti as nifti_lib
+
+  scan = tmp_path / "in.nii.gz"
+  nib.save(nib.Nifti1Image(head_phantom(), grid_affine(4.0, (14, 12, 10))), str(scan))
+  out = tmp_path / "out.nii.gz"
+  write = nifti_lib.write_volumes
+
+  def other_run_finishes_first(*args, **kwargs):  # while this run computes, another lands
+    write(*args, **kwargs)
+    companion_path(out, ".json").write_text("the other run's record\n")
+
+  monkeypatch.setattr(nifti_lib, "write_volumes", other_run_finishes_first)
+  code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", scan, "--scale", 2,
+                      "--out", out, "--quiet", "--max-memory", BUDGET)
+  assert code == 1 and err.count("\n") == 1 and "appeared while this run" in err, err
+  assert companion_path(out, ".json").read_text() == "the other run's record\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.json"]  # none of ours
+  monkeypatch.setattr(nifti_lib, "write_volumes", write)
+  code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", scan, "--scale", 2,
+                      "--out", out, "--quiet", "--max-memory", BUDGET, "--overwrite")
+  assert code == 0 and json.loads(companion_path(out, ".json").read_text())["output"]
 
 
 def _tampered_run(source: pathlib.Path, target: pathlib.Path, edit) -> pathlib.Path:

@@ -14,7 +14,13 @@ by the PSF given (`--psf`) or by one drawn per crop from `jaxsr.dmri.psf.PSFS`.
 All crops have one shape, so the step compiles once. The loss is the model's
 training loss (L1 + fft_weight · FFT term); Adam at `learning_rate`.
 
-Adaptation never silently hurts (`adapt_params`): a slab of the scan at one end
+Adaptation is checked on the scan before it is trusted (`adapt_params`). First
+the transfer check (`transfer_check`): what deployment assumes, that fine-tuning
+one scale down helps one scale up, is tried one level lower, where the answer
+is known: a trial fine-tunes on the scan degraded twice -> once and must lower
+the loss of degraded once -> the scan, a scale it never trained at; otherwise
+(or where the scan is too small to be degraded twice) the model stays as it
+was. Then a slab of the scan at one end
 of one axis (`HeldOutSplit`: a quarter of it, or as much as one crop needs, at
 most half) is held out, and training crops never reach into it. Two fixed sets
 of crops from the slab, degraded alike, are restored before training and every
@@ -68,6 +74,8 @@ class AdaptSettings:
     heldout_crops: crops in each of the two held-out sets (stopping, deciding).
     min_gain: the adapted weights are kept only if they lower the deciding set's loss
       by at least this fraction.
+    check_transfer: first check, one scale down, that adapting helps the scale above
+      (`transfer_check`); adaptation runs only if it does.
   """
   steps: int = 0
   psf: str | None = None
@@ -79,6 +87,7 @@ class AdaptSettings:
   patience: int = 5
   heldout_crops: int = 8
   min_gain: float = 0.01
+  check_transfer: bool = True
 
 
 def crop_shapes(scan_shape: Sequence[int], factors: Sequence[float], lr_patch_size: int
@@ -227,20 +236,43 @@ def make_adapt_step(model, fft_weight: float, learning_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
+class TransferCheck:
+  """Whether adapting one scale down helped one scale up (see `transfer_check`).
+
+  Attributes:
+    passed: the trial lowered the deciding set's loss by at least `min_gain`.
+    loss_before, loss_after: that set's loss with the original and the trial parameters
+      (None where the check could not be made).
+    best_step: the trial's step chosen by the stopping set.
+    reason: why it failed or could not be made ("" when it passed).
+  """
+  passed: bool
+  loss_before: float | None = None
+  loss_after: float | None = None
+  best_step: int = 0
+  reason: str = ""
+
+  def record(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class AdaptResult:
   """What adaptation did: the parameters to use and why.
 
   Attributes:
     params: the adapted parameters if kept, else the original ones.
-    kept: whether the adapted parameters lowered the deciding held-out loss enough.
+    kept: whether the transfer check passed and the adapted parameters lowered the deciding
+      held-out loss enough.
     loss_before, loss_after: the deciding held-out set's loss with the original and with
-      the adapted (best-step) parameters.
+      the adapted (best-step) parameters (equal where adaptation did not run).
     best_step: the step the stopping set chose (0: none was better than the start).
     steps_run: steps trained (fewer than asked when the held-out loss stopped falling).
     steps_asked: `settings.steps`.
     history: training loss per step.
     heldout_history: [(step, stopping set's loss)], step 0 first.
     split: the held-out slab.
+    transfer: the transfer check, or None where it was not asked for.
   """
   params: dict
   kept: bool
@@ -252,10 +284,13 @@ class AdaptResult:
   history: list[float]
   heldout_history: list[tuple[int, float]]
   split: HeldOutSplit
+  transfer: TransferCheck | None = None
 
   @property
   def message(self) -> str:
     """One line for the user."""
+    if self.transfer is not None and not self.transfer.passed:
+      return f"adaptation not kept, the model is used as it was: {self.transfer.reason}"
     change = (f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g} "
               f"(step {self.best_step} of {self.steps_run} run, {self.steps_asked} asked)")
     if self.kept:
@@ -271,6 +306,7 @@ class AdaptResult:
             "heldout_slab": {"axis": s.axis, "start": s.heldout.start, "stop": s.heldout.stop},
             "crop_shape": list(s.hr_shape),
             "heldout_history": [[k, v] for k, v in self.heldout_history],
+            "transfer_check": self.transfer.record() if self.transfer is not None else None,
             "message": self.message}
 
 
@@ -278,44 +314,22 @@ def _mean_loss(loss_fn, params, batches: Sequence[dict]) -> float:
   return float(np.mean([float(loss_fn(params, b["hr"], b["lr"])) for b in batches]))
 
 
-def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
-                 settings: AdaptSettings, *, fft_weight: float = 0.0, progress: bool = False
-                 ) -> AdaptResult:
-  """Fine-tunes `params` on `scan` (X, Y, Z), normalised as the model's inputs are, and keeps
-  the result only where held-out crops of the scan say it helps (module docstring).
+@dataclasses.dataclass(frozen=True)
+class _FineTuned:
+  params: dict  # the best step's (the original ones if no step was better)
+  before: float  # deciding set, original parameters
+  after: float  # deciding set, best step's parameters
+  best_step: int
+  history: list[float]
+  heldout_history: list[tuple[int, float]]
 
-  Args:
-    model: the implicit DWI-only model (`CSRdMRI` with one input channel).
-    params: its parameters (not modified).
-    scan: the user's scan on its own grid.
-    factors: (3,) per-axis upsampling factors requested (>= 1; an axis at 1 is
-      not degraded).
-    settings: steps, PSF, batch, crop size, learning rate, seed, held-out checks.
-    fft_weight: weight of the FFT loss term, as the model was trained.
-    progress: show a progress bar.
 
-  Returns:
-    An `AdaptResult`: the parameters to use (adapted or original), both held-out losses,
-    the decision and the loss histories.
-
-  Raises:
-    AdaptError: a scan too small for the factors or for a held-out part, no signal, bad
-      settings; PSFError: an unknown PSF.
-  """
-  if settings.steps < 0:
-    raise AdaptError(f"--adapt takes a number of steps >= 0, got {settings.steps}")
-  if settings.eval_every < 1 or settings.patience < 1 or settings.heldout_crops < 1:
-    raise AdaptError("eval_every, patience and heldout_crops must be >= 1")
-  factors = [max(1.0, float(f)) for f in factors]
-  scan = np.asarray(scan, np.float32)
-  split = held_out_split(scan, factors, settings.lr_patch_size)
-  sampler = AdaptSampler(scan, factors, settings, split)
-  optimizer, step, loss_fn = make_adapt_step(model, fft_weight, settings.learning_rate)
-  heldout = AdaptSampler(scan, factors, dataclasses.replace(settings, batch_size=1), split,
-                         part="heldout")
-  rng_heldout = np.random.default_rng(settings.seed + 1)
-  crops = [heldout(rng_heldout, augment=False) for _ in range(2 * settings.heldout_crops)]
-  stop_set, decide_set = crops[:settings.heldout_crops], crops[settings.heldout_crops:]
+def _fine_tune(params, sampler: "AdaptSampler", stop_set: Sequence[dict],
+               decide_set: Sequence[dict], settings: AdaptSettings, functions, *,
+               progress: bool, desc: str) -> _FineTuned:
+  """Adam on `sampler`'s crops; every `eval_every` steps the stopping set's loss picks the best
+  step and stops training after `patience` evaluations without a lower one."""
+  optimizer, step, loss_fn = functions
   original = params
   before = _mean_loss(loss_fn, original, decide_set)
   best_loss = _mean_loss(loss_fn, original, stop_set)
@@ -325,7 +339,7 @@ def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
   opt_state = optimizer.init(params)
   rng = np.random.default_rng(settings.seed)
   history = []
-  with tqdm(total=settings.steps, desc="adapt", disable=not progress, dynamic_ncols=True) as bar:
+  with tqdm(total=settings.steps, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
     for index in range(1, settings.steps + 1):
       batch = sampler(rng)
       params, opt_state, loss = step(params, opt_state, batch["hr"], batch["lr"])
@@ -343,6 +357,98 @@ def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
         if since_best >= settings.patience:
           break
   after = _mean_loss(loss_fn, best_params, decide_set) if best_step else before
-  kept = bool(best_step) and after <= before * (1.0 - settings.min_gain)
-  return AdaptResult(best_params if kept else original, kept, before, after, best_step,
-                     len(history), settings.steps, history, heldout_history, split)
+  return _FineTuned(best_params, before, after, best_step, history, heldout_history)
+
+
+def _whole(shape: Sequence[int], factors: Sequence[float], lr_patch_size: int) -> HeldOutSplit:
+  """A 'split' that holds nothing out: crops anywhere in a volume of `shape`."""
+  hr, lr = crop_shapes(shape, factors, lr_patch_size)
+  return HeldOutSplit(0, slice(0, 0), slice(0, shape[0]), hr, lr)
+
+
+def _fixed_crops(sampler: "AdaptSampler", count: int, seed: int) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  return [sampler(rng, augment=False) for _ in range(count)]
+
+
+def transfer_check(params, scan: np.ndarray, factors: Sequence[float], settings: AdaptSettings,
+                   functions, *, progress: bool = False) -> TransferCheck:
+  """Does adapting at one scale help at the scale above, on this scan?
+
+  Deployment trusts that fine-tuning on (the scan degraded by `factors` -> the scan) helps
+  at (the scan -> finer). The check asks the same one level down: a trial fine-tunes on
+  (the scan degraded twice -> degraded once) and is scored on (degraded once -> the scan),
+  a scale it never trained at; it passes if it lowers that loss by `min_gain`. A scan too
+  small to be degraded twice into crops of `MIN_LR_VOXELS` cannot be checked: not passed.
+  """
+  once_shape = tuple(max(1, int(round(n / f))) for n, f in zip(scan.shape, factors))
+  once = psf_lib.degrade(scan, once_shape, settings.psf or "cubic")
+  try:
+    trial_split = _whole(once.shape, factors, settings.lr_patch_size)
+  except AdaptError:
+    return TransferCheck(False, reason="the scan is too small to check, once degraded "
+                         f"({'×'.join(map(str, once_shape))} voxels), whether adapting to it "
+                         "helps one scale up")
+  check = AdaptSampler(scan, factors, dataclasses.replace(settings, batch_size=1),
+                       _whole(scan.shape, factors, settings.lr_patch_size), part="train")
+  crops = _fixed_crops(check, 2 * settings.heldout_crops, settings.seed + 2)
+  trial = _fine_tune(params, AdaptSampler(once, factors, settings, trial_split),
+                     crops[:settings.heldout_crops], crops[settings.heldout_crops:], settings,
+                     functions, progress=progress, desc="adapt (check)")
+  passed = bool(trial.best_step) and trial.after <= trial.before * (1.0 - settings.min_gain)
+  reason = "" if passed else (
+      f"adapting one scale down did not help one scale up (loss {trial.before:.4g} -> "
+      f"{trial.after:.4g} where at least {100 * settings.min_gain:g} % lower was needed)")
+  return TransferCheck(passed, trial.before, trial.after, trial.best_step, reason)
+
+
+def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
+                 settings: AdaptSettings, *, fft_weight: float = 0.0, progress: bool = False
+                 ) -> AdaptResult:
+  """Fine-tunes `params` on `scan` (X, Y, Z), normalised as the model's inputs are, and keeps
+  the result only where checks on the scan say it helps (module docstring).
+
+  Args:
+    model: the implicit DWI-only model (`CSRdMRI` with one input channel).
+    params: its parameters (not modified).
+    scan: the user's scan on its own grid.
+    factors: (3,) per-axis upsampling factors requested (>= 1; an axis at 1 is
+      not degraded).
+    settings: steps, PSF, batch, crop size, learning rate, seed, checks.
+    fft_weight: weight of the FFT loss term, as the model was trained.
+    progress: show a progress bar.
+
+  Returns:
+    An `AdaptResult`: the parameters to use (adapted or original), the transfer check,
+    both held-out losses, the decision and the loss histories.
+
+  Raises:
+    AdaptError: a scan too small for the factors or for a held-out part, no signal, bad
+      settings; PSFError: an unknown PSF.
+  """
+  if settings.steps < 0:
+    raise AdaptError(f"--adapt takes a number of steps >= 0, got {settings.steps}")
+  if settings.eval_every < 1 or settings.patience < 1 or settings.heldout_crops < 1:
+    raise AdaptError("eval_every, patience and heldout_crops must be >= 1")
+  factors = [max(1.0, float(f)) for f in factors]
+  scan = np.asarray(scan, np.float32)
+  split = held_out_split(scan, factors, settings.lr_patch_size)
+  sampler = AdaptSampler(scan, factors, settings, split)
+  functions = make_adapt_step(model, fft_weight, settings.learning_rate)
+  heldout = AdaptSampler(scan, factors, dataclasses.replace(settings, batch_size=1), split,
+                         part="heldout")
+  crops = _fixed_crops(heldout, 2 * settings.heldout_crops, settings.seed + 1)
+  stop_set, decide_set = crops[:settings.heldout_crops], crops[settings.heldout_crops:]
+  transfer = None
+  if settings.check_transfer and settings.steps:
+    transfer = transfer_check(params, scan, factors, settings, functions, progress=progress)
+    if not transfer.passed:
+      before = _mean_loss(functions[2], params, decide_set)
+      return AdaptResult(params, False, before, before, 0, 0, settings.steps, [], [], split,
+                         transfer)
+  tuned = _fine_tune(params, sampler, stop_set, decide_set, settings, functions,
+                     progress=progress, desc="adapt")
+  kept = bool(tuned.best_step) and tuned.after <= tuned.before * (1.0 - settings.min_gain)
+  return AdaptResult(tuned.params if kept else params, kept, tuned.before, tuned.after,
+                     tuned.best_step, len(tuned.history), settings.steps, tuned.history,
+                     tuned.heldout_history, split, transfer)

@@ -72,7 +72,7 @@ def _add_upsample(commands) -> None:
           "shifts the origin to the new voxel centres; qform/sform codes and units are kept, so "
           "the result lines up with the input in world coordinates.", 79),
       epilog="Give exactly one of --voxel-size, --scale and --shape. Examples:\n"
-      "  jaxsr upsample --dwi b0.nii.gz --scale 2 --out b0_sr.nii.gz --adapt 300 --psf block\n"
+      "  jaxsr upsample --input t1.nii.gz --scale 2 --out t1_sr.nii.gz --adapt 300\n"
       "  jaxsr upsample --checkpoint runs/arssr --dwi b0.nii.gz --voxel-size 1 --out b0_1mm.nii.gz\n"
       "  jaxsr upsample --checkpoint runs/csr --dwi dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec "
       "--t1 T1w.nii.gz --mask mask.nii.gz --scale 2 --out dwi_sr.nii.gz --preview sr.png",
@@ -81,7 +81,7 @@ def _add_upsample(commands) -> None:
                   help="run directory of a trained arbitrary-scale model (train.py --workdir; "
                   "its latest checkpoint is used) or a folder written by --save-adapted; "
                   "default: the general model shipped with jaxsr (configs/general.py)")
-  up.add_argument("--dwi", required=True, metavar="FILE",
+  up.add_argument("--input", "--dwi", dest="dwi", required=True, metavar="FILE",
                   help="input NIfTI (.nii/.nii.gz): a 3D volume or a 4D DWI series, any voxel "
                   "size and orientation")
   up.add_argument("--t1", metavar="FILE",

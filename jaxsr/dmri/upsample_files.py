@@ -74,10 +74,11 @@ def check_save_adapted(save_adapted, adapt: adapt_lib.AdaptSettings | None,
 
 def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, grid: OutputGrid,
                   volumes: Iterator[np.ndarray], bvals, bvecs, *, preview_title: str,
-                  sidecar: Callable[[], dict]) -> None:
+                  sidecar: Callable[[], dict], overwrite: bool = False) -> None:
   """Writes the output NIfTI volume by volume, the gradient table, the preview and the JSON
   sidecar (`sidecar()`, called once the volumes are written), each under a temporary name
-  renamed only when all are complete (none is left behind on failure)."""
+  renamed only when all are complete (none is left behind on failure), together and, without
+  `overwrite`, never over a file another run made meanwhile (`files.publish_together`)."""
   temps = {name: files.temporary_path(path) for name, path in targets.items()}
   first = {}
 
@@ -106,9 +107,7 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
       with files.write_errors(targets["preview"]):
         figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
                                  temps["preview"], title=preview_title)
-    for name, path in targets.items():
-      with files.write_errors(path):
-        os.replace(temps[name], path)
+    files.publish_together(temps, targets, overwrite)
   finally:
     for temp in temps.values():
       if temp.exists():
@@ -129,7 +128,8 @@ def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: Ou
                 "params_sha256": upsampler.params_sha256()},
       "input": {"file": os.path.abspath(dwi), "shape": list(source.shape),
                 "voxel_size_mm": [float(v) for v in nib.affines.voxel_sizes(source.affine)]},
-      "output": {"shape": list(grid.shape), "voxel_size_mm": [float(v) for v in grid.voxel_size],
+      "output": {"shape": list(grid.shape) + list(source.shape[3:]),
+                 "voxel_size_mm": [float(v) for v in grid.voxel_size],
                  "scale": [float(n / m) for n, m in zip(grid.shape, source.shape[:3])]},
       "settings": {"back_projection": back_projection,
                    "psf": decided.get("psf", {}).get("per_axis"),
@@ -206,7 +206,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
       psf=psf, progress=progress, source=os.fspath(bvals or dwi),
       record={} if "psf" in decided else decided)
   write_outputs(targets, source, grid, volumes, bvals, bvecs,
-                preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
+                preview_title=f"{pathlib.Path(dwi).name} → {out.name}", overwrite=overwrite,
                 sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
                                                   back_projection, decided,
                                                   time.perf_counter() - start),
