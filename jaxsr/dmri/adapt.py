@@ -45,6 +45,7 @@ import optax
 from tqdm import tqdm
 
 from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri.degrade import back_project
 from jaxsr.dmri.loss import csr_dmri_loss
 from jaxsr.errors import JaxsrError
 
@@ -187,10 +188,11 @@ class AdaptSampler:
     self.transpose = self.hr_shape[0] == self.hr_shape[1] and self.lr_shape[0] == self.lr_shape[1]
 
   def __call__(self, rng: np.random.Generator, augment: bool = True) -> dict[str, np.ndarray]:
-    """{'hr': (B, *hr_shape), 'lr': (B, *lr_shape)} float32; flips and transposes if `augment`."""
+    """{'hr': (B, *hr_shape), 'lr': (B, *lr_shape)} float32 and 'psf': the B PSFs they were
+    degraded with; flips and transposes if `augment`."""
     shape = np.array(self.region.shape)
     size = np.array(self.hr_shape)
-    hr, lr = [], []
+    hr, lr, kinds = [], [], []
     for _ in range(self.settings.batch_size):
       centre = self.centres[rng.integers(len(self.centres))]
       corner = np.clip(centre - size // 2, 0, shape - size)
@@ -205,7 +207,8 @@ class AdaptSampler:
       fwhm = 1.0 if self.settings.psf else (rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0)
       hr.append(np.ascontiguousarray(crop, np.float32))
       lr.append(psf_lib.degrade(crop, self.lr_shape, kind, fwhm))
-    return {"hr": np.stack(hr), "lr": np.stack(lr)}
+      kinds.append(kind)
+    return {"hr": np.stack(hr), "lr": np.stack(lr), "psf": kinds}
 
 
 def adapt_loss(model, params, hr: jax.Array, lr: jax.Array, fft_weight: float) -> jax.Array:
@@ -218,7 +221,7 @@ def adapt_loss(model, params, hr: jax.Array, lr: jax.Array, fft_weight: float) -
 def make_adapt_step(model, fft_weight: float, learning_rate: float
                     ) -> tuple[optax.GradientTransformation, Callable, Callable]:
   """(optimizer, jitted step(params, opt_state, hr, lr) -> (params, opt_state, loss),
-  jitted loss(params, hr, lr)).
+  jitted predict(params, lr, hr_shape) -> (B, *hr_shape) outputs).
 
   Cached per (model, fft_weight, learning_rate): adapting the same model to several scans
   of one crop shape compiles the step once.
@@ -231,8 +234,9 @@ def make_adapt_step(model, fft_weight: float, learning_rate: float
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  loss = jax.jit(lambda params, hr, lr: adapt_loss(model, params, hr, lr, fft_weight))
-  return optimizer, step, loss
+  predict = jax.jit(lambda params, lr, hr_shape: model.apply(
+      {"params": params}, lr[..., None], hr_shape, method="reconstruct_grid"), static_argnums=2)
+  return optimizer, step, predict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +314,21 @@ class AdaptResult:
             "message": self.message}
 
 
-def _mean_loss(loss_fn, params, batches: Sequence[dict]) -> float:
-  return float(np.mean([float(loss_fn(params, b["hr"], b["lr"])) for b in batches]))
+# Held-out crops are scored as outputs are made: the model's output made consistent with its
+# input by as many back-projection iterations as `jaxsr upsample` runs by default.
+CHECK_BACK_PROJECTION = 3
+
+
+def _mean_loss(predict, params, batches: Sequence[dict]) -> float:
+  """Mean absolute error of the crops' restorations after data consistency (what the user
+  gets: where consistency fixes the measured band, only what the model adds above it counts)."""
+  errors = []
+  for batch in batches:
+    pred = np.asarray(predict(params, batch["lr"], tuple(batch["hr"].shape[1:])))
+    for out, lr, hr, kind in zip(pred, batch["lr"], batch["hr"], batch["psf"]):
+      out = np.clip(back_project(out, lr, CHECK_BACK_PROJECTION, psf=kind), 0.0, None)
+      errors.append(float(np.mean(np.abs(out - hr))))
+  return float(np.mean(errors))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,10 +346,10 @@ def _fine_tune(params, sampler: "AdaptSampler", stop_set: Sequence[dict],
                progress: bool, desc: str) -> _FineTuned:
   """Adam on `sampler`'s crops; every `eval_every` steps the stopping set's loss picks the best
   step and stops training after `patience` evaluations without a lower one."""
-  optimizer, step, loss_fn = functions
+  optimizer, step, predict = functions
   original = params
-  before = _mean_loss(loss_fn, original, decide_set)
-  best_loss = _mean_loss(loss_fn, original, stop_set)
+  before = _mean_loss(predict, original, decide_set)
+  best_loss = _mean_loss(predict, original, stop_set)
   heldout_history = [(0, best_loss)]
   best_params, best_step, since_best = original, 0, 0
   params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the caller's stay as they are
@@ -348,7 +365,7 @@ def _fine_tune(params, sampler: "AdaptSampler", stop_set: Sequence[dict],
       bar.set_postfix(loss=f"{history[-1]:.4g}")
       if index % settings.eval_every and index != settings.steps:
         continue
-      value = _mean_loss(loss_fn, params, stop_set)
+      value = _mean_loss(predict, params, stop_set)
       heldout_history.append((index, value))
       if value < best_loss:
         best_loss, best_params, best_step, since_best = value, params, index, 0
@@ -356,7 +373,7 @@ def _fine_tune(params, sampler: "AdaptSampler", stop_set: Sequence[dict],
         since_best += 1
         if since_best >= settings.patience:
           break
-  after = _mean_loss(loss_fn, best_params, decide_set) if best_step else before
+  after = _mean_loss(predict, best_params, decide_set) if best_step else before
   return _FineTuned(best_params, before, after, best_step, history, heldout_history)
 
 
