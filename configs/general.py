@@ -12,6 +12,11 @@ Variants (`--config configs/general.py:VARIANT`):
   default  the shipped model's run: 16,000 steps, 69 minutes on 2 CPU cores; the
            shipped weights are its checkpoint 8,000, chosen on the validation scans
            (docs/results_real.md).
+  round2   the shipped model fine-tuned on images closer to real scans: PSFs drawn per
+           axis (in-plane k-space half the time, scanners' k-space filters) and fine
+           texture and small sharp spots (`jaxsr.dmri.randomised`), from the shipped
+           weights (`train.init_from`), Adam 3e-4 halved every 3,000 steps, 9,000 steps,
+           checkpoints every 500 (chosen on the validation scans, docs/results_real.md).
   smoke    tiny model, a few steps (tests, CI).
 """
 
@@ -20,6 +25,11 @@ import ml_collections
 from configs import csr_dmri
 
 VARIANTS = {
+    "round2": {
+        "data.per_axis_psf": True, "data.fine_texture": True, "train.init_from": "general",
+        "train.learning_rate": 3e-4, "train.lr_decay_steps": 3_000, "train.num_steps": 9_000,
+        "train.checkpoint_every_steps": 500, "train.keep_checkpoints": 18,
+    },
     "smoke": {
         "batch_size": 2, "data.lr_patch_size": 4, "data.axis_scales": (1.0, 2.0, 3.0),
         "model.num_features": 8, "model.growth": 8, "model.num_blocks": 2,
@@ -34,7 +44,7 @@ VARIANTS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
   if variant != "default" and variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}: use default or smoke")
+    raise ValueError(f"unknown variant {variant!r}: use default, round2 or smoke")
   c = csr_dmri.get_config("quick")
   c.variant = variant
   c.model.in_channels = 1
@@ -43,7 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.axis_scales = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # per-axis factors: 35 HR patch shapes
   c.data.psfs = ("cubic", "block", "gaussian", "kspace")
   c.data.intensity_percentile = 99.0  # inputs divided by this percentile of the volume
-  c.train.num_steps = 16_000  # about 90 minutes on 2 CPU cores
+  c.data.per_axis_psf = False  # the shipped model's data (round2: True)
+  c.data.fine_texture = False
+  c.train.init_from = ""  # an exported model folder, or "general": the shipped weights
+  c.train.num_steps = 16_000  # 69 minutes on 2 CPU cores
   c.train.lr_schedule = "staircase"
   c.train.learning_rate = 1e-3
   c.train.lr_decay_steps = 4_000

@@ -54,3 +54,64 @@ def test_bad_settings_are_refused():
     randomised.RandomisedSampler(4, (1.0, 2.0), psfs=("sinc",))
   with pytest.raises(ValueError, match="axis_scales"):
     randomised.RandomisedSampler(4, (1.0,))
+
+
+def test_per_axis_psfs_degrade_in_plane_and_through_plane_apart():
+  rng = np.random.default_rng(0)
+  hr = rng.random((8, 8, 12)).astype(np.float32)
+  kinds = set()
+  for seed in range(40):
+    low = randomised.random_degradation(np.random.default_rng(seed), hr, (4, 4, 4),
+                                        ("block", "kspace"), per_axis=True)
+    for in_plane in ("block", "kspace"):
+      for through in ("block", "kspace"):
+        step = psf.degrade(hr, (4, 4, 12), in_plane)
+        plain = psf.degrade(step, (4, 4, 4), through)
+        if np.abs(plain - low).max() < 1e-5:
+          kinds.add((in_plane, through))
+    if all(np.abs(psf.degrade(psf.degrade(hr, (4, 4, 12), a), (4, 4, 4), b) - low).max() > 1e-5
+           for a in ("block", "kspace") for b in ("block", "kspace")):
+      kinds.add("apodised")  # k-space with a window: none of the plain pairs
+  assert {("kspace", "block"), ("block", "kspace"), "apodised"} <= kinds
+
+
+def test_the_kspace_window_weights_the_kept_frequencies():
+  plain = psf.axis_matrix("kspace", 32, 16)
+  hamming = psf.axis_matrix("kspace", 32, 16, apodisation=0.46)
+  x = np.cos(2 * np.pi * 7 * np.arange(32) / 32)  # frequency 7 of 8 kept: near the band edge
+  ratio = np.abs(hamming @ x).max() / np.abs(plain @ x).max()
+  np.testing.assert_allclose(ratio, 0.54 + 0.46 * np.cos(2 * np.pi * 7 / 16), rtol=1e-3)
+  np.testing.assert_allclose(hamming @ np.ones(32), 1.0, rtol=1e-5)  # the mean is kept
+
+
+def test_fine_texture_adds_detail_at_the_voxel_scale(anatomy):
+  def high_band_energy(fine):
+    total = 0.0
+    for seed in range(6):
+      patch = randomised.render_patch(anatomy, np.random.default_rng(seed), (24, 24, 24), fine)
+      spectrum = np.abs(np.fft.fftn(patch - patch.mean())) ** 2
+      f = np.sqrt(sum(np.meshgrid(*[np.fft.fftfreq(24) ** 2] * 3, indexing="ij")))
+      total += spectrum[(f > 0.15) & (f < 0.3)].sum() / spectrum.sum()
+    return total
+  assert high_band_energy(True) > high_band_energy(False)
+
+
+def test_a_run_initialised_from_an_exported_model_starts_from_its_parameters(tmp_path):
+  import jax
+
+  from configs import general
+  from jaxsr.dmri import pretrained, step, task
+  from jaxsr.errors import ConfigError
+
+  config = general.get_config("smoke")
+  state = step.create_state(config, jax.random.key(0))
+  other = step.create_state(config, jax.random.key(1))
+  folder = pretrained.export(tmp_path / "m", config, other.params, step=0, source="test")
+  warm = task.warm_started(state, str(folder))
+  same = jax.tree_util.tree_map(lambda a, b: bool(np.all(np.asarray(a) == np.asarray(b))),
+                                warm.params, other.params)
+  assert all(jax.tree_util.tree_leaves(same))
+  bigger = general.get_config("smoke")
+  bigger.model.mlp_width = 48
+  with pytest.raises(ConfigError, match="do not fit"):
+    task.warm_started(step.create_state(bigger, jax.random.key(0)), str(folder))

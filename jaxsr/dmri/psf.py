@@ -113,13 +113,16 @@ def _spatial_matrix(psf: str, n_hr: int, n_lr: int, fwhm: float) -> np.ndarray:
   return matrix
 
 
-def _kspace_matrix(n_hr: int, n_lr: int) -> np.ndarray:
-  """Truncation to the central n_lr frequencies, sampled at the LR block centres."""
+def _kspace_matrix(n_hr: int, n_lr: int, apodisation: float = 0.0) -> np.ndarray:
+  """Truncation to the central n_lr frequencies, sampled at the LR block centres, the kept
+  frequencies weighted by a raised-cosine window of strength `apodisation` (0: none; 0.46:
+  Hamming, as scanners' k-space filters)."""
   spectrum = np.fft.fft(np.eye(n_hr), axis=0)  # column i: spectrum of the unit impulse at i
   freqs = np.fft.fftfreq(n_hr) * n_hr  # integer frequencies, cycles per field of view
   keep = np.abs(freqs) < n_lr / 2
   nyquist = np.abs(freqs) == n_lr / 2  # an even LR matrix: half of the ±n/2 pair each
-  weight = keep + 0.5 * nyquist
+  window = (1.0 - apodisation) + apodisation * np.cos(2 * np.pi * freqs / n_lr)
+  weight = (keep + 0.5 * nyquist) * window
   # LR sample j sits at HR index p_j = (j + 1/2) s - 1/2: evaluate the truncated Fourier series there.
   s = n_hr / n_lr
   positions = (np.arange(n_lr) + 0.5) * s - 0.5
@@ -128,13 +131,15 @@ def _kspace_matrix(n_hr: int, n_lr: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=512)
-def axis_matrix(psf: str, n_hr: int, n_lr: int, fwhm: float = 1.0) -> np.ndarray:
+def axis_matrix(psf: str, n_hr: int, n_lr: int, fwhm: float = 1.0, apodisation: float = 0.0
+                ) -> np.ndarray:
   """(n_lr, n_hr) float32 matrix of the degradation along one axis (read-only).
 
   Args:
     psf: one of `PSFS`.
     n_hr, n_lr: voxels along the axis before and after (n_lr <= n_hr).
     fwhm: the Gaussian's full width at half maximum in LR voxels (other PSFs ignore it).
+    apodisation: k-space truncation's window strength in [0, 0.5] (other PSFs ignore it).
   """
   check_psf(psf)
   if not 1 <= n_lr <= n_hr:
@@ -144,7 +149,7 @@ def axis_matrix(psf: str, n_hr: int, n_lr: int, fwhm: float = 1.0) -> np.ndarray
   if n_lr == n_hr:
     matrix = np.eye(n_hr)
   elif psf == "kspace":
-    matrix = _kspace_matrix(n_hr, n_lr)
+    matrix = _kspace_matrix(n_hr, n_lr, float(apodisation))
   else:
     matrix = _spatial_matrix(psf, n_hr, n_lr, float(fwhm))
   matrix = matrix.astype(np.float32)
@@ -188,7 +193,7 @@ def apply_axes(volume: np.ndarray, matrices: Sequence[np.ndarray | None]) -> np.
 
 
 def degrade(volume: np.ndarray, lr_shape: Sequence[int], psf: str | Sequence[str],
-            fwhm: float = 1.0) -> np.ndarray:
+            fwhm: float = 1.0, apodisation: float = 0.0) -> np.ndarray:
   """Degrades the last three axes of (..., X, Y, Z) to `lr_shape` by `psf`: one name for every
   axis, or three (x, y, z).
 
@@ -200,7 +205,8 @@ def degrade(volume: np.ndarray, lr_shape: Sequence[int], psf: str | Sequence[str
                    f"{tuple(lr_shape)}")
   names = per_axis(psf)
   hr_shape = volume.shape[-3:]
-  return apply_axes(volume, [None if int(n) == h else axis_matrix(p, h, int(n), float(fwhm))
+  return apply_axes(volume, [None if int(n) == h
+                             else axis_matrix(p, h, int(n), float(fwhm), float(apodisation))
                              for p, h, n in zip(names, hr_shape, lr_shape)])
 
 

@@ -30,6 +30,16 @@ Per patch (`render_patch`):
              `jaxsr.dmri.psf` PSF (cubic, block, Gaussian of FWHM 0.7-1.5 LR
              voxels, k-space truncation).
 
+Two options make the images more like real scans (`RandomisedSampler`):
+  per_axis_psf  the in-plane and through-plane PSFs are drawn apart, in-plane
+                k-space truncation half the time (as MRI acquires in-plane), and
+                k-space truncation with a scanner's raised-cosine k-space filter
+                (up to Hamming) half the times it is drawn;
+  fine_texture  detail at the scale of a few voxels (a fine multiplicative
+                texture) and, in half the patches, small sharp spots inside the
+                brain (vessels, perivascular spaces), which the smooth average
+                template lacks.
+
 Compiled shapes: the LR patch is always `lr_patch_size`^3 and the HR patch
 (round(l s_xy), round(l s_xy), round(l s_z)), one factor pair per batch, so a
 run compiles at most len(axis_scales)^2 - 1 train steps (`hr_shapes`).
@@ -146,8 +156,8 @@ def sample_points(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence
   return points.astype(np.float32)
 
 
-def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int]
-                 ) -> np.ndarray:
+def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int],
+                 fine_texture: bool = False) -> np.ndarray:
   """One noisy HR patch (X, Y, Z) float32 of a random contrast (see the module docstring)."""
   voxel_mm = rng.uniform(1.0, 2.5)
   level = min(PRE_FILTER_MM, key=lambda v: abs(v - voxel_mm))
@@ -166,7 +176,16 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
   means = (rng.uniform(0.05, 1.0, size=3) if family == "random"
            else np.asarray(CONTRASTS[family]) * rng.uniform(0.8, 1.25, size=3))
   texture = 1.0 + rng.uniform(0.0, 0.25) * smooth_field(rng, hr_shape, control=6, channels=3)
+  if fine_texture:
+    fine = max(4, max(hr_shape) // 2)  # bumps a few voxels apart
+    texture = texture * (1.0 + rng.uniform(0.0, 0.15)
+                         * smooth_field(rng, hr_shape, control=fine, channels=3))
   image = np.einsum("t,t...->...", means, fractions[:3] * texture)
+  if fine_texture and rng.random() < 0.5:
+    spots = smooth_field(rng, hr_shape, control=max(4, max(hr_shape) // 2))[0] > 2.0
+    image = image + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.5) * max(means) * spots * (
+        brain > 0.5)
+    image = np.clip(image, 0.0, None)
 
   # Skull (dark) and scalp (any signal), both outside the intracranial region.
   skull = rng.uniform(2.0, 7.0)
@@ -191,11 +210,21 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
 
 
 def random_degradation(rng: np.random.Generator, hr: np.ndarray, lr_shape: Sequence[int],
-                       psfs: Sequence[str]) -> np.ndarray:
-  """`hr` degraded to `lr_shape` by a PSF drawn from `psfs` (Gaussian FWHM 0.7-1.5 LR voxels)."""
-  kind = str(rng.choice(psfs))
-  fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
-  return psf_lib.degrade(hr, lr_shape, kind, fwhm)
+                       psfs: Sequence[str], per_axis: bool = False) -> np.ndarray:
+  """`hr` degraded to `lr_shape` by a PSF drawn from `psfs` (Gaussian FWHM 0.7-1.5 LR voxels);
+  with `per_axis`, in-plane (x, y) and through-plane (z) apart (module docstring)."""
+  if not per_axis:
+    kind = str(rng.choice(psfs))
+    fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
+    return psf_lib.degrade(hr, lr_shape, kind, fwhm)
+  in_plane = ("kspace" if "kspace" in psfs and rng.random() < 0.5 else str(rng.choice(psfs)))
+  out = hr
+  for kind, shape in ((in_plane, (*lr_shape[:2], hr.shape[2])),
+                      (str(rng.choice(psfs)), tuple(lr_shape))):
+    fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
+    apodisation = rng.uniform(0.0, 0.46) if kind == "kspace" and rng.random() < 0.5 else 0.0
+    out = psf_lib.degrade(out, shape, kind, fwhm, round(apodisation, 2))
+  return out
 
 
 def draw_scales(rng: np.random.Generator, axis_scales: Sequence[float]) -> tuple[float, float]:
@@ -214,6 +243,7 @@ class RandomisedSampler:
     lr_patch_size: LR patch edge l (voxels).
     axis_scales: per-axis factors to draw from (1 = that axis not degraded).
     psfs: PSFs to draw from (`jaxsr.dmri.psf.PSFS`).
+    per_axis_psf, fine_texture: the options of the module docstring.
     lr_noise_fraction: share of patches whose LR image gets noise of its own.
     length: nominal examples per epoch (every example is new; this only sets
       how grain numbers them).
@@ -221,6 +251,8 @@ class RandomisedSampler:
   lr_patch_size: int
   axis_scales: Sequence[float]
   psfs: Sequence[str] = psf_lib.PSFS
+  per_axis_psf: bool = False
+  fine_texture: bool = False
   lr_noise_fraction: float = 0.3
   length: int = 1 << 20
 
@@ -242,8 +274,8 @@ class RandomisedSampler:
     hr_shape = (int(round(l * s_xy)),) * 2 + (int(round(l * s_z)),)
     hr, lr = [], []
     for _ in range(len(indices)):
-      patch = render_patch(anatomy, rng, hr_shape)
-      low = random_degradation(rng, patch, (l, l, l), self.psfs)
+      patch = render_patch(anatomy, rng, hr_shape, self.fine_texture)
+      low = random_degradation(rng, patch, (l, l, l), self.psfs, self.per_axis_psf)
       if rng.random() < self.lr_noise_fraction:
         sigma = rng.uniform(0.005, 0.03)
         noise = rng.standard_normal((2,) + low.shape).astype(np.float32) * sigma

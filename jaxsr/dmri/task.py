@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 from jaxsr.dmri import evaluation, patches, randomised
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri import subjects as subjects_lib
@@ -33,9 +35,10 @@ def make_task(config) -> Task:
   model = build_model(config.model)
   validate = None
   if config.data.source == "randomised":
-    sampler = randomised.RandomisedSampler(config.data.lr_patch_size,
-                                           tuple(config.data.axis_scales),
-                                           tuple(config.data.psfs))
+    sampler = randomised.RandomisedSampler(
+        config.data.lr_patch_size, tuple(config.data.axis_scales), tuple(config.data.psfs),
+        per_axis_psf=bool(config.data.get("per_axis_psf", False)),
+        fine_texture=bool(config.data.get("fine_texture", False)))
     description = (f"domain-randomised patches rendered per step; {len(sampler.hr_shapes)} HR "
                    f"patch shapes (compiled steps) for LR {config.data.lr_patch_size}^3")
   else:
@@ -48,8 +51,32 @@ def make_task(config) -> Task:
         raise DataError("train.validate needs validation subjects: set data.num_val >= 1")
       validate = functools.partial(evaluation.validation_scores, config, model, splits["val"])
       description += f"; validated on {', '.join(s.name for s in splits['val'])}"
-  return Task(sampler, lambda rng: step_lib.create_train_state(model, config, rng),
-              step_lib.make_train_step(config), description, validate)
+  def create_state(rng):
+    state = step_lib.create_train_state(model, config, rng)
+    init_from = config.train.get("init_from")
+    return warm_started(state, init_from) if init_from else state
+
+  if config.train.get("init_from"):
+    description += f"; initialised from {config.train.init_from}"
+  return Task(sampler, create_state, step_lib.make_train_step(config), description, validate)
+
+
+def warm_started(state, folder: str):
+  """`state` with its parameters replaced by those of an exported model (`jaxsr export`, the
+  shipped one); the optimizer starts afresh. ConfigError if they do not fit the run's model."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxsr.dmri import pretrained
+
+  if folder == "general":
+    folder = str(pretrained.general_model_dir())
+  _, _, params, _ = pretrained.load(folder)
+  shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+  if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(state.params)
+      or shapes(params) != shapes(state.params)):
+    raise ConfigError(f"train.init_from={folder}: its parameters do not fit this run's model")
+  return state.replace(params=jax.tree_util.tree_map(jnp.asarray, params))
 
 
 def runs(config) -> list[tuple[str, int | None, Any]]:
