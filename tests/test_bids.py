@@ -160,7 +160,10 @@ def _unknown_participant(root):
 
 def _no_bval(root):
   os.remove(root / "sub-01" / "ses-b" / "dwi" / "sub-01_ses-b_dwi.bval")
-  return [], "sub-01_ses-b_dwi.nii.gz: no gradient table (sub-01_ses-b_dwi.bval not found"
+  return [], ("sub-01_ses-b_dwi.nii.gz: no gradient table (sub-01_ses-b_dwi.bval not found "
+              "beside it): BIDS requires a _dwi image's .bval and .bvec; a b0 or structural "
+              "volume alone is not a BIDS DWI: add its table (b-value 0, vector 0 0 0), or run "
+              "`jaxsr upsample --input FILE` on it")
 
 
 def _output_is_input(root):

@@ -131,7 +131,10 @@ def _scan(layout, root: pathlib.Path, participant: str, dwi: pathlib.Path,
   bval, bvec = _companion(dwi, ".bval"), _companion(dwi, ".bvec")
   for path in (bval, bvec):
     if not path.is_file():
-      raise DataError(f"{dwi}: no gradient table ({path.name} not found beside it)")
+      raise DataError(f"{dwi}: no gradient table ({path.name} not found beside it): BIDS "
+                      "requires a _dwi image's .bval and .bvec; a b0 or structural volume "
+                      "alone is not a BIDS DWI: add its table (b-value 0, vector 0 0 0), or "
+                      "run `jaxsr upsample --input FILE` on it")
   t1s = _files(layout, root, subject=participant, session=session, suffix="T1w") if session else []
   t1s = t1s or _files(layout, root, subject=participant, suffix="T1w")
   if require_t1 and not t1s:
