@@ -12,6 +12,7 @@ checkpoint that does not restore) stops with one line naming the problem, exit
 code 2, before any computation; a write that fails later is one line, exit code
 1; Ctrl-C is one line, exit code 130. No partial output file is left either way
 (docs/reliability.md). Progress bars are drawn only when stderr is a terminal.
+Compiled programs are kept in a persistent cache across runs (`jaxsr.compile_cache`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 
 from absl import logging as absl_logging
 
-from jaxsr import __version__, tasks
+from jaxsr import __version__, compile_cache, tasks
 from jaxsr.errors import JaxsrError, exit_code, one_line
 
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   a one-line message)."""
   parser, handlers = build_parser()
   args = parser.parse_args(argv)
+  compile_cache.enable()  # before the first compilation: a repeated command reads it back
   # Progress bars only on a terminal: in a log file their carriage returns are noise.
   args.quiet = getattr(args, "quiet", False) or not sys.stderr.isatty()
   absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. orbax's notes on read-only restores

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxsr.dmri.models.conv import resolve_conv_impl
 from jaxsr.dmri.reconstruct import decode_chunk, encode, window_shape
 from jaxsr.errors import JaxsrError
-from jaxsr.train.checkpoint import count_parameters
+from jaxsr.train.parameters import count_parameters
 
 MAX_RECOMPUTE = 8  # tiles may encode at most this many times the volume's voxels (overlaps)
 

@@ -27,10 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxsr.train.parameters import count_parameters
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.models import build_model, init_params
 from jaxsr.errors import JaxsrError
-from jaxsr.train.checkpoint import count_parameters, load_run
 
 EXPORT_FORMAT = 1
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
@@ -87,6 +87,8 @@ def export(folder: str | os.PathLike, config: ml_collections.ConfigDict, params,
 def export_run(run_dir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None,
                **extra) -> pathlib.Path:
   """Exports checkpoint `step` (default: the latest) of a training run to `folder`."""
+  from jaxsr.train.checkpoint import load_run  # on use: the checkpoint library is slow to import
+
   run = load_run(run_dir, step, families=[step_lib])
   record = pathlib.Path(run_dir) / "run.json"
   return export(folder, run.config, run.variables["params"], step=run.step,

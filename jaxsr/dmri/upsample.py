@@ -61,7 +61,6 @@ from jaxsr.dmri.memory import MemoryPlan, plan_memory
 from jaxsr.dmri.models import is_implicit
 from jaxsr.dmri.reconstruct import reconstruct
 from jaxsr.errors import UpsampleError
-from jaxsr.train.checkpoint import CheckpointError, load_run
 
 DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
 DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
@@ -97,6 +96,10 @@ class Upsampler:
       CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
       PretrainedError: an exported folder that is incomplete or corrupted.
     """
+    # On use: the checkpoint library (orbax, grain) is slow to import, and the shipped model
+    # is an exported folder that needs neither.
+    from jaxsr.train.checkpoint import CheckpointError, load_run
+
     if pretrained.is_exported(run_dir):
       config, model, params, manifest = pretrained.load(run_dir)
       step = int(manifest.get("step", 0))

@@ -34,7 +34,6 @@ from jaxsr.errors import UpsampleError
 from jaxsr.mrsi import phantom, pipeline
 from jaxsr.mrsi import step as step_lib
 from jaxsr.outputs import check_outputs, nifti_output
-from jaxsr.train.checkpoint import load_run
 
 # Other names of the metabolites in `phantom.METABOLITES` (lower case).
 ALIASES = {"cho": "tCho", "gpc+pch": "tCho", "cr": "tCr", "cr+pcr": "tCr", "naa+naag": "NAA",
@@ -89,6 +88,8 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
   start = time.perf_counter()
   out = nifti_output(out)
   check_outputs([out], overwrite, inputs=(map_path, t1, flair, mask))
+  from jaxsr.train.checkpoint import load_run  # on use: slow to import, `jaxsr upsample` needs none
+
   run = load_run(checkpoint, families=[step_lib])
   met = metabolite_index(metabolite)
   lambda_max = run.config.train.lambda_max if run.config.train.adversarial else 0.0

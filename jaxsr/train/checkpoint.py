@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxsr.train.parameters import count_parameters  # noqa: F401 (re-exported)
 from jaxsr.errors import JaxsrError, WriteError
 from jaxsr.train import distributed
 from jaxsr.train.divergence import all_finite
@@ -268,11 +269,6 @@ class TrainedRun:
   model: object
   variables: dict
   step: int
-
-
-def count_parameters(params) -> int:
-  """The number of values in a parameter pytree (arrays or shape structs)."""
-  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
 def model_variables(state) -> dict:
