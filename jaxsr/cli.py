@@ -63,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (JaxsrError, OSError) as error:
     print(f"jaxsr {args.command}: error: {one_line(error)}", file=sys.stderr)
     return exit_code(error)
-  except KeyboardInterrupt:  # outputs are written under temporary names: none is left
-    print(f"jaxsr {args.command}: interrupted; no output was written", file=sys.stderr)
+  except KeyboardInterrupt:  # outputs are temporaries until complete: none is left half-written
+    print(f"jaxsr {args.command}: interrupted; outputs not complete were not written",
+          file=sys.stderr)
     return 130
   print(message)
   return 0

@@ -156,20 +156,28 @@ def publish_together(temps: dict[str, pathlib.Path], targets: dict[str, pathlib.
   Without `overwrite`, every target is first claimed by creating it exclusively (O_EXCL):
   if another run made one of them since the check before computing, this run's claims are
   removed and a WriteError names it, so no run's output silently replaces another's and no
-  output set mixes two runs. The renames then replace only this run's own empty claims.
+  output set mixes two runs. The renames then replace only this run's own empty claims; if
+  one fails (or the run is interrupted), the claims and the outputs already renamed are
+  removed again, so a set is published whole or not at all. (With `overwrite` the earlier
+  files are replaced as they go and cannot be restored.)
   """
+  targets = {name: pathlib.Path(path) for name, path in targets.items()}
   claimed = []
-  if not overwrite:
-    try:
+  try:
+    if not overwrite:
       for path in targets.values():
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         claimed.append(path)
-    except FileExistsError as error:
-      for path in claimed:
-        pathlib.Path(path).unlink(missing_ok=True)
+    for name, path in targets.items():
+      with write_errors(path):
+        os.replace(temps[name], path)
+  except BaseException as error:
+    for path in claimed:  # this run's claims and outputs: nothing of the set stays
+      path.unlink(missing_ok=True)
+    if isinstance(error, FileExistsError):
       raise WriteError(f"{error.filename}: appeared while this run was computing (another run "
                        "writing the same output?); nothing of this run was written (use "
                        "--overwrite to replace it)") from error
-  for name, path in targets.items():
-    with write_errors(path):
-      os.replace(temps[name], path)
+    if isinstance(error, OSError) and not isinstance(error, WriteError):
+      raise WriteError(f"{error.filename}: could not write ({error.strerror or error})") from error
+    raise

@@ -7,7 +7,7 @@ import pytest
 from configs import general
 from jaxsr import kspace
 from jaxsr.dmri import acquisition, psf
-from jaxsr.dmri.adapt import AdaptSettings
+from jaxsr.dmri.adapt import AdaptError, AdaptSettings
 from jaxsr.dmri.degrade import back_project
 from jaxsr.dmri.models import build_model, init_params
 from jaxsr.dmri.upsample import Upsampler, upsample
@@ -136,5 +136,10 @@ def test_with_adaptation_auto_decides_the_psf_before_adapting_and_adapts_with_it
   record = {}
   upsample(textured((24, 24, 8)), np.diag([2.0, 2.0, 4.0, 1.0]), tiny_upsampler(), scale=(2, 2, 1),
            adapt=AdaptSettings(steps=2, batch_size=1, lr_patch_size=4), record=record)
-  assert record["psf"]["decided"] == "on the unadapted model's output"
-  assert record["adapt"]["steps_run"] == 2 and record["adapt"]["volumes"] == [0]
+  assert record["psf"]["decided"].startswith("on the unadapted model's output for volume 0")
+  assert list(record["adapt"]["psf"]) == record["psf"]["per_axis"]  # adapted with it
+  assert record["adapt"]["volumes"] == [0]
+  with pytest.raises(AdaptError, match="no signal"):  # a blank first volume: one line, no KeyError
+    upsample(np.zeros((24, 24, 8, 2), np.float32) + textured((24, 24, 8))[..., None]
+             * np.array([0.0, 1.0], np.float32), np.diag([2.0, 2.0, 4.0, 1.0]),
+             tiny_upsampler(), scale=(2, 2, 1), adapt=AdaptSettings(steps=2))

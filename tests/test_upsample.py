@@ -197,7 +197,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_progress_bars_off_a_terminal(monkeyp
   monkeypatch.setattr(dmri_cli, "_upsample", interrupted)
   code = cli.main(["upsample", "--dwi", "in.nii.gz", "--out", "out.nii.gz", "--scale", "2"])
   err = capsys.readouterr().err
-  assert code == 130 and err == "jaxsr upsample: interrupted; no output was written\n"
+  assert code == 130 and err == "jaxsr upsample: interrupted; outputs not complete were not written\n"
   assert seen["quiet"] is True  # stderr is captured here, not a terminal: no progress bars
 
 
@@ -282,6 +282,26 @@ def test_a_run_never_replaces_outputs_another_run_made_meanwhile(arssr_smoke_run
   code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", scan, "--scale", 2,
                       "--out", out, "--quiet", "--max-memory", BUDGET, "--overwrite")
   assert code == 0 and json.loads(companion_path(out, ".json").read_text())["output"]
+
+
+def test_a_failed_rename_publishes_none_of_the_set(tmp_path, monkeypatch):
+  from jaxsr import files
+
+  targets = {name: tmp_path / f"out.{name}" for name in ("image", "sidecar", "preview")}
+  temps = {name: files.temporary_path(path) for name, path in targets.items()}
+  for temp in temps.values():
+    temp.write_text("new\n")
+  replace = os.replace
+
+  def failing_on_the_last(source, target):
+    if str(target).endswith("preview"):
+      raise OSError(28, "No space left on device")
+    replace(source, target)
+
+  monkeypatch.setattr(os, "replace", failing_on_the_last)
+  with pytest.raises(files.WriteError, match="out.preview: could not write"):
+    files.publish_together(temps, targets, overwrite=False)
+  assert not any(path.exists() for path in targets.values())  # neither claims nor outputs
 
 
 def _tampered_run(source: pathlib.Path, target: pathlib.Path, edit) -> pathlib.Path:

@@ -21,8 +21,9 @@ right as the PSF it assumes, so `auto` decides it per axis:
    spatial candidate instead gained nothing on the validation scans). The other group is held
    at its current choice, so a scan degraded in-plane and through-plane is
    decided one group after the other.
-3. Axes that are not upsampled keep the physics default (`PHYSICS_DEFAULT`),
-   which changes nothing there: the PSF of an axis at factor 1 is never used.
+3. Groups with no upsampled axis keep the physics default (`PHYSICS_DEFAULT`),
+   which changes nothing there: the PSF of an axis at factor 1 is never used. (A
+   decided group's axes all take its choice, upsampled or not, to the same effect.)
 
 The test is only a comparison of residuals, so it costs four degradations of one
 volume; the decision and every residual go into the output's record.

@@ -289,6 +289,7 @@ class AdaptResult:
   heldout_history: list[tuple[int, float]]
   split: HeldOutSplit
   transfer: TransferCheck | None = None
+  min_gain: float = AdaptSettings.min_gain
 
   @property
   def message(self) -> str:
@@ -300,7 +301,7 @@ class AdaptResult:
     if self.kept:
       return f"adaptation kept: {change}"
     return (f"adaptation not kept, the model is used as it was: it did not lower the "
-            f"held-out loss by {100 * AdaptSettings.min_gain:g} % ({change})")
+            f"held-out loss by {100 * self.min_gain:g} % ({change})")
 
   def record(self) -> dict:
     s = self.split
@@ -462,10 +463,10 @@ def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
     if not transfer.passed:
       before = _mean_loss(functions[2], params, decide_set)
       return AdaptResult(params, False, before, before, 0, 0, settings.steps, [], [], split,
-                         transfer)
+                         transfer, settings.min_gain)
   tuned = _fine_tune(params, sampler, stop_set, decide_set, settings, functions,
                      progress=progress, desc="adapt")
   kept = bool(tuned.best_step) and tuned.after <= tuned.before * (1.0 - settings.min_gain)
   return AdaptResult(tuned.params if kept else params, kept, tuned.before, tuned.after,
                      tuned.best_step, len(tuned.history), settings.steps, tuned.history,
-                     tuned.heldout_history, split, transfer)
+                     tuned.heldout_history, split, transfer, settings.min_gain)

@@ -122,8 +122,8 @@ def _add_upsample(commands) -> None:
                   "through-plane axes and the scan itself, and written to OUT.json), or one of "
                   f"{', '.join(PSFS)} for every axis or three as X,Y,Z, e.g. kspace,kspace,block "
                   "(block: thick slices / block averaging; gaussian: a smooth slice profile; "
-                  "kspace: a smaller k-space matrix). Back-projection degrades with it, and "
-                  "--adapt when it is named; with 'auto', --adapt draws one per training crop")
+                  "kspace: a smaller k-space matrix). Back-projection and --adapt degrade with it "
+                  "(with 'auto', decided on the model's output before adapting)")
   up.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
                   help="iterations of back-projection onto the input: the output is corrected "
                   "until downsampling it with --psf gives back the input (exactly along "

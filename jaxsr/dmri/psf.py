@@ -65,14 +65,6 @@ def per_axis(psf: str | Sequence[str]) -> tuple[str, str, str]:
   return tuple(check_psf(str(name)) for name in names)
 
 
-def describe(psf: str | Sequence[str] | None) -> str | None:
-  """A per-axis PSF as one name when the axes agree, else 'x,y,z' (for records and messages)."""
-  if psf is None:
-    return None
-  names = per_axis(psf)
-  return names[0] if len(set(names)) == 1 else ",".join(names)
-
-
 def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
   x = np.abs(x)
   return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,

@@ -32,11 +32,14 @@ Per patch (`render_patch`):
 
 Two options make the images more like real scans (`RandomisedSampler`):
   per_axis_psf  the in-plane and through-plane PSFs are drawn apart, in-plane
-                k-space truncation half the time (as MRI acquires in-plane), and
+                k-space truncation over half the time (half, plus its share of
+                the uniform draw otherwise: as MRI acquires in-plane), and
                 k-space truncation with a scanner's raised-cosine k-space filter
                 (up to Hamming) half the times it is drawn;
   fine_texture  detail at the scale of a few voxels (a fine multiplicative
-                texture) and, in half the patches, small sharp spots inside the
+                texture of max(shape) / 2 bumps per axis: a few voxels apart along
+                the longest axis, closer along shorter ones) and, in half the
+                patches, small sharp spots inside the
                 brain (vessels, perivascular spaces), which the smooth average
                 template lacks.
 

@@ -364,15 +364,16 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
                                        seed=config.seed)
     methods[name] = model_method(upsampler, back_projection=config.back_projection[0],
                                  psf=_psf_mode(psf_modes[-1]), adapt=settings)
+  model, step = upsampler.run_dir, upsampler.step
   if config.get("scores_from"):  # the tables again from a committed score record, no scoring
     saved = json.loads(pathlib.Path(config.scores_from).read_text())
     rows, names = saved["rows"], list(saved["rows"][0]["scores"])
+    model, step = saved["model"], saved["step"]
   else:
     rows = run_cases(methods, make_cases(scans, config.degradations, config.psfs))
     names = list(methods)
-  text = report(rows, names, f"Real scans ({config.split}), model {upsampler.run_dir} "
-                f"(step {upsampler.step})")
+  text = report(rows, names, f"Real scans ({config.split}), model {model} (step {step})")
   files.write_text(out_dir / f"real_scans_{config.split}.md", text)
   files.write_json(out_dir / f"real_scans_{config.split}.json",
-                   {"model": upsampler.run_dir, "step": upsampler.step, "rows": rows})
+                   {"model": model, "step": step, "rows": rows})
   return text

@@ -231,7 +231,10 @@ def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: n
                             mask=mask, max_memory=max_memory, back_projection=0, psf=psf,
                             plan=plan, record=decided):
     pass
-  record["psf"] = {**decided["psf"], "decided": "on the unadapted model's output"}
+  if "psf" not in decided:  # a blank volume is never run through the model
+    raise adapt_lib.AdaptError("the scan has no signal to adapt to")
+  record["psf"] = {**decided["psf"],
+                   "decided": "on the unadapted model's output for volume 0, before adapting"}
   return tuple(decided["psf"]["per_axis"])
 
 
@@ -473,7 +476,8 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     back_projection: iterations of back-projection onto the input (0: none).
     psf: the input's PSF: "auto" (default: decided per axis, `jaxsr.dmri.acquisition`),
       one name of `jaxsr.dmri.psf.PSFS` or three (x, y, z), or None (the training
-      degradation). Back-projection degrades with it; adaptation too when it is given.
+      degradation). Back-projection and adaptation degrade with it ("auto": decided on
+      the unadapted model's output for the first volume, before adapting).
     adapt: fine-tune on the input's first volume first (`jaxsr.dmri.adapt`), or None.
     progress: show a progress bar.
     record: a dict that receives what was decided: "psf" and, with `adapt`, "adapt".
@@ -504,9 +508,11 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     prepare_adaptation(upsampler, data.shape[:3], grid.shape, adapt)
     psf = psf_before_adaptation(upsampler, read(0), np.asarray(affine, np.float64), grid.shape,
                                 psf, mask=mask, max_memory=max_memory, record=record)
-    upsampler, result = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape,
-                                        with_psf(adapt, psf), mask=mask, progress=progress)
-    record["adapt"] = {**result.record(), "volumes": [0]}
+    adapt = with_psf(adapt, psf)
+    upsampler, result = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
+                                        mask=mask, progress=progress)
+    record["adapt"] = {**result.record(), "volumes": [0],
+                       "psf": psf_lib.per_axis(adapt.psf) if adapt.psf else None}
   volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
                              grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
                              max_memory=max_memory, back_projection=back_projection, psf=psf,
@@ -518,8 +524,8 @@ def upsample(data: np.ndarray, affine: np.ndarray,
 
 def with_psf(settings: adapt_lib.AdaptSettings | None, psf
               ) -> adapt_lib.AdaptSettings | None:
-  """Adaptation settings that degrade with the input's PSF when one is given (not "auto",
-  which is decided after adaptation: then a PSF is drawn per crop)."""
+  """Adaptation settings that degrade with the input's PSF when it is known (a name or three;
+  "auto" is first decided by `psf_before_adaptation`; None: a PSF drawn per crop)."""
   psf = acquisition.psf_option(psf)
   if settings is None or psf is None or psf == acquisition.AUTO or settings.psf is not None:
     return settings

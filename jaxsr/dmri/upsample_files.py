@@ -24,6 +24,7 @@ from jaxsr import files, nifti
 from jaxsr.dmri import acquisition
 from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable
+from jaxsr.dmri import psf as psf_lib
 from jaxsr.dmri.memory import MemoryPlan, plan_memory
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
                                  DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
@@ -196,10 +197,11 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   if adapt is not None and adapt.steps:
     psf = psf_before_adaptation(upsampler, source.volume(0), source.affine, grid.shape, psf,
                                 mask=mask_array, plan=plan, record=decided)
+    adapt = with_psf(adapt, psf)
     upsampler, adapted = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape,
-                                         with_psf(adapt, psf), mask=mask_array,
-                                         progress=progress)
-    decided["adapt"] = {**adapted.record(), "volumes": [0]}
+                                         adapt, mask=mask_array, progress=progress)
+    decided["adapt"] = {**adapted.record(), "volumes": [0],
+                        "psf": list(psf_lib.per_axis(adapt.psf)) if adapt.psf else None}
   volumes = upsample_volumes(
       source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
       bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
