@@ -9,14 +9,16 @@ tied to one phantom, one contrast or one degradation. Inputs are scaled by
 `data.intensity_percentile` of the volume (`jaxsr.dmri.upsample`).
 
 Variants (`--config configs/general.py:VARIANT`):
-  default  the shipped model's run: 16,000 steps, 69 minutes on 2 CPU cores; the
-           shipped weights are its checkpoint 8,000, chosen on the validation scans
-           (docs/results_real.md).
-  round2   the shipped model fine-tuned on images closer to real scans: PSFs drawn per
-           axis (in-plane k-space half the time, scanners' k-space filters) and fine
-           texture and small sharp spots (`jaxsr.dmri.randomised`), from the shipped
-           weights (`train.init_from`), Adam 3e-4 halved every 3,000 steps, 9,000 steps,
-           checkpoints every 500 (chosen on the validation scans, docs/results_real.md).
+  default  round one: 16,000 steps, 69 minutes on 2 CPU cores; its checkpoint 8,000
+           (chosen on the validation scans, docs/results_real.md) was shipped until
+           round two and is where `round2` starts (jaxsr/dmri/weights/general_round1).
+  round2   the shipped model's run: round one's weights (`default`'s checkpoint 8,000,
+           shipped until round two) fine-tuned on images closer to real scans: PSFs
+           drawn per axis (in-plane k-space over half the time, scanners' k-space
+           filters), fine texture and small sharp spots (`jaxsr.dmri.randomised`), Adam
+           3e-4 halved every 3,000 steps, 9,000 steps (34 minutes on 2 CPU cores),
+           checkpoints every 500; the shipped weights are its checkpoint 3,000, chosen on
+           the validation scans (docs/results_real.md).
   smoke    tiny model, a few steps (tests, CI).
 """
 
@@ -26,7 +28,7 @@ from configs import csr_dmri
 
 VARIANTS = {
     "round2": {
-        "data.per_axis_psf": True, "data.fine_texture": True, "train.init_from": "general",
+        "data.per_axis_psf": True, "data.fine_texture": True, "train.init_from": "general_round1",  # round one's weights, shipped beside
         "train.learning_rate": 3e-4, "train.lr_decay_steps": 3_000, "train.num_steps": 9_000,
         "train.checkpoint_every_steps": 500, "train.keep_checkpoints": 18,
     },
@@ -55,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.intensity_percentile = 99.0  # inputs divided by this percentile of the volume
   c.data.per_axis_psf = False  # the shipped model's data (round2: True)
   c.data.fine_texture = False
-  c.train.init_from = ""  # an exported model folder, or "general": the shipped weights
+  c.train.init_from = ""  # an exported model folder, or one in jaxsr/dmri/weights/
   c.train.num_steps = 16_000  # 69 minutes on 2 CPU cores
   c.train.lr_schedule = "staircase"
   c.train.learning_rate = 1e-3

@@ -62,8 +62,9 @@ def make_task(config) -> Task:
 
 
 def warm_started(state, folder: str):
-  """`state` with its parameters replaced by those of an exported model (`jaxsr export`, the
-  shipped one); the optimizer starts afresh. ConfigError if they do not fit the run's model."""
+  """`state` with its parameters replaced by those of an exported model: a folder (`jaxsr
+  export`), "general" (the shipped model) or the name of a folder shipped beside it
+  (`jaxsr/dmri/weights/`); the optimizer starts afresh. ConfigError if they do not fit."""
   import jax
   import jax.numpy as jnp
 
@@ -71,6 +72,8 @@ def warm_started(state, folder: str):
 
   if folder == "general":
     folder = str(pretrained.general_model_dir())
+  elif (pretrained.WEIGHTS_DIR / folder / "manifest.json").is_file():  # a folder shipped beside it
+    folder = str(pretrained.WEIGHTS_DIR / folder)
   _, _, params, _ = pretrained.load(folder)
   shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
   if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(state.params)
