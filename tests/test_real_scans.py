@@ -68,7 +68,7 @@ def test_configs_pick_disjoint_scans():
 SCORES = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results_real_scores"
 
 
-@pytest.mark.parametrize("split", ["validation"])  # the test split: once re-scored
+@pytest.mark.parametrize("split", ["test", "validation"])
 def test_the_committed_tables_are_rebuilt_from_the_committed_scores(split, tmp_path):
   """docs/results_real_scores holds each split's scores and the report made from them; the
   report, rebuilt from the scores alone (no scoring), is the same text, so the page's tables

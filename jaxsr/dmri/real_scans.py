@@ -204,7 +204,7 @@ def _decisions(record: dict) -> dict:
   if "adapt" in record:
     out["adapt"] = {k: record["adapt"][k] for k in ("kept", "heldout_loss_before",
                                                     "heldout_loss_after", "best_step",
-                                                    "steps_run")}
+                                                    "steps_run", "transfer_check")}
   return out
 
 
