@@ -50,6 +50,8 @@ TASKS = {
                          evaluate="evaluation:evaluate_comparison"),
     "real_scans": Task("dmri", trains=False,  # configs/real_scans.py
                        evaluate="real_scans:evaluate"),
+    "dti_bias": Task("dmri", trains=False,  # configs/dti_general.py
+                     evaluate="dti_bias:evaluate"),
     "mrsi": Task("mrsi", multi_run=True),  # configs/mrsi.py: methods × folds
 }
 
