@@ -7,6 +7,7 @@ import pytest
 
 from configs import dti_general
 from jaxsr.dmri import dti_bias
+from jaxsr.dmri.memory import resident_bytes
 
 
 def test_signed_errors_are_output_minus_truth_inside_the_region():
@@ -33,4 +34,6 @@ def test_the_evaluation_reports_both_methods_in_both_tissues(tmp_path):
 def dti_general_evaluate(workdir):
   config = dti_general.get_config("smoke")
   config.data.cache_dir = str(workdir / "cache")
+  # The budget counts the whole process; a test worker has grown past a fresh command's size.
+  config.max_memory = resident_bytes() + (3 << 30)
   return dti_bias.evaluate(config, workdir)
