@@ -70,7 +70,7 @@ def axis_groups(voxel_size: Sequence[float], tolerance: float = EQUAL_VOXEL_TOLE
     return abs(size[a] - size[b]) <= tolerance * max(size[a], size[b])
 
   pairs = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if equal(a, b)]
-  if len(pairs) == 3 or (len(pairs) == 2):  # two equalities within tolerance: call it isotropic
+  if len(pairs) >= 2:  # two equalities within tolerance make the third one nearly so
     return [AxisGroup("isotropic", (0, 1, 2))]
   if len(pairs) == 1:
     in_plane = pairs[0]
@@ -108,18 +108,16 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
   estimate = np.asarray(estimate, np.float32)
   lr = np.asarray(lr, np.float32)
   groups = axis_groups(voxel_size)
-  psf = [PHYSICS_DEFAULT[g.role] for g in groups for _ in g.axes]
-  order = [a for g in groups for a in g.axes]
+  degraded = [g for g in groups if any(estimate.shape[a] != lr.shape[a] for a in g.axes)]
+  # Undecided groups start at the cubic profile; groups with nothing upsampled keep the
+  # physics default (unused there).
   chosen = ["cubic"] * 3
-  for axis, name in zip(order, psf):
-    chosen[axis] = name
+  for group in groups:
+    for a in group.axes:
+      chosen[a] = "cubic" if group in degraded else PHYSICS_DEFAULT[group.role]
   scale = float(np.percentile(lr, 99)) or 1.0
   residuals = {}
-  degraded = [g for g in groups if any(estimate.shape[a] != lr.shape[a] for a in g.axes)]
-  for group in degraded:  # first the others at their default: the in-plane group decides first
-    for a in group.axes:
-      chosen[a] = "cubic"
-  for group in degraded:
+  for group in degraded:  # in order: the in-plane group decides first
     scores = {}
     for name, fwhm in (("kspace", 1.0), *SPATIAL_CANDIDATES):
       trial = list(chosen)

@@ -20,9 +20,9 @@ one scale down helps one scale up, is tried one level lower, where the answer
 is known: a trial fine-tunes on the scan degraded twice -> once and must lower
 the loss of degraded once -> the scan, a scale it never trained at; otherwise
 (or where the scan is too small to be degraded twice) the model stays as it
-was. Then a slab of the scan at one end
-of one axis (`HeldOutSplit`: a quarter of it, or as much as one crop needs, at
-most half) is held out, and training crops never reach into it. Two fixed sets
+was. Then a slab of the scan at one end of one axis (`HeldOutSplit`: a quarter
+of it, or as much as one crop needs, at most half) is held out, and training
+crops never reach into it. Two fixed sets
 of crops from the slab, degraded alike, are restored before training and every
 `eval_every` steps after: the first set stops training once its loss has not
 fallen for `patience` evaluations and picks the best step; the second, which
@@ -176,9 +176,7 @@ class AdaptSampler:
     if self.settings.psf is not None:
       psf_lib.per_axis(self.settings.psf)
     self.hr_shape, self.lr_shape = self.split.hr_shape, self.split.lr_shape
-    region = self.split.region(self.part)
-    self.offset = np.array([r.start or 0 for r in region])
-    self.region = self.scan[region]
+    self.region = self.scan[self.split.region(self.part)]
     level = SIGNAL_FRACTION * float(np.percentile(self.scan, 99))
     self.centres = np.argwhere(self.region > level)
     if len(self.centres) == 0:
@@ -341,6 +339,10 @@ class _FineTuned:
   history: list[float]
   heldout_history: list[tuple[int, float]]
 
+  def helped(self, min_gain: float) -> bool:
+    """Whether a step beat the start and lowered the deciding set's loss by `min_gain`."""
+    return bool(self.best_step) and self.after <= self.before * (1.0 - min_gain)
+
 
 def _fine_tune(params, sampler: "AdaptSampler", stop_set: Sequence[dict],
                decide_set: Sequence[dict], settings: AdaptSettings, functions, *,
@@ -413,7 +415,7 @@ def transfer_check(params, scan: np.ndarray, factors: Sequence[float], settings:
   trial = _fine_tune(params, AdaptSampler(once, factors, settings, trial_split),
                      crops[:settings.heldout_crops], crops[settings.heldout_crops:], settings,
                      functions, progress=progress, desc="adapt (check)")
-  passed = bool(trial.best_step) and trial.after <= trial.before * (1.0 - settings.min_gain)
+  passed = trial.helped(settings.min_gain)
   reason = "" if passed else (
       f"adapting one scale down did not help one scale up (loss {trial.before:.4g} -> "
       f"{trial.after:.4g} where at least {100 * settings.min_gain:g} % lower was needed)")
@@ -466,7 +468,7 @@ def adapt_params(model, params, scan: np.ndarray, factors: Sequence[float],
                          transfer, settings.min_gain)
   tuned = _fine_tune(params, sampler, stop_set, decide_set, settings, functions,
                      progress=progress, desc="adapt")
-  kept = bool(tuned.best_step) and tuned.after <= tuned.before * (1.0 - settings.min_gain)
+  kept = tuned.helped(settings.min_gain)
   return AdaptResult(tuned.params if kept else params, kept, tuned.before, tuned.after,
                      tuned.best_step, len(tuned.history), settings.steps, tuned.history,
                      tuned.heldout_history, split, transfer, settings.min_gain)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.dmri import evaluation, patches, randomised
+from jaxsr.dmri import evaluation, patches, pretrained, randomised
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri import subjects as subjects_lib
 from jaxsr.dmri.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
@@ -65,11 +67,6 @@ def warm_started(state, folder: str):
   """`state` with its parameters replaced by those of an exported model: a folder (`jaxsr
   export`), "general" (the shipped model) or the name of a folder shipped beside it
   (`jaxsr/dmri/weights/`); the optimizer starts afresh. ConfigError if they do not fit."""
-  import jax
-  import jax.numpy as jnp
-
-  from jaxsr.dmri import pretrained
-
   if folder == "general":
     folder = str(pretrained.general_model_dir())
   elif (pretrained.WEIGHTS_DIR / folder / "manifest.json").is_file():  # a folder shipped beside it

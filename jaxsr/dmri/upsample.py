@@ -238,6 +238,28 @@ def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: n
   return tuple(decided["psf"]["per_axis"])
 
 
+def adapt_on_first_volume(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
+                          hr_shape: Sequence[int], psf, settings: adapt_lib.AdaptSettings, *,
+                          mask: np.ndarray | None, record: dict,
+                          max_memory: int = DEFAULT_MAX_MEMORY, plan: MemoryPlan | None = None,
+                          progress: bool = False
+                          ) -> tuple[Upsampler, object, adapt_lib.AdaptSettings]:
+  """`--adapt` on the first volume of a series: the PSF decided first (`psf_before_adaptation`),
+  adaptation with it (`adapt_upsampler`), both written to `record` ("psf", "adapt").
+
+  Returns (the upsampler to use, the PSF for the series, the settings adapted with).
+  """
+  prepare_adaptation(upsampler, volume.shape, hr_shape, settings)
+  psf = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, psf, mask=mask,
+                              max_memory=max_memory, plan=plan, record=record)
+  settings = with_psf(settings, psf)
+  upsampler, result = adapt_upsampler(upsampler, volume, volume.shape, hr_shape, settings,
+                                      mask=mask, progress=progress)
+  record["adapt"] = {**result.record(), "volumes": [0],
+                     "psf": list(psf_lib.per_axis(settings.psf)) if settings.psf else None}
+  return upsampler, psf, settings
+
+
 def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike,
                        settings: adapt_lib.AdaptSettings, source: str, kept: bool = True
                        ) -> pathlib.Path:
@@ -282,7 +304,7 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     progress: show a progress bar over tiles and chunks of every volume.
     source: the input's name, for errors.
     record: a dict that receives "psf": what was used (with "auto": the choice and why),
-      once the first volume is made.
+      once the first volume is made; a "psf" it already holds is kept.
 
   Raises:
     DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
@@ -315,9 +337,9 @@ class _VolumeSR:
     self.mask, self.back_projection, self.psf = mask, back_projection, psf
     self.voxel_size = nib.affines.voxel_sizes(lr_affine)
     self.record = record
-    if psf != acquisition.AUTO:
-      record["psf"] = {"mode": "given" if psf is not None else "training degradation",
-                       "per_axis": list(psf) if psf is not None else None}
+    if psf != acquisition.AUTO:  # a choice recorded before (`adapt_on_first_volume`) stays
+      record.setdefault("psf", {"mode": "given" if psf is not None else "training degradation",
+                                "per_axis": list(psf) if psf is not None else None})
     self.mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
     self.channels = ([t1_channel(t1, lr_shape, lr_affine, hr_shape, self.mask_hr)]
                      if upsampler.uses_t1 else [])
@@ -505,19 +527,13 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   adapt = with_psf(adapt, psf)
   record = record if record is not None else {}
   if adapt is not None and adapt.steps:
-    prepare_adaptation(upsampler, data.shape[:3], grid.shape, adapt)
-    psf = psf_before_adaptation(upsampler, read(0), np.asarray(affine, np.float64), grid.shape,
-                                psf, mask=mask, max_memory=max_memory, record=record)
-    adapt = with_psf(adapt, psf)
-    upsampler, result = adapt_upsampler(upsampler, read(0), data.shape[:3], grid.shape, adapt,
-                                        mask=mask, progress=progress)
-    record["adapt"] = {**result.record(), "volumes": [0],
-                       "psf": psf_lib.per_axis(adapt.psf) if adapt.psf else None}
+    upsampler, psf, adapt = adapt_on_first_volume(
+        upsampler, read(0), np.asarray(affine, np.float64), grid.shape, psf, adapt, mask=mask,
+        record=record, max_memory=max_memory, progress=progress)
   volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
                              grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
                              max_memory=max_memory, back_projection=back_projection, psf=psf,
-                             progress=progress, source="<bvals>",
-                             record={} if "psf" in record else record)
+                             progress=progress, source="<bvals>", record=record)
   out = np.stack(list(volumes), axis=-1)
   return (out if data.ndim == 4 else out[..., 0]), grid.affine
 

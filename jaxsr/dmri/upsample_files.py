@@ -24,12 +24,11 @@ from jaxsr import files, nifti
 from jaxsr.dmri import acquisition
 from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable
-from jaxsr.dmri import psf as psf_lib
 from jaxsr.dmri.memory import MemoryPlan, plan_memory
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
                                  DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
-                                 adapt_upsampler, check_magnitude, check_t1, load_upsampler,
-                                 lr_mask, output_grid, prepare_adaptation, psf_before_adaptation,
+                                 adapt_on_first_volume, check_magnitude, check_t1,
+                                 load_upsampler, lr_mask, output_grid, prepare_adaptation,
                                  save_adapted_model, upsample_volumes, with_psf)
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
@@ -195,18 +194,13 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   start = time.perf_counter()
   decided = {}
   if adapt is not None and adapt.steps:
-    psf = psf_before_adaptation(upsampler, source.volume(0), source.affine, grid.shape, psf,
-                                mask=mask_array, plan=plan, record=decided)
-    adapt = with_psf(adapt, psf)
-    upsampler, adapted = adapt_upsampler(upsampler, source.volume(0), lr_shape, grid.shape,
-                                         adapt, mask=mask_array, progress=progress)
-    decided["adapt"] = {**adapted.record(), "volumes": [0],
-                        "psf": list(psf_lib.per_axis(adapt.psf)) if adapt.psf else None}
+    upsampler, psf, adapt = adapt_on_first_volume(
+        upsampler, source.volume(0), source.affine, grid.shape, psf, adapt, mask=mask_array,
+        record=decided, plan=plan, progress=progress)
   volumes = upsample_volumes(
       source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
       bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
-      psf=psf, progress=progress, source=os.fspath(bvals or dwi),
-      record={} if "psf" in decided else decided)
+      psf=psf, progress=progress, source=os.fspath(bvals or dwi), record=decided)
   write_outputs(targets, source, grid, volumes, bvals, bvecs,
                 preview_title=f"{pathlib.Path(dwi).name} → {out.name}", overwrite=overwrite,
                 sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
