@@ -71,7 +71,8 @@ def markdown(rows: list[dict]) -> str:
   subjects = sorted({r["subject"] for r in rows})
   lines = [f"Signed DTI errors over {len(subjects)} subjects (mean ± sd over subjects; output − "
            "truth; MD in 10⁻³ mm²/s)", "",
-           "| method | tissue | FA bias | FA RMSE | MD bias | MD RMSE |", "|---|---|---|---|---|---|"]
+           "| method | tissue | FA bias | FA RMSE | MD bias | MD RMSE |",
+           "|---|---|---|---|---|---|"]
   for method in dict.fromkeys(r["method"] for r in rows):
     for tissue in TISSUES:
       chosen = [r for r in rows if r["method"] == method and r["tissue"] == tissue]

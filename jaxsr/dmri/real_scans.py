@@ -13,14 +13,15 @@ The scans are real acquisitions that ship inside the dipy wheel (no download):
                   only; in-plane only)
 
 The validation scans choose (checkpoint, back-projection, PSF handling,
-adaptation); the test scans are scored once for the table (`docs/results_real.md`). Each case degrades a scan
-by per-axis factors (`DEGRADATIONS`: in-plane 2x and 3x, through-plane 2x,
-isotropic 2x, where the scan has at least `MIN_LR_VOXELS` LR voxels per axis)
-with one PSF of `jaxsr.dmri.psf` (block, Gaussian of FWHM one LR voxel, k-space
-truncation), the LR grid's voxel centres at the centres of the HR blocks. Every
-method restores the HR grid from the LR image alone; PSNR and SSIM are computed
-inside a brain mask of the HR scan (dipy's median_otsu), with the HR scan's
-range in the mask as the data range.
+adaptation); the test scans are scored once for the table
+(`docs/results_real.md`). Each case degrades a scan by per-axis factors
+(`DEGRADATIONS`: in-plane 2x and 3x, through-plane 2x, isotropic 2x, where the
+scan has at least `MIN_LR_VOXELS` LR voxels per axis) with one PSF of
+`jaxsr.dmri.psf` (block, Gaussian of FWHM one LR voxel, k-space truncation), the
+LR grid's voxel centres at the centres of the HR blocks. Every method restores
+the HR grid from the LR image alone; PSNR and SSIM are computed inside a brain
+mask of the HR scan (dipy's median_otsu), with the HR scan's range in the mask
+as the data range.
 """
 
 from __future__ import annotations
