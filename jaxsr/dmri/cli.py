@@ -133,9 +133,11 @@ def _add_upsample(commands) -> None:
                   help="first fine-tune the model on the input itself for STEPS steps "
                   "(self-supervised: the input degraded once more by the requested factors is "
                   "restored to the input), then apply it; DWI-only models; 100-300 steps take "
-                  "about a minute on a laptop. A part of the input is held out: training stops "
-                  "when its loss stops falling, and the adapted model is used only if it "
-                  "restores that part better (one line and OUT.json say which) (default 0: off)")
+                  "about a minute on a laptop. It is used only where checks on the input say it "
+                  "helps: adapting one scale down must restore the input better (an input too "
+                  "small for this check is not adapted), and so must the adapted model on a "
+                  "held-out part of the input, whose loss also stops training early; else the "
+                  "model is used as it was (one line and OUT.json say which) (default 0: off)")
   up.add_argument("--save-adapted", metavar="DIR",
                   help="with --adapt, also save the adapted model to DIR (reuse it with "
                   "--checkpoint DIR)")
