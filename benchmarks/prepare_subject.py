@@ -57,6 +57,19 @@ def gradient_table(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   return bvals, bvecs
 
 
+def dwi_volumes(wm: np.ndarray, gm: np.ndarray, csf: np.ndarray, bvals, bvecs,
+                rng: np.random.Generator):
+  """The DWI volumes of tissue maps (X, Y, Z), one per (b, g), as an iterator: each voxel's
+  signal S0·exp(-b·ADC) mixed over WM/GM/CSF (S0 1000/1300/3000, ADC 0.8/0.8/3.0 µm²/ms, a
+  WM anisotropy along x), Rician noise σ = 20, rounded."""
+  for b, g in zip(bvals, bvecs):
+    anisotropy = np.exp(-b * 0.9e-3 * (g[0] ** 2 - 1 / 3))  # WM fibres along x
+    clean = 1000.0 * (wm * np.exp(-b * 0.8e-3) * anisotropy + 1.3 * gm * np.exp(-b * 0.8e-3)
+                      + 3.0 * csf * np.exp(-b * 3.0e-3))
+    noise = rng.standard_normal((2,) + wm.shape, dtype=np.float32) * 20.0
+    yield np.round(np.hypot(clean + noise[0], noise[1]))
+
+
 def make_subject(folder: pathlib.Path, compress: bool) -> pathlib.Path:
   """Writes the HCP-size subject into `folder` (once); returns the folder."""
   name = "data.nii.gz" if compress else "data.nii"
@@ -70,16 +83,9 @@ def make_subject(folder: pathlib.Path, compress: bool) -> pathlib.Path:
   rng = np.random.default_rng(0)
   bvals, bvecs = gradient_table(rng)
 
-  def volumes():
-    for b, g in zip(bvals, bvecs):
-      anisotropy = np.exp(-b * 0.9e-3 * (g[0] ** 2 - 1 / 3))  # WM fibres along x
-      clean = 1000.0 * (wm * np.exp(-b * 0.8e-3) * anisotropy + 1.3 * gm * np.exp(-b * 0.8e-3)
-                        + 3.0 * csf * np.exp(-b * 3.0e-3))
-      noise = rng.standard_normal((2,) + SHAPE, dtype=np.float32) * 20.0
-      yield np.round(np.hypot(clean + noise[0], noise[1]))
-
   temp = folder / f"tmp-{name}"  # keeps the extension: nibabel compresses by it
-  nifti.write_volumes(temp, SHAPE + (len(bvals),), AFFINE, volumes(), dtype=np.int16)
+  nifti.write_volumes(temp, SHAPE + (len(bvals),), AFFINE,
+                      dwi_volumes(wm, gm, csf, bvals, bvecs, rng), dtype=np.int16)
   np.savetxt(folder / "bvals", bvals[None], fmt="%d")
   np.savetxt(folder / "bvecs", bvecs.T, fmt="%.6f")
   nifti.save_volume(folder / "nodif_brain_mask.nii.gz", brain > 0.5, AFFINE)

@@ -252,6 +252,48 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
   files.write_with(path, lambda temp: nib.save(image, temp))
 
 
+class VolumeWriter:
+  """Streams 3D volumes into a (X, Y, Z) or (X, Y, Z, V) NIfTI-1 file of `dtype` at `path`,
+  as a context manager: `write(volume)` for each, in order (see `write_volumes`).
+
+  Raises (from `write` or on leaving the block without an error):
+    ValueError: a volume of the wrong shape, or not as many as `shape` says.
+  """
+
+  def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray,
+               header: nib.Nifti1Header | None = None, repetition_time: float | None = None,
+               dtype=np.float32):
+    self.path, self.shape = os.fspath(path), tuple(shape)
+    self.header = _output_header(affine, header)
+    self.header.set_data_dtype(dtype)
+    self.header.set_data_shape(shape)
+    if len(shape) == 4:
+      self.header.set_zooms(tuple(nib.affines.voxel_sizes(affine))
+                            + (float(repetition_time or 1.0),))
+    self.expected = shape[3] if len(shape) == 4 else 1
+    self.count = 0
+
+  def __enter__(self) -> "VolumeWriter":
+    self._file = nib.openers.Opener(self.path, "wb")
+    self._file.__enter__()
+    self.header.write_to(self._file)
+    self._file.write(b"\0" * (self.header.get_data_offset() - self._file.tell()))
+    return self
+
+  def write(self, volume: np.ndarray) -> None:
+    volume = np.asarray(volume, dtype=self.header.get_data_dtype())
+    if volume.shape != self.shape[:3] or self.count == self.expected:
+      raise ValueError(f"{self.path}: volume {self.count} of shape {volume.shape} does not fit "
+                       f"a {self.shape} image")
+    self._file.write(volume.tobytes(order="F"))
+    self.count += 1
+
+  def __exit__(self, *error) -> None:
+    self._file.__exit__(*error)
+    if error[0] is None and self.count != self.expected:
+      raise ValueError(f"{self.path}: {self.count} volumes written, {self.expected} expected")
+
+
 def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray,
                   volumes: Iterable[np.ndarray], header: nib.Nifti1Header | None = None,
                   repetition_time: float | None = None, dtype=np.float32) -> None:
@@ -266,22 +308,6 @@ def write_volumes(path: str | os.PathLike, shape: tuple[int, ...], affine: np.nd
   Raises:
     ValueError: a volume of the wrong shape, or not as many as `shape` says.
   """
-  out = _output_header(affine, header)
-  out.set_data_dtype(dtype)
-  out.set_data_shape(shape)
-  if len(shape) == 4:
-    out.set_zooms(tuple(nib.affines.voxel_sizes(affine)) + (float(repetition_time or 1.0),))
-  expected = shape[3] if len(shape) == 4 else 1
-  count = 0
-  with nib.openers.Opener(os.fspath(path), "wb") as f:
-    out.write_to(f)
-    f.write(b"\0" * (out.get_data_offset() - f.tell()))
+  with VolumeWriter(path, shape, affine, header, repetition_time, dtype) as writer:
     for volume in volumes:
-      volume = np.asarray(volume, dtype=out.get_data_dtype())
-      if volume.shape != tuple(shape[:3]) or count == expected:
-        raise ValueError(f"{path}: volume {count} of shape {volume.shape} does not fit a "
-                         f"{tuple(shape)} image")
-      f.write(volume.tobytes(order="F"))
-      count += 1
-  if count != expected:
-    raise ValueError(f"{path}: {count} volumes written, {expected} expected")
+      writer.write(volume)

@@ -52,6 +52,8 @@ TASKS = {
                        evaluate="real_scans:evaluate"),
     "dti_bias": Task("dmri", trains=False,  # configs/dti_general.py
                      evaluate="dti_bias:evaluate"),
+    "uncertainty": Task("dmri", trains=False,  # configs/uncertainty.py
+                        evaluate="uncertainty_study:evaluate"),
     "mrsi": Task("mrsi", multi_run=True),  # configs/mrsi.py: methods × folds
 }
 

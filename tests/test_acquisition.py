@@ -136,7 +136,8 @@ def test_with_adaptation_auto_decides_the_psf_before_adapting_and_adapts_with_it
   record = {}
   upsample(textured((24, 24, 8)), np.diag([2.0, 2.0, 4.0, 1.0]), tiny_upsampler(), scale=(2, 2, 1),
            adapt=AdaptSettings(steps=2, batch_size=1, lr_patch_size=4), record=record)
-  assert record["psf"]["decided"].startswith("on the unadapted model's output for volume 0")
+  assert record["psf"]["decided"].startswith(
+      "on the unadapted model's output for the volume adapted to")
   assert list(record["adapt"]["psf"]) == record["psf"]["per_axis"]  # adapted with it
   assert record["adapt"]["volumes"] == [0]
   with pytest.raises(AdaptError, match="no signal"):  # a blank first volume: one line, no KeyError

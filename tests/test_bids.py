@@ -142,7 +142,20 @@ def test_train_from_bids_splits_by_participant_then_bids_app_writes_derivatives(
     np.testing.assert_allclose(sidecar["output"]["scale"], np.divide(shape, image.shape[:3]))
     assert sidecar["seconds"] > 0
     assert sidecar["Sources"] == [f"bids:raw:sub-01/ses-{session}/dwi/{source.name}"]
+    spread_stem = pathlib.Path(str(stem).replace("desc-jaxsr_", "desc-jaxsrUncertainty_"))
+    spread = nib.load(f"{spread_stem}.nii.gz")
+    assert spread.shape == output.shape and np.asarray(spread.dataobj).min() >= 0
+    np.testing.assert_allclose(spread.affine, output.affine)
+    spread_sidecar = json.loads(pathlib.Path(f"{spread_stem}.json").read_text())
+    assert spread_sidecar["Sources"] == [
+        f"bids::sub-01/ses-{session}/dwi/{pathlib.Path(stem).name}.nii.gz"]
   assert not (out / "sub-00").exists() and not (out / "sub-02").exists()
+  # The participant's report at the root (fMRIPrep's place), both sessions on it, and an index.
+  page = (out / "sub-01.html").read_text()
+  assert page.count("<h2 id=\"scan-") == 2 and "ses-a" in page and "ses-b" in page
+  assert page.count("data:image/png;base64,") >= 4  # mean b0 and a DW volume per scan
+  index = (out / "index.html").read_text()
+  assert 'href="sub-01.html"' in index and "sub-00" not in index
 
   code, err = run_cli("bids", dataset, out, "participant", "--participant-label", "01",
                       "--checkpoint", run, "--scale", scale)

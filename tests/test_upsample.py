@@ -266,19 +266,20 @@ def test_a_run_never_replaces_outputs_another_run_made_meanwhile(arssr_smoke_run
   scan = tmp_path / "in.nii.gz"
   nib.save(nib.Nifti1Image(head_phantom(), grid_affine(4.0, (14, 12, 10))), str(scan))
   out = tmp_path / "out.nii.gz"
-  write = nifti_lib.write_volumes
+  writer = nifti_lib.VolumeWriter
 
-  def other_run_finishes_first(*args, **kwargs):  # while this run computes, another lands
-    write(*args, **kwargs)
-    companion_path(out, ".json").write_text("the other run's record\n")
+  class OtherRunFinishesFirst(writer):  # while this run writes its volumes, another lands
+    def __exit__(self, *error):
+      super().__exit__(*error)
+      companion_path(out, ".json").write_text("the other run's record\n")
 
-  monkeypatch.setattr(nifti_lib, "write_volumes", other_run_finishes_first)
+  monkeypatch.setattr(nifti_lib, "VolumeWriter", OtherRunFinishesFirst)
   code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", scan, "--scale", 2,
                       "--out", out, "--quiet", "--max-memory", BUDGET)
   assert code == 1 and err.count("\n") == 1 and "appeared while this run" in err, err
   assert companion_path(out, ".json").read_text() == "the other run's record\n"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "out.json"]  # none of ours
-  monkeypatch.setattr(nifti_lib, "write_volumes", write)
+  monkeypatch.setattr(nifti_lib, "VolumeWriter", writer)
   code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", scan, "--scale", 2,
                       "--out", out, "--quiet", "--max-memory", BUDGET, "--overwrite")
   assert code == 0 and json.loads(companion_path(out, ".json").read_text())["output"]

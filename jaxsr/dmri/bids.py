@@ -158,6 +158,11 @@ def derivative_path(out_dir: str | os.PathLike, scan: BidsScan, res_label: str) 
   return folder / "dwi" / f"{scan.stem}_res-{res_label}_desc-jaxsr_dwi.nii.gz"
 
 
+def uncertainty_path(derivative: pathlib.Path) -> pathlib.Path:
+  """The uncertainty map beside a derivative: desc-jaxsr -> desc-jaxsrUncertainty."""
+  return derivative.with_name(derivative.name.replace("_desc-jaxsr_", "_desc-jaxsrUncertainty_"))
+
+
 def dataset_description(source_root: pathlib.Path, version: str, model: str) -> dict:
   """The derivative dataset's `dataset_description.json`."""
   return {

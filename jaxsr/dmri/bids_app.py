@@ -5,6 +5,10 @@ dataset OUT_DIR:
 
   OUT_DIR/dataset_description.json                    (DatasetType derivative, GeneratedBy)
   OUT_DIR/sub-<p>/[ses-<s>/]dwi/<stem>_res-<r>_desc-jaxsr_dwi.nii.gz, .bval, .bvec, .json
+  OUT_DIR/sub-<p>/[ses-<s>/]dwi/<stem>_res-<r>_desc-jaxsrUncertainty_dwi.nii.gz, .json
+                                         (each voxel's expected absolute error, signal units)
+  OUT_DIR/sub-<p>.html                   (the participant's report: every scan, fMRIPrep's place)
+  OUT_DIR/index.html                     (a link to each participant's report)
 
 with `jaxsr.dmri.upsample_files` (the same model, memory plan and atomic writes as
 `jaxsr upsample`). Every scan is found and checked (gradient tables, a T1w where
@@ -21,6 +25,7 @@ from typing import Sequence
 
 from jaxsr import files, nifti
 from jaxsr.dmri import bids
+from jaxsr.dmri.uncertainty import DEFAULT_METHOD
 from jaxsr.dmri.upsample import DEFAULT_MAX_OUTPUT_VOXELS, Upsampler, load_upsampler, output_grid
 from jaxsr.dmri.upsample_files import UpsampleResult, upsample_files
 from jaxsr.errors import UpsampleError
@@ -43,7 +48,9 @@ def _derivative(out_dir: pathlib.Path, scan: bids.BidsScan, upsampler: Upsampler
 
 
 def _check_free(image: pathlib.Path, overwrite: bool) -> None:
-  for path in (image,) + tuple(companion_path(image, s) for s in (".bval", ".bvec", ".json")):
+  spread = bids.uncertainty_path(image)
+  for path in ((image, spread, companion_path(spread, ".json"))
+               + tuple(companion_path(image, s) for s in (".bval", ".bvec", ".json"))):
     if path.exists() and not overwrite:
       raise UpsampleError(f"{path}: already exists (use --overwrite to replace it)")
 
@@ -95,16 +102,37 @@ def run_bids_app(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
   with files.write_errors(out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
   files.write_json(out_dir / "dataset_description.json", description)
-  results = []
+  results, sections = [], {}
   for scan, (target, label) in zip(scans, targets):
     with files.write_errors(target.parent):
       target.parent.mkdir(parents=True, exist_ok=True)
+    spread = bids.uncertainty_path(target)
+    resolution = (f"res-{label}: output voxel size in mm ('p' is the decimal point, 'x' "
+                  "separates the axes)")
     results.append(upsample_files(
         upsampler, scan.dwi, target, t1=scan.t1 if upsampler.uses_t1 else None, bvals=scan.bval,
         bvecs=scan.bvec, voxel_size=voxel_size, scale=scale, overwrite=overwrite,
-        progress=progress,
-        sidecar_extra={"Sources": [f"bids:raw:{scan.relative}"],
-                       "Resolution": f"res-{label}: output voxel size in mm ('p' is the "
-                       "decimal point, 'x' separates the axes)"},
+        progress=progress, uncertainty=spread,
+        report_sections=sections.setdefault(scan.participant, []),
+        sidecar_extra={"Sources": [f"bids:raw:{scan.relative}"], "Resolution": resolution},
         **upsample_options))
+    files.write_json(companion_path(spread, ".json"), {
+        "Description": "Per-voxel uncertainty of the super-resolved DWI: the expected "
+                       "absolute error of each voxel, in the DWI's units (jaxsr.dmri.uncertainty)",
+        "Method": DEFAULT_METHOD,
+        "Sources": [f"bids::{target.relative_to(out_dir).as_posix()}"],
+        "Resolution": resolution})
+  _write_reports(out_dir, root, sections)
   return results
+
+
+def _write_reports(out_dir: pathlib.Path, root: pathlib.Path, sections: dict[str, list]) -> None:
+  """OUT_DIR/sub-<label>.html per participant (their scans' sections) and OUT_DIR/index.html."""
+  from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+
+  pages = []
+  for participant, scans in sections.items():
+    name = f"sub-{participant}"
+    report.write_report(out_dir / f"{name}.html", f"{name} ({root.name})", scans)
+    pages.append({"href": f"{name}.html", "name": name, "scans": [s["name"] for s in scans]})
+  report.write_index(out_dir / "index.html", root.name, pages)

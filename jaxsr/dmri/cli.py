@@ -75,7 +75,9 @@ def _add_upsample(commands) -> None:
       "  jaxsr upsample --input t1.nii.gz --scale 2 --out t1_sr.nii.gz --adapt 300\n"
       "  jaxsr upsample --checkpoint runs/arssr --dwi b0.nii.gz --voxel-size 1 --out b0_1mm.nii.gz\n"
       "  jaxsr upsample --checkpoint runs/csr --dwi dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec "
-      "--t1 T1w.nii.gz --mask mask.nii.gz --scale 2 --out dwi_sr.nii.gz --preview sr.png",
+      "--t1 T1w.nii.gz --mask mask.nii.gz --scale 2 --out dwi_sr.nii.gz --preview sr.png\n"
+      "  jaxsr upsample --input b0.nii.gz --voxel-size 2 --out b0_2mm.nii.gz --report b0_2mm.html "
+      "--uncertainty b0_2mm_unc.nii.gz",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   up.add_argument("--checkpoint", metavar="RUN_DIR",
                   help="run directory of a trained arbitrary-scale model (train.py --workdir; "
@@ -144,6 +146,17 @@ def _add_upsample(commands) -> None:
   up.add_argument("--preview", metavar="PNG",
                   help="also write a PNG montage of axial, sagittal and coronal slices of the "
                   "first volume, input above output")
+  up.add_argument("--uncertainty", metavar="FILE",
+                  help="also write a NIfTI (.nii/.nii.gz) of the output's shape holding each "
+                  "voxel's uncertainty: the expected absolute error of the output, in its "
+                  "units (the spread of the output over plausible point-spread functions plus "
+                  "the detail above the input's band, calibrated on real validation scans: "
+                  "docs/uncertainty.md)")
+  up.add_argument("--report", metavar="HTML",
+                  help="also write a self-contained HTML report: the run (files, grids, model, "
+                  "settings, PSF, time per stage), three planes of the input, tricubic, the "
+                  "output, their difference and the uncertainty, and with --adapt its checks "
+                  "and curve")
   up.add_argument("--overwrite", action="store_true",
                   help="replace existing output files (refused otherwise)")
   up.add_argument("--quiet", action="store_true",
@@ -207,8 +220,8 @@ def _upsample(args: argparse.Namespace) -> str:
       mask=args.mask, voxel_size=args.voxel_size, scale=args.scale, shape=args.shape,
       max_memory=args.max_memory, max_output_voxels=args.max_output_voxels,
       back_projection=args.back_projection, psf=args.psf, adapt=adapt,
-      save_adapted=args.save_adapted, preview=args.preview, overwrite=args.overwrite,
-      progress=not args.quiet)
+      save_adapted=args.save_adapted, preview=args.preview, uncertainty=args.uncertainty,
+      report=args.report, overwrite=args.overwrite, progress=not args.quiet)
   voxel = "×".join(f"{v:.4g}" for v in result.grid.voxel_size)
   plan = result.plan
   adapted = (result.decided["adapt"]["message"] + "\n") if "adapt" in result.decided else ""

@@ -50,6 +50,8 @@ class MemoryPlan:
     runtime_bytes: the process's resident memory before reconstructing (interpreter,
       libraries, JAX runtime), counted against the budget.
     conv_impl: the encoder's convolution (`jaxsr.dmri.models.conv.CONV_IMPLS`, resolved).
+    batch: volumes of a series that go through the model together (`plan_batch`); the
+      bytes above are those of the whole batch.
   """
   tile: tuple[int, int, int]
   chunk_size: int
@@ -58,6 +60,7 @@ class MemoryPlan:
   fixed_bytes: int
   runtime_bytes: int
   conv_impl: str = "xla"
+  batch: int = 1
 
   @property
   def peak_bytes(self) -> int:
@@ -65,7 +68,8 @@ class MemoryPlan:
     return self.runtime_bytes + self.fixed_bytes + max(self.encoder_bytes, self.decoder_bytes)
 
   def num_passes(self, lr_shape: Sequence[int], hr_shape: Sequence[int]) -> int:
-    """Tiles plus chunks of one `reconstruct` call: the `progress` units it reports."""
+    """Tiles plus chunks of one `reconstruct` call (of one batch): the `progress` units it
+    reports."""
     tiles = math.prod(math.ceil(n / c) for n, c in zip(lr_shape, self.tile))
     return tiles + math.ceil(math.prod(hr_shape) / self.chunk_size)
 
@@ -90,8 +94,9 @@ def _compiled_bytes(function, *args) -> int:
 
 def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[int],
                 hr_shape: Sequence[int], max_bytes: int, runtime_bytes: int | None = None,
-                max_chunk_size: int = 1 << 18) -> MemoryPlan:
-  """The largest encoder tile and decoder chunk whose memory fits `max_bytes` in all.
+                max_chunk_size: int = 1 << 18, batch: int = 1) -> MemoryPlan:
+  """The largest encoder tile and decoder chunk whose memory fits `max_bytes` in all, for
+  `batch` volumes reconstructed together (one `reconstruct` call on a batch).
 
   Encoder and decoder memory are measured from XLA's compiled programs: on two
   probe tiles (8^3 and 16^3 voxels: activations grow linearly with the tile's
@@ -116,14 +121,16 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
       functools.partial(model.apply, method="encode"), {"params": params},
       jax.ShapeDtypeStruct((1, 1, 1, 1, in_channels), jnp.float32)).shape[-1]
   lr_voxels, hr_voxels = math.prod(lr_shape), math.prod(hr_shape)
-  # float32: parameters, latent map on device and on the host, LR input and a tile of it,
-  # and a few HR volumes (the output, its copies, back-projection's resize temporaries)
-  fixed = 4 * (count_parameters(params) + 2 * lr_voxels * latent_features + 2 * lr_voxels * in_channels
-               + 8 * hr_voxels)
+  lead = (batch,) if batch > 1 else ()  # a single volume runs unbatched (its own program)
+  # float32: parameters, and per volume the latent map on device and on the host, the LR
+  # input and a tile of it, and a few HR volumes (the output, its copies, back-projection's
+  # resize temporaries)
+  fixed = 4 * (count_parameters(params) + batch * (2 * lr_voxels * latent_features
+                                                   + 2 * lr_voxels * in_channels + 8 * hr_voxels))
   available = max_bytes - runtime_bytes - fixed
 
   def decoder_bytes(count):
-    latent = jax.ShapeDtypeStruct((*lr_shape, latent_features), jnp.float32)
+    latent = jax.ShapeDtypeStruct((*lead, *lr_shape, latent_features), jnp.float32)
     return _compiled_bytes(decode_chunk, model, params, latent,
                            jax.ShapeDtypeStruct((), jnp.int32), hr_shape, count)
 
@@ -136,7 +143,7 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
   for conv_impl in dict.fromkeys((own, "xla")):
     try:
       core, encoder = _plan_encoder(model.clone(conv_impl=conv_impl), params, in_channels,
-                                    lr_shape, available, runtime_bytes + fixed, max_bytes)
+                                    lr_shape, available, runtime_bytes + fixed, max_bytes, lead)
     except MemoryBudgetError as failure:
       error = failure
       continue
@@ -162,16 +169,42 @@ def plan_memory(model: nn.Module, params, in_channels: int, lr_shape: Sequence[i
         f"a memory budget of {format_bytes(max_bytes)} is too small to reconstruct a "
         f"{hr_shape} output from a {lr_shape} input with this model; it needs at least "
         f"{format_bytes(least)}")
-  return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes, conv_impl)
+  return MemoryPlan(core, chunk, encoder, decoder, fixed, runtime_bytes, conv_impl, batch)
+
+
+def plan_batch(model: nn.Module, params, in_channels: int, lr_shape: Sequence[int],
+               hr_shape: Sequence[int], max_bytes: int, max_batch: int,
+               runtime_bytes: int | None = None) -> MemoryPlan:
+  """`plan_memory` for the largest batch of volumes, up to `max_batch` (halving), that the
+  budget holds with whole volumes through the encoder (one pass, no tiles); where none
+  does, one volume at a time, tiled as needed.
+
+  Raises:
+    MemoryBudgetError: as `plan_memory`, when not even one volume fits.
+  """
+  lr_shape = tuple(int(n) for n in lr_shape)
+  batch = max(1, int(max_batch))
+  while batch > 1:
+    try:
+      plan = plan_memory(model, params, in_channels, lr_shape, hr_shape, max_bytes,
+                         runtime_bytes, batch=batch)
+      if plan.tile == lr_shape:
+        return plan
+    except MemoryBudgetError:
+      pass
+    batch //= 2
+  return plan_memory(model, params, in_channels, lr_shape, hr_shape, max_bytes, runtime_bytes)
 
 
 def _plan_encoder(model: nn.Module, params, in_channels: int, lr_shape: tuple[int, ...],
-                  available: float, committed: int, max_bytes: int) -> tuple[tuple[int, ...], int]:
+                  available: float, committed: int, max_bytes: int, lead: tuple[int, ...] = ()
+                  ) -> tuple[tuple[int, ...], int]:
   """(tile core, XLA bytes of one window) of the cheapest tiling whose windows fit `available`.
 
   The window's memory is measured on two probe tiles (8^3 and 16^3 voxels) as a
   fixed part (e.g. reshaped kernels) plus a part per voxel, then on the chosen
-  window. `committed` (runtime and fixed arrays) only enters the error message.
+  window. `committed` (runtime and fixed arrays) only enters the error message; `lead` is
+  the batch axis of a batch's windows, () for one volume.
 
   Raises:
     MemoryBudgetError: when no tiling that fits encodes less than `MAX_RECOMPUTE`
@@ -179,7 +212,7 @@ def _plan_encoder(model: nn.Module, params, in_channels: int, lr_shape: tuple[in
   """
   def encoder_bytes(window):
     return _compiled_bytes(encode, model, params,
-                           jax.ShapeDtypeStruct((*window, in_channels), jnp.float32))
+                           jax.ShapeDtypeStruct((*lead, *window, in_channels), jnp.float32))
 
   halo = model.receptive_radius
   small, large = (tuple(min(n, edge) for n in lr_shape) for edge in (8, 16))

@@ -61,19 +61,27 @@ class ForwardProgram:
 
 @functools.partial(ForwardProgram, static_argnames=("model",))
 def encode(model: nn.Module, params, lr: jax.Array) -> jax.Array:
-  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map, with the model's convolution."""
-  return model.apply({"params": params}, lr[None], method="encode")[0]
+  """(x, y, z, C) LR input -> (x, y, z, F) latent feature map, with the model's convolution;
+  a batch (B, x, y, z, C) -> (B, x, y, z, F)."""
+  batched = lr.ndim == 5
+  latent = model.apply({"params": params}, lr if batched else lr[None], method="encode")
+  return latent if batched else latent[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "hr_shape", "chunk_size"))
 def decode_chunk(model: nn.Module, params, latent: jax.Array, start: jax.Array,
                  hr_shape: tuple[int, int, int], chunk_size: int) -> jax.Array:
-  """Intensities (chunk_size,) at the HR voxels with flat indices start .. start + chunk_size - 1.
+  """Intensities (chunk_size,) at the HR voxels with flat indices start .. start + chunk_size - 1
+  of a latent map (x, y, z, F); (B, chunk_size) for a batch of them (B, x, y, z, F).
 
   Indices past the end of the grid are clamped to the last voxel; callers drop them.
   """
-  coords = chunk_coordinates(hr_shape, start, chunk_size)
-  return model.apply({"params": params}, latent[None], coords[None], method=model.decode)[0]
+  batched = latent.ndim == 5
+  latent = latent if batched else latent[None]
+  coords = jnp.broadcast_to(chunk_coordinates(hr_shape, start, chunk_size),
+                            (latent.shape[0], chunk_size, 3))
+  values = model.apply({"params": params}, latent, coords, method=model.decode)
+  return values if batched else values[0]
 
 
 def axis_tiles(size: int, core: int, halo: int) -> list[tuple[int, int, int]]:
@@ -102,23 +110,26 @@ def window_shape(shape: Sequence[int], core: Sequence[int], halo: int) -> tuple[
 
 def encode_tiled(model: nn.Module, params, lr: np.ndarray, core: Sequence[int],
                  progress: Callable[[int], object] | None = None) -> jax.Array:
-  """The latent map (x, y, z, F) of `lr` (x, y, z, C), encoded over overlapping tiles.
+  """The latent map (x, y, z, F) of `lr` (x, y, z, C), encoded over overlapping tiles; a batch
+  (B, x, y, z, C) -> (B, x, y, z, F), the batch's tiles encoded together.
 
   Tiles have cores of `core` LR voxels per axis and are widened by the encoder's
   `receptive_radius`, so the result equals `encode` on the whole volume; all
   windows have one shape (one compilation). `progress(1)` is called per tile.
   """
   halo = model.receptive_radius
-  tiles = [axis_tiles(n, c, halo) for n, c in zip(lr.shape[:3], core)]
-  window = window_shape(lr.shape[:3], core, halo)
+  spatial = lr.shape[-4:-1]
+  tiles = [axis_tiles(n, c, halo) for n, c in zip(spatial, core)]
+  window = window_shape(spatial, core, halo)
   out = None
   for tile in itertools.product(*tiles):
     source = tuple(slice(first, first + w) for (first, _, _), w in zip(tile, window))
-    values = encode(model, params, jnp.asarray(lr[source], jnp.float32))
+    values = encode(model, params, jnp.asarray(lr[(..., *source, slice(None))], jnp.float32))
     if out is None:
-      out = np.empty(lr.shape[:3] + values.shape[-1:], np.float32)
+      out = np.empty(lr.shape[:-1] + values.shape[-1:], np.float32)
     inner = tuple(slice(start - first, stop - first) for first, start, stop in tile)
-    out[tuple(slice(start, stop) for _, start, stop in tile)] = np.asarray(values[inner])
+    core_slices = tuple(slice(start, stop) for _, start, stop in tile)
+    out[(..., *core_slices, slice(None))] = np.asarray(values[(..., *inner, slice(None))])
     if progress is not None:
       progress(1)
   return jnp.asarray(out)
@@ -130,7 +141,9 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
                 conv_impl: str | None = None) -> np.ndarray:
   """Super-resolves `lr` (x, y, z, C) onto an HR grid of `hr_shape` voxels over the same field of view.
 
-  Returns a float32 (X, Y, Z) array. The encoder runs on the whole volume, or
+  Returns a float32 (X, Y, Z) array; for a batch `lr` (B, x, y, z, C), (B, X, Y, Z), each
+  volume's values those of its own call (the batch shares every tile's and chunk's
+  program). The encoder runs on the whole volume, or
   over tiles with cores of `tile` LR voxels per axis (`encode_tiled`, same
   result), with the convolution `conv_impl` (`jaxsr.dmri.models.conv.CONV_IMPLS`; by
   default the model's); then `chunk_size` HR voxels are decoded at a time.
@@ -139,7 +152,7 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
   """
   hr_shape = tuple(int(n) for n in hr_shape)
   encoder = model if conv_impl is None else model.clone(conv_impl=conv_impl)
-  if tile is None or tuple(tile) == tuple(lr.shape[:3]):
+  if tile is None or tuple(tile) == tuple(lr.shape[-4:-1]):
     latent = encode(encoder, params, jnp.asarray(lr, jnp.float32))
     if progress is not None:
       latent.block_until_ready()  # report the pass when it is done, not when it is queued
@@ -148,14 +161,15 @@ def reconstruct(model: nn.Module, params, lr: np.ndarray, hr_shape: Sequence[int
     latent = encode_tiled(encoder, params, lr, tile, progress)
   total = math.prod(hr_shape)
   chunk_size = min(chunk_size, total)
-  out = np.empty(total, np.float32)
+  batch = lr.shape[:-4]
+  out = np.empty(batch + (total,), np.float32)
   for start in range(0, total, chunk_size):
     values = decode_chunk(model, params, latent, jnp.int32(start), hr_shape, chunk_size)
     stop = min(start + chunk_size, total)
-    out[start:stop] = np.asarray(values[: stop - start])
+    out[..., start:stop] = np.asarray(values[..., : stop - start])
     if progress is not None:
       progress(1)
-  return out.reshape(hr_shape)
+  return out.reshape(batch + hr_shape)
 
 
 @functools.partial(ForwardProgram, static_argnames=("model",))

@@ -56,8 +56,9 @@ from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable, pretrained
 from jaxsr.dmri import psf as psf_lib
 from jaxsr.dmri import step as step_lib
+from jaxsr.dmri import uncertainty as uncertainty_lib
 from jaxsr.dmri.degrade import back_project, degrade
-from jaxsr.dmri.memory import MemoryPlan, plan_memory
+from jaxsr.dmri.memory import MemoryPlan, plan_batch
 from jaxsr.dmri.models import is_implicit
 from jaxsr.dmri.reconstruct import reconstruct
 from jaxsr.errors import UpsampleError
@@ -66,6 +67,13 @@ DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
 DEFAULT_MAX_OUTPUT_VOXELS = 2**28  # per 3D volume: 1 GiB of float32
 DEFAULT_BACK_PROJECTION = 3  # iterations; 0: the model's output as it is
 DEFAULT_PSF = acquisition.AUTO  # chosen over the training degradation on the validation scans
+
+
+def default_batch() -> int:
+  """Volumes of a series super-resolved together at most: 1 on a CPU, where a batch is no
+  faster per volume (docs/benchmarks.md) and costs memory; 8 on an accelerator, where one
+  volume's programs are too small to fill it."""
+  return 1 if jax.default_backend() == "cpu" else 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,28 +242,46 @@ def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: n
   if "psf" not in decided:  # a blank volume is never run through the model
     raise adapt_lib.AdaptError("the scan has no signal to adapt to")
   record["psf"] = {**decided["psf"],
-                   "decided": "on the unadapted model's output for volume 0, before adapting"}
+                   "decided": "on the unadapted model's output for the volume adapted to, "
+                              "before adapting"}
   return tuple(decided["psf"]["per_axis"])
 
 
-def adapt_on_first_volume(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
-                          hr_shape: Sequence[int], psf, settings: adapt_lib.AdaptSettings, *,
-                          mask: np.ndarray | None, record: dict,
-                          max_memory: int = DEFAULT_MAX_MEMORY, plan: MemoryPlan | None = None,
-                          progress: bool = False
-                          ) -> tuple[Upsampler, object, adapt_lib.AdaptSettings]:
-  """`--adapt` on the first volume of a series: the PSF decided first (`psf_before_adaptation`),
-  adaptation with it (`adapt_upsampler`), both written to `record` ("psf", "adapt").
+def adaptation_volume(read: Callable[[int], np.ndarray], num_volumes: int,
+                      bvals: np.ndarray | None) -> tuple[np.ndarray, list[int]]:
+  """(the LR volume a series is adapted to, the indices of the volumes it is made of): the
+  mean of the b0s where b-values say which they are, else the first volume.
+
+  The b0s have the most signal of a diffusion series and share its anatomy; averaging k of
+  them divides the noise by about √k, so adaptation learns the scan, not its noise. One
+  adaptation then serves every volume of the series.
+  """
+  if bvals is None:
+    return read(0), [0]
+  indices = [int(i) for i in btable.b0_indices(bvals, source="<bvals>")]
+  return np.mean([read(i) for i in indices], axis=0, dtype=np.float32), indices
+
+
+def adapt_on_series(upsampler: Upsampler, read: Callable[[int], np.ndarray], num_volumes: int,
+                    bvals: np.ndarray | None, lr_affine: np.ndarray, hr_shape: Sequence[int],
+                    psf, settings: adapt_lib.AdaptSettings, *, mask: np.ndarray | None,
+                    record: dict, max_memory: int = DEFAULT_MAX_MEMORY,
+                    plan: MemoryPlan | None = None, progress: bool = False
+                    ) -> tuple[Upsampler, object, adapt_lib.AdaptSettings]:
+  """`--adapt` once for a whole series, on `adaptation_volume`: the PSF decided first
+  (`psf_before_adaptation`), adaptation with it (`adapt_upsampler`), both written to
+  `record` ("psf", "adapt", with the volumes adapted to); every volume then uses the result.
 
   Returns (the upsampler to use, the PSF for the series, the settings adapted with).
   """
+  volume, indices = adaptation_volume(read, num_volumes, bvals)
   prepare_adaptation(upsampler, volume.shape, hr_shape, settings)
   psf = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, psf, mask=mask,
                               max_memory=max_memory, plan=plan, record=record)
   settings = with_psf(settings, psf)
   upsampler, result = adapt_upsampler(upsampler, volume, volume.shape, hr_shape, settings,
                                       mask=mask, progress=progress)
-  record["adapt"] = {**result.record(), "volumes": [0],
+  record["adapt"] = {**result.record(), "volumes": indices,
                      "psf": list(psf_lib.per_axis(settings.psf)) if settings.psf else None}
   return upsampler, psf, settings
 
@@ -278,9 +304,12 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
                      mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
                      back_projection: int = DEFAULT_BACK_PROJECTION,
                      psf: str | Sequence[str] | None = DEFAULT_PSF,
-                     plan: MemoryPlan | None = None, progress: bool = False,
-                     source: str = "input", record: dict | None = None) -> Iterator[np.ndarray]:
-  """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator.
+                     plan: MemoryPlan | None = None, batch: int | None = None,
+                     uncertainty: str | None = None, progress: bool = False,
+                     source: str = "input", record: dict | None = None
+                     ) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator; with
+  `uncertainty`, (volume, its uncertainty map) pairs.
 
   Inputs are checked, the T1 prepared and memory planned when this is called;
   each volume is then read, super-resolved and yielded one at a time.
@@ -294,8 +323,12 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     bvals: (V,) s/mm² or None (see the module docstring for what changes).
     t1: the T1 at its own grid; required iff the model takes a T1.
     mask: (x, y, z) bool brain mask on the LR grid, or None.
-    max_memory: bytes for the whole process (`jaxsr.dmri.memory.plan_memory`); `plan`
+    max_memory: bytes for the whole process (`jaxsr.dmri.memory.plan_batch`); `plan`
       overrides the plan made from it.
+    batch: volumes super-resolved together at most, as memory allows (None:
+      `default_batch()`); the outputs are the same, to float rounding.
+    uncertainty: a method of `jaxsr.dmri.uncertainty.METHODS` for a per-voxel uncertainty
+      (expected absolute error, signal units) beside each volume, or None.
     back_projection: iterations of back-projection on each model output.
     psf: the input's PSF: "auto" (decided per axis from the grid and the first volume
       super-resolved, `jaxsr.dmri.acquisition`, and kept for the series), one name of
@@ -318,26 +351,32 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
   check_t1(upsampler, t1.path if t1 is not None else None)
   kinds = _volume_kinds(num_volumes, bvals, upsampler)
   b0s = btable.b0_indices(bvals, source=source) if "dwi" in kinds else None
+  if uncertainty is not None:
+    uncertainty_lib.check_method(uncertainty)
   if plan is None:
-    plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
-                       hr_shape, max_memory)
+    plan = plan_batch(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
+                      hr_shape, max_memory, min(batch or default_batch(), num_volumes))
   volume_sr = _VolumeSR(upsampler, plan, lr_shape, lr_affine, hr_shape, t1, mask,
-                        back_projection, psf, record if record is not None else {})
-  return _generate(read, kinds, b0s, volume_sr, progress, source)
+                        back_projection, psf, record if record is not None else {}, uncertainty)
+  volumes = _generate(read, kinds, b0s, volume_sr, progress, source)
+  return volumes if uncertainty is not None else (out for out, _ in volumes)
 
 
 class _VolumeSR:
-  """One LR volume at a time through the model, in the intensity units of its training."""
+  """LR volumes through the model (`plan.batch` at a time), in the intensity units of its
+  training."""
 
   def __init__(self, upsampler: Upsampler, plan: MemoryPlan, lr_shape, lr_affine, hr_shape,
                t1: nifti.Volume | None, mask: np.ndarray | None, back_projection: int,
-               psf: str | tuple[str, str, str] | None, record: dict):
+               psf: str | tuple[str, str, str] | None, record: dict,
+               uncertainty: str | None = None):
     self.upsampler, self.plan = upsampler, plan
+    self.uncertainty = uncertainty
     self.lr_shape, self.hr_shape = lr_shape, hr_shape
     self.mask, self.back_projection, self.psf = mask, back_projection, psf
     self.voxel_size = nib.affines.voxel_sizes(lr_affine)
     self.record = record
-    if psf != acquisition.AUTO:  # a choice recorded before (`adapt_on_first_volume`) stays
+    if psf != acquisition.AUTO:  # a choice recorded before (`adapt_on_series`) stays
       record.setdefault("psf", {"mode": "given" if psf is not None else "training degradation",
                                 "per_axis": list(psf) if psf is not None else None})
     self.mask_hr = geometry.nearest_on_output(mask, hr_shape) if mask is not None else None
@@ -348,55 +387,109 @@ class _VolumeSR:
 
   @property
   def passes(self) -> int:
-    """Progress units (tiles and chunks) of one volume."""
-    return self.plan.num_passes(self.lr_shape, self.hr_shape)
+    """Progress units (tiles and chunks) of one volume (two model passes with a flip
+    uncertainty)."""
+    runs = 2 if self.uncertainty and uncertainty_lib.needs_flip(self.uncertainty) else 1
+    return runs * self.plan.num_passes(self.lr_shape, self.hr_shape)
 
-  def normalised(self, x: np.ndarray, bar: tqdm) -> np.ndarray:
-    """The model's output for a normalised LR volume `x`, back-projected onto it."""
-    inputs = np.stack([x, *self.channels], axis=-1).astype(np.float32)
-    out = reconstruct(self.upsampler.model, self.upsampler.params, inputs, self.hr_shape,
-                      chunk_size=self.plan.chunk_size, tile=self.plan.tile, progress=bar.update,
-                      conv_impl=self.plan.conv_impl)
+  def _raw(self, inputs: np.ndarray, bar: tqdm) -> np.ndarray:
+    """(B, X, Y, Z) model outputs for a (B, x, y, z, C) batch, as one batch."""
+    batch = len(inputs)
+    outs = reconstruct(self.upsampler.model, self.upsampler.params,
+                       inputs if batch > 1 else inputs[0], self.hr_shape,
+                       chunk_size=self.plan.chunk_size, tile=self.plan.tile,
+                       progress=lambda n: bar.update(n * batch), conv_impl=self.plan.conv_impl)
+    return outs if batch > 1 else outs[None]
+
+  def normalised(self, xs: list[np.ndarray], bar: tqdm
+                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(output, uncertainty or None) of the model for normalised LR volumes `xs` (at most
+    `plan.batch`, through the model together), each output back-projected onto its input."""
+    inputs = np.stack([np.stack([x, *self.channels], axis=-1) for x in xs]).astype(np.float32)
+    raws = self._raw(inputs, bar)
     if self.psf == acquisition.AUTO:  # decided on the first volume, kept for the series
-      choice = acquisition.estimate_psf(out, x, self.voxel_size)
+      choice = acquisition.estimate_psf(raws[0], xs[0], self.voxel_size)
       self.psf = choice.psf
       self.record["psf"] = choice.record()
-    return np.clip(back_project(out, x, self.back_projection, psf=self.psf), 0.0, self.upper)
+    outs = [back_project(raw, x, self.back_projection, psf=self.psf)
+            for raw, x in zip(raws, xs)]
+    uncertainties = [None] * len(xs)
+    if self.uncertainty is not None:
+      flipped_raws = []  # the flipped batch's outputs, made once where the method needs them
 
-  def by_reference(self, volume: np.ndarray, bar: tqdm) -> np.ndarray:
-    """A volume divided by its reference intensity, super-resolved and multiplied back."""
+      def raw_flipped(index):
+        if not flipped_raws:
+          flipped_raws.extend(uncertainty_lib.flipped(
+              self._raw(uncertainty_lib.flipped(inputs, axes=(1,)), bar), axes=(1,)))
+        return flipped_raws[index]
+      uncertainties = [uncertainty_lib.uncertainty_map(
+          self.uncertainty, raw, out, x, self.back_projection, self.psf,
+          lambda index=index: raw_flipped(index))
+          for index, (raw, out, x) in enumerate(zip(raws, outs, xs))]
+    return [(np.clip(out, 0.0, self.upper), unc) for out, unc in zip(outs, uncertainties)]
+
+  def by_reference(self, volume: np.ndarray) -> tuple[np.ndarray, np.float32] | None:
+    """(the volume divided by its reference intensity, the reference), None for a blank one."""
     reference = intensity_reference(volume, self.mask, self.upsampler)
     if not reference > 0:
-      bar.update(self.passes)
-      return np.zeros(self.hr_shape, np.float32)
+      return None
     x = np.clip(volume / reference, 0.0, self.upper)
-    return self.normalised(x if self.mask is None else x * self.mask, bar) * np.float32(reference)
+    return (x if self.mask is None else x * self.mask), np.float32(reference)
+
+  def outputs(self, jobs: list[tuple[np.ndarray, np.ndarray | np.float32] | None], bar: tqdm
+              ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per job (normalised input, what its output is multiplied by; None: a blank volume) the
+    output in signal units and its uncertainty (None unless asked), the jobs through the
+    model together."""
+    made = iter(self.normalised([job[0] for job in jobs if job is not None], bar)
+                if any(job is not None for job in jobs) else [])
+    outs = []
+    for job in jobs:
+      if job is None:
+        bar.update(self.passes)
+        blank = np.zeros(self.hr_shape, np.float32)
+        outs.append((blank, blank if self.uncertainty is not None else None))
+      else:
+        out, unc = next(made)
+        outs.append((out * job[1], unc * np.abs(job[1]) if unc is not None else None))
+    return outs
 
 
 def _generate(read: Callable[[int], np.ndarray], kinds: list[str], b0s: np.ndarray | None,
-              volume_sr: _VolumeSR, progress: bool, source: str) -> Iterator[np.ndarray]:
-  """The output volumes: diffusion-weighted ones over the mean b0, the others by reference."""
+              volume_sr: _VolumeSR, progress: bool, source: str
+              ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+  """The output volumes and their uncertainties (None unless asked): diffusion-weighted
+  ones over the mean b0, the others by reference; `plan.batch` volumes through the model at
+  a time."""
   num_volumes = len(kinds)
   passes = num_volumes + (b0s is not None)
+  batch = volume_sr.plan.batch
   with tqdm(total=passes * volume_sr.passes, desc="upsample", unit="pass",
             disable=not progress, dynamic_ncols=True) as bar:
     if b0s is not None:
       mean_b0 = np.mean([read(int(i)) for i in b0s], axis=0, dtype=np.float32)
       valid = mean_b0 > 0 if volume_sr.mask is None else volume_sr.mask & (mean_b0 > 0)
       bar.set_postfix_str("mean b0")
-      mean_b0_hr = volume_sr.by_reference(mean_b0, bar)
-    for index, kind in enumerate(kinds):
-      bar.set_postfix_str(f"volume {index + 1}/{num_volumes}")
-      volume = read(index)
-      if kind == "dwi":
-        ratio = np.zeros(volume_sr.lr_shape, np.float32)
-        np.divide(volume, mean_b0, out=ratio, where=valid)
-        out = volume_sr.normalised(np.clip(ratio, 0.0, 1.0), bar) * mean_b0_hr
-      else:
-        out = volume_sr.by_reference(volume, bar)
-      if not np.all(np.isfinite(out)):  # never written: the caller writes to a temporary
-        raise UpsampleError(f"{source}: volume {index}: the model gave non-finite values")
-      yield out if volume_sr.mask_hr is None else out * volume_sr.mask_hr
+      (mean_b0_hr, _), = volume_sr.outputs([volume_sr.by_reference(mean_b0)], bar)
+    for first in range(0, num_volumes, batch):
+      indices = range(first, min(first + batch, num_volumes))
+      bar.set_postfix_str(f"volume {indices[-1] + 1}/{num_volumes}")
+      jobs = []
+      for index in indices:
+        volume = read(index)
+        if kinds[index] == "dwi":
+          ratio = np.zeros(volume_sr.lr_shape, np.float32)
+          np.divide(volume, mean_b0, out=ratio, where=valid)
+          jobs.append((np.clip(ratio, 0.0, 1.0), mean_b0_hr))
+        else:
+          jobs.append(volume_sr.by_reference(volume))
+      for index, (out, unc) in zip(indices, volume_sr.outputs(jobs, bar)):
+        if not np.all(np.isfinite(out)):  # never written: the caller writes to a temporary
+          raise UpsampleError(f"{source}: volume {index}: the model gave non-finite values")
+        if volume_sr.mask_hr is not None:
+          out = out * volume_sr.mask_hr
+          unc = unc * volume_sr.mask_hr if unc is not None else None
+        yield out, unc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,6 +545,37 @@ def prepare_adaptation(upsampler: Upsampler, lr_shape: Sequence[int], hr_shape: 
                             settings.lr_patch_size)
 
 
+# A volume this many times brighter than the series' median is mis-scaled: a b0 among b = 3000
+# volumes is about 10 times their median; a unit mix-up (0..1 beside 0..4000) thousands.
+SCALING_RATIO = 100.0
+
+
+def series_level(volume: np.ndarray) -> float:
+  """A volume's brightness for comparing the volumes of a series: its 99th percentile."""
+  return float(np.percentile(volume, 99))
+
+
+def check_series_scaling(levels: Sequence[float], source: str) -> None:
+  """DataError naming the first volume of a series whose `series_level` is over
+  `SCALING_RATIO` times the series' median, or under 1/1000 of it (0: a blank volume, kept).
+
+  A series is stored in one unit and diffusion weighting attenuates by less than this (the
+  noise floor stays), so a volume so much brighter or darker than the others was scaled
+  differently (stacked from another file, another unit): its output would be wrong too.
+  """
+  levels = np.asarray(levels, np.float64)
+  median = float(np.median(levels))
+  if len(levels) < 2 or not median > 0:
+    return
+  for index, level in enumerate(levels):
+    ratio = level / median
+    if ratio > SCALING_RATIO or 0 < ratio < 1e-3:
+      raise nifti.DataError(
+          f"{source}: volume {index} is scaled unlike the others (its 99th percentile "
+          f"{level:g} is {ratio:.3g}× the series' median {median:g}); give a series "
+          "stored in one unit")
+
+
 def check_magnitude(peak: float, source: str) -> None:
   """DataError if an input's largest voxel is not positive: jaxsr super-resolves magnitude
   images (negative voxels are clipped to 0, so a signed or phase image would come out blank)."""
@@ -480,8 +604,9 @@ def upsample(data: np.ndarray, affine: np.ndarray,
              max_output_voxels: int = DEFAULT_MAX_OUTPUT_VOXELS,
              back_projection: int = DEFAULT_BACK_PROJECTION,
              psf: str | Sequence[str] | None = DEFAULT_PSF,
-             adapt: adapt_lib.AdaptSettings | None = None, progress: bool = False,
-             record: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+             adapt: adapt_lib.AdaptSettings | None = None, batch: int | None = None,
+             uncertainty: str | bool | None = None, progress: bool = False,
+             record: dict | None = None) -> tuple[np.ndarray, ...]:
   """Super-resolves an (X, Y, Z) or (X, Y, Z, V) array onto a finer grid of its field of view.
 
   Args:
@@ -499,15 +624,24 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     psf: the input's PSF: "auto" (default: decided per axis, `jaxsr.dmri.acquisition`),
       one name of `jaxsr.dmri.psf.PSFS` or three (x, y, z), or None (the training
       degradation). Back-projection and adaptation degrade with it ("auto": decided on
-      the unadapted model's output for the first volume, before adapting).
-    adapt: fine-tune on the input's first volume first (`jaxsr.dmri.adapt`), or None.
+      the unadapted model's output for the first volume, or the volume adapted to).
+    adapt: fine-tune first (`jaxsr.dmri.adapt`), once for the series, on the mean of its
+      b0s with `bvals`, else on its first volume (`adaptation_volume`); or None.
+    batch: volumes super-resolved together at most (`upsample_volumes`).
+    uncertainty: True (the default method) or a method of
+      `jaxsr.dmri.uncertainty.METHODS`: also return a per-voxel uncertainty, the
+      expected absolute error of the output in its units; None or False: not.
     progress: show a progress bar.
     record: a dict that receives what was decided: "psf" and, with `adapt`, "adapt".
 
   Returns:
     (output, output_affine): float32 (X', Y', Z'[, V]) in the input's units, and
-    its (4, 4) voxel -> world mm affine.
+    its (4, 4) voxel -> world mm affine; with `uncertainty`, (output, output_affine,
+    uncertainty), the last shaped as the output.
   """
+  if uncertainty is True:
+    uncertainty = uncertainty_lib.DEFAULT_METHOD
+  uncertainty = uncertainty or None
   data = np.asarray(data, np.float32)
   if data.ndim not in (3, 4) or 0 in data.shape:
     raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
@@ -515,6 +649,8 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     raise nifti.DataError("<array>: has non-finite voxels (NaN/inf)")
   check_magnitude(float(data.max()), "<array>")
   num_volumes = data.shape[3] if data.ndim == 4 else 1
+  check_series_scaling([series_level(data[..., v] if data.ndim == 4 else data)
+                        for v in range(num_volumes)], "<array>")
   if bvals is not None and np.size(bvals) != num_volumes:
     raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
   grid = output_grid(data.shape[:3], affine, voxel_size=voxel_size, scale=scale, shape=shape,
@@ -527,15 +663,21 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   adapt = with_psf(adapt, psf)
   record = record if record is not None else {}
   if adapt is not None and adapt.steps:
-    upsampler, psf, adapt = adapt_on_first_volume(
-        upsampler, read(0), np.asarray(affine, np.float64), grid.shape, psf, adapt, mask=mask,
-        record=record, max_memory=max_memory, progress=progress)
+    upsampler, psf, adapt = adapt_on_series(
+        upsampler, read, num_volumes, bvals, np.asarray(affine, np.float64), grid.shape, psf,
+        adapt, mask=mask, record=record, max_memory=max_memory, progress=progress)
   volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
                              grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
                              max_memory=max_memory, back_projection=back_projection, psf=psf,
-                             progress=progress, source="<bvals>", record=record)
-  out = np.stack(list(volumes), axis=-1)
-  return (out if data.ndim == 4 else out[..., 0]), grid.affine
+                             batch=batch, uncertainty=uncertainty, progress=progress,
+                             source="<bvals>", record=record)
+  if uncertainty is None:
+    out = np.stack(list(volumes), axis=-1)
+    return (out if data.ndim == 4 else out[..., 0]), grid.affine
+  outs, uncertainties = zip(*volumes)
+  out, unc = np.stack(outs, axis=-1), np.stack(uncertainties, axis=-1)
+  return ((out, grid.affine, unc) if data.ndim == 4
+          else (out[..., 0], grid.affine, unc[..., 0]))
 
 
 def with_psf(settings: adapt_lib.AdaptSettings | None, psf

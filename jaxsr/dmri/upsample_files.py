@@ -8,6 +8,7 @@ the jaxsr version, the input, the grid, the settings and the time taken).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
@@ -20,16 +21,18 @@ import nibabel as nib
 import nibabel.affines
 import numpy as np
 
-from jaxsr import files, nifti
+from jaxsr import files, nifti, prefetch
 from jaxsr.dmri import acquisition
 from jaxsr.dmri import adapt as adapt_lib
 from jaxsr.dmri import btable
-from jaxsr.dmri.memory import MemoryPlan, plan_memory
+from jaxsr.dmri import uncertainty as uncertainty_lib
+from jaxsr.dmri.memory import MemoryPlan, plan_batch
 from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
                                  DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
-                                 adapt_on_first_volume, check_magnitude, check_t1,
-                                 load_upsampler, lr_mask, output_grid, prepare_adaptation,
-                                 save_adapted_model, upsample_volumes, with_psf)
+                                 adapt_on_series, check_magnitude, check_series_scaling,
+                                 check_t1, default_batch, load_upsampler, lr_mask, output_grid,
+                                 prepare_adaptation, save_adapted_model, series_level,
+                                 upsample_volumes, with_psf)
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
 
@@ -37,20 +40,29 @@ from jaxsr.outputs import check_outputs, companion_path, nifti_output
 @dataclasses.dataclass(frozen=True)
 class UpsampleResult:
   """What `upsample_files` wrote: the files, the output grid, volumes, memory plan, seconds,
-  and what was decided on the scan (the sidecar's "psf" and "adapt")."""
+  what was decided on the scan (the sidecar's "psf" and "adapt") and the seconds per stage
+  (the sidecar's "timing")."""
   files: list[str]
   grid: OutputGrid
   num_volumes: int
   plan: MemoryPlan
   seconds: float
   decided: dict = dataclasses.field(default_factory=dict)
+  timing: dict = dataclasses.field(default_factory=dict)
 
 
-def output_targets(out: pathlib.Path, bvals, bvecs, preview) -> dict[str, pathlib.Path]:
-  """{"image", "sidecar", and "bval"/"bvec" with a gradient table, "preview" with one: path}
-  of a request."""
+def output_targets(out: pathlib.Path, bvals, bvecs, preview, uncertainty=None, report=None
+                   ) -> dict[str, pathlib.Path]:
+  """{"image", "sidecar", and "bval"/"bvec" with a gradient table, "preview", "uncertainty",
+  "report" with one: path} of a request."""
   if preview is not None and pathlib.Path(preview).suffix.lower() != ".png":
     raise UpsampleError(f"{preview}: the preview must be a .png file")
+  if report is not None and pathlib.Path(report).suffix.lower() not in (".html", ".htm"):
+    raise UpsampleError(f"{report}: the report must be an .html file")
+  if uncertainty is not None:
+    uncertainty = nifti_output(uncertainty)
+    if uncertainty == out:
+      raise UpsampleError(f"{uncertainty}: the uncertainty map needs a file of its own")
   if (bvals is None) != (bvecs is None):
     raise UpsampleError("give --bvals and --bvecs together")
   targets = {"image": out, "sidecar": companion_path(out, ".json")}
@@ -58,6 +70,10 @@ def output_targets(out: pathlib.Path, bvals, bvecs, preview) -> dict[str, pathli
     targets.update(bval=companion_path(out, ".bval"), bvec=companion_path(out, ".bvec"))
   if preview is not None:
     targets["preview"] = pathlib.Path(preview)
+  if uncertainty is not None:
+    targets["uncertainty"] = uncertainty
+  if report is not None:
+    targets["report"] = pathlib.Path(report)
   return targets
 
 
@@ -72,41 +88,108 @@ def check_save_adapted(save_adapted, adapt: adapt_lib.AdaptSettings | None,
     raise UpsampleError(f"{save_adapted}: already exists (use --overwrite to replace it)")
 
 
+def shown_volumes(num_volumes: int, bvals: np.ndarray | None) -> list[tuple[str, list[int]]]:
+  """What the report shows of a series: [(name, the volumes averaged for it)]: the mean b0 and
+  the first diffusion-weighted volume with b-values, the first and last volume of a 4D
+  series without them, the volume of a 3D one."""
+  if bvals is not None:
+    b0s = [int(i) for i in btable.b0_indices(bvals, source="<bvals>")]
+    shown = [(f"mean b0 (volumes {', '.join(map(str, b0s))})", b0s)]
+    weighted = [i for i in range(num_volumes) if i not in b0s]
+    if weighted:
+      shown.append((f"volume {weighted[0]} (b = {bvals[weighted[0]]:g} s/mm²)", [weighted[0]]))
+    return shown
+  if num_volumes > 1:
+    return [("volume 0", [0]), (f"volume {num_volumes - 1}", [num_volumes - 1])]
+  return [("the volume", [0])]
+
+
+class _Shown:
+  """Collects, while the volumes stream past, the outputs (and uncertainties) the report and
+  the preview show: per `shown_volumes` entry the mean over its volumes."""
+
+  def __init__(self, selection: list[tuple[str, list[int]]]):
+    self.selection = selection
+    self.sums: dict[int, list] = {}
+
+  def add(self, index: int, output: np.ndarray, uncertainty: np.ndarray | None) -> None:
+    for entry, (_, indices) in enumerate(self.selection):
+      if index in indices:
+        total = self.sums.setdefault(entry, [0.0, 0.0 if uncertainty is not None else None])
+        total[0] = total[0] + output / len(indices)
+        if uncertainty is not None:
+          total[1] = total[1] + uncertainty / len(indices)
+
+  def volumes(self, source: nifti.LazyVolume) -> list:
+    """[`jaxsr.dmri.report.ShownVolume`] of the selection, inputs read from `source`."""
+    from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+
+    return [report.ShownVolume(
+        name, np.mean([source.volume(i) for i in indices], axis=0, dtype=np.float32),
+        self.sums[entry][0], self.sums[entry][1])
+        for entry, (name, indices) in enumerate(self.selection)]
+
+
 def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, grid: OutputGrid,
-                  volumes: Iterator[np.ndarray], bvals, bvecs, *, preview_title: str,
-                  sidecar: Callable[[], dict], overwrite: bool = False) -> None:
-  """Writes the output NIfTI volume by volume, the gradient table, the preview and the JSON
-  sidecar (`sidecar()`, called once the volumes are written), each under a temporary name
-  renamed only when all are complete (none is left behind on failure), together and, without
-  `overwrite`, never over a file another run made meanwhile (`files.publish_together`)."""
+                  volumes: Iterator[tuple[np.ndarray, np.ndarray | None]], bvals, bvecs, *,
+                  preview_title: str, sidecar: Callable[[], dict], overwrite: bool = False,
+                  shown: list[tuple[str, list[int]]] | None = None,
+                  report_sections: list | None = None) -> None:
+  """Writes the output NIfTI volume by volume (and the uncertainty NIfTI beside it, where
+  `targets` has "uncertainty" and `volumes` gives each volume's map), the gradient table,
+  the JSON sidecar (`sidecar()`, called once the volumes are written), the preview and the
+  HTML report (`targets` "preview", "report"; `shown`: what the report shows; its section,
+  `jaxsr.dmri.report.section`, is also appended to `report_sections`), each under a
+  temporary name renamed only when all are complete (none is left behind on failure),
+  together and, without `overwrite`, never over a file another run made meanwhile
+  (`files.publish_together`)."""
   temps = {name: files.temporary_path(path) for name, path in targets.items()}
-  first = {}
-
-  def remembering_first() -> Iterator[np.ndarray]:
-    for index, volume in enumerate(volumes):
-      if index == 0:
-        first["output"] = volume
-      yield volume
-
   out_shape = grid.shape + ((source.num_volumes,) if len(source.shape) == 4 else ())
   zooms = source.header.get_zooms()
+  kept = _Shown(shown or [("the volume", [0])])
+  header = dict(header=source.header, repetition_time=zooms[3] if len(zooms) > 3 else None)
   try:
-    with files.write_errors(targets["image"]):
-      nifti.write_volumes(temps["image"], out_shape, grid.affine, remembering_first(),
-                          header=source.header,
-                          repetition_time=zooms[3] if len(zooms) > 3 else None)
+    with contextlib.ExitStack() as stack:
+      stack.enter_context(files.write_errors(targets["image"]))
+      image = stack.enter_context(nifti.VolumeWriter(temps["image"], out_shape, grid.affine,
+                                                     **header))
+      spread = (stack.enter_context(nifti.VolumeWriter(temps["uncertainty"], out_shape,
+                                                       grid.affine, **header))
+                if "uncertainty" in targets else None)
+      for index, (volume, uncertainty) in enumerate(volumes):
+        if index == 0:
+          first_output = volume
+        image.write(volume)
+        if spread is not None:
+          spread.write(uncertainty)
+        kept.add(index, volume, uncertainty)
     if bvals is not None:
       with files.write_errors(targets["bval"]):
         shutil.copyfile(bvals, temps["bval"])
         shutil.copyfile(bvecs, temps["bvec"])
+    record = sidecar()
     with files.write_errors(targets["sidecar"]):
-      files.write_json(temps["sidecar"], sidecar())
+      files.write_json(temps["sidecar"], record)
     if "preview" in targets:
       from jaxsr.dmri import figures  # matplotlib on use: it slows every command's start-up
 
       with files.write_errors(targets["preview"]):
-        figures.upsample_preview(source.volume(0), source.affine, first["output"], grid.affine,
+        figures.upsample_preview(source.volume(0), source.affine, first_output, grid.affine,
                                  temps["preview"], title=preview_title)
+    if "report" in targets or report_sections is not None:
+      from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+
+      began = time.perf_counter()
+      section = report.section(record, kept.volumes(source), source.affine, grid.affine,
+                               preview_title)
+      if report_sections is not None:
+        report_sections.append(section)
+      if "report" in targets:
+        with files.write_errors(targets["report"]):
+          report.write_report(temps["report"], preview_title, [section])
+      record["timing"]["report"] = round(time.perf_counter() - began, 3)
+      with files.write_errors(targets["sidecar"]):  # the report's own time, for the record
+        files.write_json(temps["sidecar"], record)
     files.publish_together(temps, targets, overwrite)
   finally:
     for temp in temps.values():
@@ -116,11 +199,12 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
 
 def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: OutputGrid,
                    adapt: adapt_lib.AdaptSettings | None, back_projection: int, decided: dict,
-                   seconds: float) -> dict:
+                   seconds: float, timing: dict | None = None,
+                   uncertainty: str | None = None) -> dict:
   """What the JSON sidecar beside an output records: the model and the exact weights, the
   jaxsr version, the input, the grid, the settings, what was decided on the scan
-  (`decided`: the PSF, and with --adapt the adaptation's held-out losses and decision)
-  and the time taken."""
+  (`decided`: the PSF, and with --adapt the adaptation's held-out losses and decision),
+  the time taken and, in "timing", seconds per stage (`upsample_files`)."""
   return {
       "GeneratedBy": {"Name": "jaxsr", "Version": importlib.metadata.version("jaxsr")},
       "model": {"source": upsampler.run_dir, "step": upsampler.step,
@@ -133,9 +217,11 @@ def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: Ou
                  "scale": [float(n / m) for n, m in zip(grid.shape, source.shape[:3])]},
       "settings": {"back_projection": back_projection,
                    "psf": decided.get("psf", {}).get("per_axis"),
-                   "adapt_steps": adapt.steps if adapt is not None else 0},
+                   "adapt_steps": adapt.steps if adapt is not None else 0,
+                   "uncertainty": uncertainty},
       **decided,
       "seconds": round(seconds, 3),
+      "timing": {stage: round(value, 3) for stage, value in (timing or {}).items()},
   }
 
 
@@ -149,17 +235,33 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                    psf: str | tuple[str, str, str] | None = DEFAULT_PSF,
                    adapt: adapt_lib.AdaptSettings | None = None,
                    save_adapted: str | os.PathLike | None = None,
-                   preview: str | os.PathLike | None = None, overwrite: bool = False,
-                   progress: bool = True, sidecar_extra: dict | None = None) -> UpsampleResult:
+                   preview: str | os.PathLike | None = None,
+                   uncertainty: str | os.PathLike | None = None,
+                   report: str | os.PathLike | None = None, overwrite: bool = False,
+                   batch: int | None = None, progress: bool = True,
+                   sidecar_extra: dict | None = None,
+                   report_sections: list | None = None) -> UpsampleResult:
   """The `jaxsr upsample` command on files; see `upsample` for the arguments' meaning.
 
   Every input is validated before any computation. The output NIfTI is written
   volume by volume under a temporary name beside `out` (with `bvals`/`bvecs`
   copied to OUT.bval / OUT.bvec and the `preview` PNG likewise) and renamed
   only when all are complete, so a failure leaves none of them behind. The JSON
-  sidecar OUT.json (`sidecar_record`, updated with `sidecar_extra`) goes with them. With
-  `adapt`, the model is first fine-tuned on the first volume; `save_adapted`
-  then names a folder to export the adapted model to (`jaxsr.dmri.pretrained`).
+  sidecar OUT.json (`sidecar_record`, updated with `sidecar_extra`) goes with them, and so
+  do `uncertainty`, a NIfTI of the output's shape holding each voxel's expected absolute
+  error (`jaxsr.dmri.uncertainty`, the default method), and `report`, a self-contained
+  HTML page (`jaxsr.dmri.report`; it shows the uncertainty, computed for it when
+  `uncertainty` is not asked); `report_sections`, a list, receives the report's section
+  instead or as well (`jaxsr bids` gathers a participant's scans on one page). A
+  series is one job: one memory plan and compilation, `batch` volumes through the model
+  together as memory allows (`upsample_volumes`), each volume written while the next is
+  computed (`jaxsr.prefetch.ahead`). With `adapt`, the model is first fine-tuned once for
+  the series (`adapt_on_series`: the mean b0 with b-values, else the first volume);
+  `save_adapted` then names a folder to export the adapted model to (`jaxsr.dmri.pretrained`).
+  The sidecar's "timing" gives seconds per stage: "plan" (memory plan and compilation),
+  "adapt", "volumes" (super-resolving every volume), "write_wait" (what of that the
+  writer waited for) and "written" (from the first volume's start to the last one written;
+  writing overlaps computing, so this is less than "volumes" plus writing).
 
   Raises:
     DataError, CheckpointError, PretrainedError, UpsampleError (grid request,
@@ -167,7 +269,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     naming the problem.
   """
   out = nifti_output(out)
-  targets = output_targets(out, bvals, bvecs, preview)
+  targets = output_targets(out, bvals, bvecs, preview, uncertainty, report)
   check_outputs(targets.values(), overwrite, inputs=(dwi, t1, bvals, bvecs, mask))
   psf = acquisition.psf_option(psf)
   adapt = with_psf(adapt, psf)
@@ -185,31 +287,67 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     mask_array = lr_mask(nifti.mask_on_grid(mask, lr_shape, source.affine), lr_shape,
                           os.fspath(mask))
   t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
-  check_magnitude(max(float(np.max(source.volume(i))) for i in range(source.num_volumes)),
-                  source.path)  # every voxel is read and checked before any output is made
+  peaks, levels = [], []
+  for index in range(source.num_volumes):  # every voxel is read and checked before any output
+    volume = source.volume(index)
+    peaks.append(float(np.max(volume)))
+    levels.append(series_level(volume))
+  check_magnitude(max(peaks), source.path)
+  check_series_scaling(levels, source.path)
   prepare_adaptation(upsampler, lr_shape, grid.shape, adapt)
-  plan = plan_memory(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
-                     grid.shape, max_memory)
+  began = time.perf_counter()
+  plan = plan_batch(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
+                    grid.shape, max_memory, min(batch or default_batch(), source.num_volumes))
+  start = time.perf_counter()  # "seconds": from the plan to the written files
+  timing = {"plan": start - began}
 
-  start = time.perf_counter()
   decided = {}
   if adapt is not None and adapt.steps:
-    upsampler, psf, adapt = adapt_on_first_volume(
-        upsampler, source.volume(0), source.affine, grid.shape, psf, adapt, mask=mask_array,
-        record=decided, plan=plan, progress=progress)
+    began = time.perf_counter()
+    upsampler, psf, adapt = adapt_on_series(
+        upsampler, source.volume, source.num_volumes, table, source.affine, grid.shape, psf,
+        adapt, mask=mask_array, record=decided, plan=plan, progress=progress)
+    timing["adapt"] = time.perf_counter() - began
+  method = (uncertainty_lib.DEFAULT_METHOD
+            if uncertainty or report or report_sections is not None else None)
   volumes = upsample_volumes(
       source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
       bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
-      psf=psf, progress=progress, source=os.fspath(bvals or dwi), record=decided)
-  write_outputs(targets, source, grid, volumes, bvals, bvecs,
-                preview_title=f"{pathlib.Path(dwi).name} → {out.name}", overwrite=overwrite,
+      psf=psf, uncertainty=method, progress=progress, source=os.fspath(bvals or dwi),
+      record=decided)
+  if method is None:
+    volumes = ((volume, None) for volume in volumes)
+  began = time.perf_counter()
+  write_outputs(targets, source, grid, _timed(prefetch.ahead(_timed(volumes, timing, "volumes")),
+                                              timing, "write_wait"),
+                bvals, bvecs, preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
+                overwrite=overwrite, shown=shown_volumes(source.num_volumes, table),
+                report_sections=report_sections,
                 sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
                                                   back_projection, decided,
-                                                  time.perf_counter() - start),
+                                                  time.perf_counter() - start,
+                                                  {**timing,
+                                                   "written": time.perf_counter() - began},
+                                                  uncertainty=method),
                                  **(sidecar_extra or {})})
   if save_adapted is not None:
     save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi),
                        kept=decided["adapt"]["kept"])
     targets["adapted"] = pathlib.Path(save_adapted)
   return UpsampleResult([os.fspath(p) for p in targets.values()], grid, source.num_volumes, plan,
-                        time.perf_counter() - start, decided)
+                        time.perf_counter() - start, decided, timing)
+
+
+def _timed(items: Iterator[np.ndarray], timing: dict, stage: str) -> Iterator[np.ndarray]:
+  """`items`, adding the seconds spent waiting for each to timing[stage]."""
+  timing.setdefault(stage, 0.0)
+  items = iter(items)
+  while True:
+    began = time.perf_counter()
+    try:
+      item = next(items)
+    except StopIteration:
+      timing[stage] += time.perf_counter() - began
+      return
+    timing[stage] += time.perf_counter() - began
+    yield item

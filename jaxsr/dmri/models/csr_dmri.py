@@ -85,7 +85,8 @@ class CSRdMRI(nn.Module):
 
   def decode(self, latent: jax.Array, coords: jax.Array) -> jax.Array:
     """Latent (B, x, y, z, L) and coordinates (B, Q, 3) in [-1, 1] -> float32 intensities (B, Q)."""
-    return self._intensity(sample_trilinear_batched(latent, coords), coords, latent.shape[1:4])
+    return self._intensity(sample_trilinear_batched(latent, coords), coords, latent.shape[1:4],
+                           materialise=True)
 
   def decode_grid(self, latent: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
     """Latent (B, x, y, z, L) -> float32 (B, X, Y, Z): `decode` at every voxel centre of a grid.
@@ -100,9 +101,15 @@ class CSRdMRI(nn.Module):
     return self._intensity(features, coords, latent.shape[1:4])
 
   def _intensity(self, features: jax.Array, coords: jax.Array,
-                 latent_shape: tuple[int, int, int]) -> jax.Array:
+                 latent_shape: tuple[int, int, int], materialise: bool = False) -> jax.Array:
     """MLP([position(coords), features]) (+ the DWI channel of `features` with
-    `predict_residual`) -> (...,) float32; features (..., L), coords (..., 3)."""
+    `predict_residual`) -> (...,) float32; features (..., L), coords (..., 3).
+
+    `materialise` makes the MLP's inputs once, whole, behind an optimisation barrier: for
+    gathered features, since unbarred XLA fuses the gathers into the MLP's chunk loop and
+    the residual, which halves whole-volume decoding speed on CPU (docs/benchmarks.md).
+    Separable interpolation (`decode_grid`, training) is faster fused.
+    """
     if self.coordinates not in COORDINATE_INPUTS:
       raise ValueError(f"coordinates must be one of {COORDINATE_INPUTS}, got {self.coordinates!r}")
     if self.coordinates == "global":
@@ -112,10 +119,12 @@ class CSRdMRI(nn.Module):
       if self.coordinates == "periodic":
         position = jnp.concatenate([jnp.sin(jnp.pi * position), jnp.cos(jnp.pi * position)], -1)
     position = jnp.broadcast_to(position, features.shape[:-1] + position.shape[-1:])
-    inputs = jnp.concatenate([position, features], axis=-1).astype(self.dtype)
-    intensity = self.mlp(inputs)[..., 0].astype(jnp.float32)
+    inputs = jnp.concatenate([position, features], axis=-1)
+    if materialise:
+      inputs = jax.lax.optimization_barrier(inputs)
+    intensity = self.mlp(inputs.astype(self.dtype))[..., 0].astype(jnp.float32)
     if self.predict_residual:
-      intensity = intensity + features[..., -1].astype(jnp.float32)
+      intensity = intensity + inputs[..., -1]
     return intensity
 
   def reconstruct_grid(self, lr: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
