@@ -27,4 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.scans = ("small_64D_b0",) if variant == "smoke" else ()  # (): the split's scans
   c.degradations = cases.degradations
   c.psfs = cases.psfs
+  c.max_memory = 4 * 2**30  # bytes for the whole process, as `jaxsr upsample --max-memory`
   return c

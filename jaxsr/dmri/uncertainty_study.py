@@ -28,7 +28,8 @@ from jaxsr.dmri import uncertainty as uncertainty_lib
 from jaxsr.train.run_record import write_run_record
 
 
-def case_scores(upsampler: upsample.Upsampler, case: real_scans.Case) -> dict:
+def case_scores(upsampler: upsample.Upsampler, case: real_scans.Case,
+                max_memory: int = upsample.DEFAULT_MAX_MEMORY) -> dict:
   """{method: {"spearman", "deciles", "mean_error", "mean_spread", "seconds"}} of one case
   (errors and candidates over the scan's intensity range, candidates before calibration),
   "seconds_without" (the upsample alone) and "oracle": the rank correlation of the absolute
@@ -41,7 +42,8 @@ def case_scores(upsampler: upsample.Upsampler, case: real_scans.Case) -> dict:
   factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
   affine = real_scans.lr_affine(factors, real_scans.voxel_size(case.scan))
   start = time.perf_counter()
-  plain = upsample.upsample(lr, affine, upsampler, shape=case.hr_shape)[0]
+  plain = upsample.upsample(lr, affine, upsampler, shape=case.hr_shape,
+                            max_memory=max_memory)[0]
   scores = {"seconds_without": time.perf_counter() - start}
   error = (plain - hr) / scale
   oracle = uncertainty_lib.smoothed(np.abs(error), lr.shape)
@@ -49,7 +51,7 @@ def case_scores(upsampler: upsample.Upsampler, case: real_scans.Case) -> dict:
   for method in uncertainty_lib.METHODS:
     start = time.perf_counter()
     out, _, unc = upsample.upsample(lr, affine, upsampler, shape=case.hr_shape,
-                                    uncertainty=method)
+                                    uncertainty=method, max_memory=max_memory)
     candidate = unc / uncertainty_lib.CALIBRATION[method] / scale
     scores[method] = {
         "spearman": uncertainty_lib.rank_correlation(candidate, error, mask),
@@ -148,7 +150,7 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
     cases = real_scans.make_cases(scans, config.degradations, config.psfs)
     upsampler = upsample.load_upsampler(config.checkpoint or None)
     rows = [{"scan": c.scan, "degradation": c.degradation, "psf": c.psf,
-             "scores": case_scores(upsampler, c)}
+             "scores": case_scores(upsampler, c, config.max_memory)}
             for c in tqdm(cases, desc="uncertainty", dynamic_ncols=True)]
     files.write_json(record, rows)
   splits = {}

@@ -1,6 +1,6 @@
 """The MRSI task: the study's runs (methods × folds), their data and their train step.
 
-An MRSI study config (`configs/phantom.py`, `task = "mrsi"`) names `methods` and
+An MRSI study config (`configs/mrsi.py`, `task = "mrsi"`) names `methods` and
 `folds`; `study_runs` expands it into one run config per network:
 
   fold<f>/<method>                 a multi-scale network, n ~ `data.n_values`, λ = 0

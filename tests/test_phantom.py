@@ -1,3 +1,5 @@
+"""The embedded dMRI phantom (`jaxsr.dmri.phantom`): layout, cache, determinism, physics."""
+
 import json
 
 import nibabel as nib

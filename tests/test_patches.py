@@ -1,3 +1,5 @@
+"""Training patches (`jaxsr.dmri.patches`) and their batches (`jaxsr.train.batches`)."""
+
 import types
 
 import numpy as np
