@@ -10,7 +10,7 @@ on them) super-resolves a random LR volume of round(N / s) voxels per axis, with
 its T1 channel, onto the HR grid. Each measurement is one child process, so its
 peak resident memory (`ru_maxrss`) is its own:
 
-* JAX: `jaxsr.dmri.memory.plan_memory` under `--max-memory`, then `reconstruct`
+* JAX: `jaxsr.dmri.inference.memory.plan_memory` under `--max-memory`, then `reconstruct`
   (encoder in one pass or tiles, decoder in chunks), as `jaxsr upsample` does for
   one volume: the wall time includes planning and compilation, and is split into
   planning, encoder and decoder;
@@ -53,7 +53,7 @@ def parse_bytes(text: str) -> int:
 
 
 def inputs(hr_shape, scale):
-  from jaxsr.dmri.degrade import lr_shape_for_scale
+  from jaxsr.dmri.degradation.degrade import lr_shape_for_scale
   lr_shape = lr_shape_for_scale(hr_shape, scale)
   return np.random.default_rng(0).random(lr_shape + (IN_CHANNELS,), dtype=np.float32)
 
@@ -63,7 +63,7 @@ def run_jax(hr_shape, scale, max_bytes) -> dict:
   import jax
 
   from configs import csr_dmri
-  from jaxsr.dmri import memory, reconstruct
+  from jaxsr.dmri.inference import memory, reconstruct
   from jaxsr.dmri.models import build_model
   from jaxsr.dmri.models.csr_dmri import init_params
   from jaxsr.train.loop import RNG_IMPL

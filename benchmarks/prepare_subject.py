@@ -9,7 +9,7 @@
    grid, each voxel's signal S0·exp(-b·ADC) mixed over WM/GM/CSF (S0 1000/1300/3000,
    ADC 0.8/0.8/3.0 µm²/ms, a WM anisotropy along x), Rician noise σ = 20; the template's
    brain mask and its T1 at 1.25 mm.
-2. Prepares it (`jaxsr.dmri.subjects.load_hcp_subject`: b1000 shell / mean b0, T1 onto
+2. Prepares it (`jaxsr.dmri.data.subjects.load_hcp_subject`: b1000 shell / mean b0, T1 onto
    the DWI grid, cache) in a child process and prints its peak resident memory and time.
 3. Bytes read from storage per training patch (a 30³ crop of one volume, the largest HR
    patch of the default configuration, and its T1 crop) from a cold page cache: the
@@ -97,7 +97,7 @@ def make_subject(folder: pathlib.Path, compress: bool) -> pathlib.Path:
 def prepare_in_child(folder: pathlib.Path, cache: pathlib.Path) -> dict:
   """Peak RSS and seconds of `load_hcp_subject` in a fresh process (the import included)."""
   code = ("import json, resource, sys, time\n"
-          "from jaxsr.dmri import subjects\n"
+          "from jaxsr.dmri.data import subjects\n"
           "start = time.perf_counter()\n"
           "s = subjects.load_hcp_subject(sys.argv[1], cache_dir=sys.argv[2])\n"
           "print(json.dumps({'seconds': time.perf_counter() - start, 'shell': s.dwi.shape,\n"

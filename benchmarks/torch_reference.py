@@ -136,7 +136,8 @@ def resize_matrix(n_in: int, n_out: int, antialias: bool) -> torch.Tensor:
 
 
 def resize_3d(volumes: torch.Tensor, shape, antialias: bool = True) -> torch.Tensor:
-  """Cubic resize of the last three axes of (..., X, Y, Z), as `jaxsr.dmri.degrade.resize_spatial`."""
+  """Cubic resize of the last three axes of (..., X, Y, Z), as
+  `jaxsr.dmri.degradation.degrade.resize_spatial`."""
   for axis, n_out in zip((-3, -2, -1), shape):
     matrix = resize_matrix(volumes.shape[axis], n_out, antialias).to(volumes.device)
     volumes = torch.movedim(torch.tensordot(volumes, matrix, dims=([axis], [1])), -1, axis)

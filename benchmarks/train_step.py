@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks import (compiled_step, machine_report, matmul_peak_flops, race_steps, set_threads,
                         step_columns)
 from configs import csr_dmri
-from jaxsr.dmri import patches as pipeline
+from jaxsr.dmri.data import patches as pipeline
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.models import build_model, init_params
 from jaxsr.dmri.models.conv import CONV_IMPLS, resolve_conv_impl

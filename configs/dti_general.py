@@ -1,4 +1,4 @@
-"""Signed FA/MD errors of the shipped general model's 4D output (`jaxsr.dmri.dti_bias`).
+"""Signed FA/MD errors of the shipped general model's 4D output (`jaxsr.dmri.studies.dti_bias`).
 
   python evaluate.py --config configs/dti_general.py --workdir DIR
 

@@ -1,12 +1,12 @@
 """The general model shipped with jaxsr: DWI-only, arbitrary scale, trained on domain-randomised MRI.
 
-`jaxsr upsample` uses it when no `--checkpoint` is given (`jaxsr.dmri.pretrained`).
+`jaxsr upsample` uses it when no `--checkpoint` is given (`jaxsr.dmri.app.pretrained`).
 It is the implicit model of `configs/csr_dmri.py:quick` (RDN 16/16/3x3 -> 32,
 MLP 6x64, residual decoder) with one input channel, trained on patches rendered
 per step from the MNI anatomy with random contrast, noise, geometry, per-axis
-factors in [1, 4] and a random PSF (`jaxsr.dmri.randomised`), so that it is not
+factors in [1, 4] and a random PSF (`jaxsr.dmri.data.randomised`), so that it is not
 tied to one phantom, one contrast or one degradation. Inputs are scaled by
-`data.intensity_percentile` of the volume (`jaxsr.dmri.upsample`).
+`data.intensity_percentile` of the volume (`jaxsr.dmri.app.upsample`).
 
 Variants (`--config configs/general.py:VARIANT`):
   default  round one: 16,000 steps, 69 minutes on 2 CPU cores; its checkpoint 8,000
@@ -15,7 +15,7 @@ Variants (`--config configs/general.py:VARIANT`):
   round2   the shipped model's run: round one's weights (`default`'s checkpoint 8,000,
            shipped until round two) fine-tuned on images closer to real scans: PSFs
            drawn per axis (in-plane k-space over half the time, scanners' k-space
-           filters), fine texture and small sharp spots (`jaxsr.dmri.randomised`), Adam
+           filters), fine texture and small sharp spots (`jaxsr.dmri.data.randomised`), Adam
            3e-4 halved every 3,000 steps, 9,000 steps (34 minutes on 2 CPU cores),
            checkpoints every 500; the shipped weights are its checkpoint 3,000, chosen on
            the validation scans (docs/results_real.md).

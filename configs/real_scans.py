@@ -1,4 +1,5 @@
-"""Real-scan evaluation of an arbitrary-scale model (`jaxsr.dmri.real_scans`, docs/results_real.md).
+"""Real-scan evaluation of an arbitrary-scale model (`jaxsr.dmri.studies.real_scans`,
+docs/results_real.md).
 
   python evaluate.py --config configs/real_scans.py --workdir DIR          # test scans: the table
   python evaluate.py --config configs/real_scans.py:validation --workdir DIR
@@ -13,10 +14,10 @@ tables without scoring.
 
 import ml_collections
 
-from jaxsr.dmri.adapt import AdaptSettings
-from jaxsr.dmri.psf import PSFS
-from jaxsr.dmri.real_scans import DEGRADATIONS
-from jaxsr.dmri.upsample import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
+from jaxsr.dmri.app.adapt import AdaptSettings
+from jaxsr.dmri.degradation.psf import PSFS
+from jaxsr.dmri.studies.real_scans import DEGRADATIONS
+from jaxsr.dmri.app.upsample import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,5 +1,5 @@
 """Rank correlation and calibration of the uncertainty map on real scans
-(`jaxsr.dmri.uncertainty_study`, docs/uncertainty.md).
+(`jaxsr.dmri.studies.uncertainty_study`, docs/uncertainty.md).
 
   python evaluate.py --config configs/uncertainty.py:validation --workdir DIR  # chooses
   python evaluate.py --config configs/uncertainty.py --workdir DIR             # test, once

@@ -3,7 +3,7 @@
 Every bad input raises `DataError`, a one-line `ValueError` whose message starts
 with the offending file. Volumes are float32 arrays indexed (X, Y, Z[, V]) in
 voxels; affines map voxel indices to world coordinates in mm (RAS+, nibabel's
-convention). Gradient tables: `jaxsr.dmri.btable`.
+convention). Gradient tables: `jaxsr.dmri.data.btable`.
 """
 
 from __future__ import annotations

@@ -49,11 +49,11 @@ TASKS = {
     "compare_dmri": Task("dmri", multi_run=True,  # configs/compare_dmri.py: methods × seeds
                          evaluate="evaluation:evaluate_comparison"),
     "real_scans": Task("dmri", trains=False,  # configs/real_scans.py
-                       evaluate="real_scans:evaluate"),
+                       evaluate="studies.real_scans:evaluate"),
     "dti_bias": Task("dmri", trains=False,  # configs/dti_general.py
-                     evaluate="dti_bias:evaluate"),
+                     evaluate="studies.dti_bias:evaluate"),
     "uncertainty": Task("dmri", trains=False,  # configs/uncertainty.py
-                        evaluate="uncertainty_study:evaluate"),
+                        evaluate="studies.uncertainty_study:evaluate"),
     "mrsi": Task("mrsi", multi_run=True),  # configs/mrsi.py: methods × folds
 }
 

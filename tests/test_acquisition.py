@@ -1,4 +1,4 @@
-"""`--psf auto` (`jaxsr.dmri.acquisition`) and exact k-space data consistency."""
+"""`--psf auto` (`jaxsr.dmri.degradation.acquisition`) and exact k-space data consistency."""
 
 import jax
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 
 from configs import general
 from jaxsr import kspace
-from jaxsr.dmri import acquisition, psf
-from jaxsr.dmri.adapt import AdaptError, AdaptSettings
-from jaxsr.dmri.degrade import back_project
+from jaxsr.dmri.degradation import acquisition, psf
+from jaxsr.dmri.app.adapt import AdaptError, AdaptSettings
+from jaxsr.dmri.degradation.degrade import back_project
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.upsample import Upsampler, upsample
+from jaxsr.dmri.app.upsample import Upsampler, upsample
 
 
 def textured(shape=(48, 40, 24), seed=0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Self-supervised adaptation (`jaxsr.dmri.adapt`) and `jaxsr upsample --adapt`."""
+"""Self-supervised adaptation (`jaxsr.dmri.app.adapt`) and `jaxsr upsample --adapt`."""
 
 import json
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from configs import general
-from jaxsr.dmri import adapt, pretrained, psf
+from jaxsr.dmri.app import adapt, pretrained
+from jaxsr.dmri.degradation import psf
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.upsample import Upsampler
+from jaxsr.dmri.app.upsample import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
 
 

@@ -56,8 +56,8 @@ def test_every_family_is_a_package_with_its_interface():
       assert (PACKAGE / family / f"{module}.py").is_file(), (family, module)
   for task in tasks.TASKS.values():
     module, function = task.evaluate.split(":")
-    assert re.search(rf"^def {function}\(", (PACKAGE / task.family / f"{module}.py").read_text(),
-                     re.M), task
+    path = PACKAGE / task.family / f"{module.replace('.', '/')}.py"  # a module or a submodule
+    assert re.search(rf"^def {function}\(", path.read_text(), re.M), task
 
 
 def test_core_imports_no_family_and_families_not_each_other():
@@ -126,3 +126,27 @@ def test_the_checks_see_a_violation(tmp_path):
   source.write_text("def f():\n  from jaxsr.dmri import step\nimport jaxsr.mrsi.task\n")
   assert imports(source, package_modules()) == {"jaxsr.dmri.step", "jaxsr.mrsi.task"}
   assert layer("jaxsr.train.loop") == "core" and layer("jaxsr.dmri.step") == "dmri"
+
+
+def test_every_jaxsr_import_names_a_module_or_a_name_that_exists():
+  """Function-level imports run only when called: a moved module must not hide behind one."""
+  import importlib
+
+  modules = package_modules()
+  wrong = []
+  sources = list(modules.values()) + sorted((ROOT / "tests").glob("*.py")) + sorted(
+      (ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "configs").glob("*.py"))
+  for path in sources:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+          node.module.split(".")[0] == "jaxsr":
+        if node.module not in modules:
+          wrong.append(f"{path.name}: {node.module}")
+          continue
+        module = importlib.import_module(node.module)
+        wrong += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                  if not hasattr(module, a.name) and f"{node.module}.{a.name}" not in modules]
+      elif isinstance(node, ast.Import):
+        wrong += [f"{path.name}: {a.name}" for a in node.names
+                  if a.name.split(".")[0] == "jaxsr" and a.name not in modules]
+  assert not wrong, wrong

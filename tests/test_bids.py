@@ -12,8 +12,8 @@ import pytest
 import jaxsr
 from configs import arssr
 from jaxsr import nifti, tasks
-from jaxsr.dmri import bids, subjects
-from jaxsr.dmri.upsample import Upsampler
+from jaxsr.dmri.data import bids, subjects
+from jaxsr.dmri.app.upsample import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
 
 pytestmark = pytest.mark.slow

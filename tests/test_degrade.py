@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from jaxsr import kspace
-from jaxsr.dmri.degrade import back_project, degrade, lr_shape_for_scale, tricubic_upsample
+from jaxsr.dmri.degradation.degrade import (back_project, degrade, lr_shape_for_scale,
+                                            tricubic_upsample)
 
 
 def centres(n):

@@ -1,4 +1,4 @@
-"""Signed DTI errors of a model's 4D output (`jaxsr.dmri.dti_bias`)."""
+"""Signed DTI errors of a model's 4D output (`jaxsr.dmri.studies.dti_bias`)."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import dti_general
-from jaxsr.dmri import dti_bias
-from jaxsr.dmri.memory import resident_bytes
+from jaxsr.dmri.studies import dti_bias
+from jaxsr.dmri.inference.memory import resident_bytes
 
 
 def test_signed_errors_are_output_minus_truth_inside_the_region():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxsr import geometry
-from jaxsr.dmri.degrade import tricubic_upsample
+from jaxsr.dmri.degradation.degrade import tricubic_upsample
 from jaxsr.dmri.models.sampling import continuous_index, grid_coordinates
 
 
@@ -111,7 +111,7 @@ def test_nearest_on_output_copies_each_input_voxel_onto_its_cell():
 
 
 def test_a_request_of_two_grids_names_the_api_arguments():
-  from jaxsr.dmri.upsample import UpsampleError, output_grid
+  from jaxsr.dmri.app.upsample import UpsampleError, output_grid
 
   with pytest.raises(UpsampleError, match="exactly one of voxel_size, scale and shape$"):
     output_grid((4, 4, 4), np.eye(4), scale=2, shape=(8, 8, 8))

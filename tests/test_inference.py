@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from configs.csr_dmri import get_config
-from jaxsr.dmri.degrade import resize_spatial, tricubic_upsample
-from jaxsr.dmri.memory import (NATIVE_CONV_SLOWDOWN, MemoryBudgetError, MemoryPlan, plan_memory,
-                               tiling_work)
+from jaxsr.dmri.degradation.degrade import resize_spatial, tricubic_upsample
+from jaxsr.dmri.inference.memory import (NATIVE_CONV_SLOWDOWN, MemoryBudgetError, MemoryPlan,
+                                         plan_memory, tiling_work)
 from jaxsr.dmri.models import DCSRN, ResCNN3D, build_model, init_params
 from jaxsr.dmri.models.conv import resolve_conv_impl
 from jaxsr.dmri.models.sampling import grid_coordinates
-from jaxsr.dmri.reconstruct import (apply_fixed_scale, apply_tiled, axis_tiles, encode,
-                                    encode_tiled, reconstruct, reconstruct_fixed_scale)
+from jaxsr.dmri.inference.reconstruct import (apply_fixed_scale, apply_tiled, axis_tiles, encode,
+                                              encode_tiled, reconstruct, reconstruct_fixed_scale)
 
 
 def test_chunked_reconstruction_equals_one_pass_and_ignores_chunk_size():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsr import nifti
-from jaxsr.dmri import btable
+from jaxsr.dmri.data import btable
 from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti
 
 

@@ -1,11 +1,11 @@
-"""Training patches (`jaxsr.dmri.patches`) and their batches (`jaxsr.train.batches`)."""
+"""Training patches (`jaxsr.dmri.data.patches`) and their batches (`jaxsr.train.batches`)."""
 
 import types
 
 import numpy as np
 import pytest
 
-from jaxsr.dmri.patches import PatchSampler, hr_patch_sizes
+from jaxsr.dmri.data.patches import PatchSampler, hr_patch_sizes
 from jaxsr.train.batches import training_batches
 
 

@@ -1,4 +1,4 @@
-"""The embedded dMRI phantom (`jaxsr.dmri.phantom`): layout, cache, determinism, physics."""
+"""The embedded dMRI phantom (`jaxsr.dmri.data.phantom`): layout, cache, determinism, physics."""
 
 import json
 
@@ -9,8 +9,8 @@ from dipy.core.gradients import gradient_table as dipy_gradient_table
 from dipy.reconst.dti import TensorModel
 
 from jaxsr import anatomy, nifti
-from jaxsr.dmri import btable
-from jaxsr.dmri import phantom as synthetic
+from jaxsr.dmri.data import btable
+from jaxsr.dmri.data import phantom as synthetic
 
 BUILD = dict(num_subjects=2, voxel_size_mm=8.0, num_directions=6, num_b0=2, snr=30.0)
 

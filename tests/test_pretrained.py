@@ -1,4 +1,4 @@
-"""Exported models (`jaxsr.dmri.pretrained`) and the general model shipped in the package."""
+"""Exported models (`jaxsr.dmri.app.pretrained`) and the general model shipped in the package."""
 
 import json
 import pathlib
@@ -9,10 +9,11 @@ import pytest
 from dipy.data import get_fnames
 
 from configs import general
-from jaxsr.dmri import pretrained, real_scans
-from jaxsr.dmri.memory import resident_bytes
+from jaxsr.dmri.app import pretrained
+from jaxsr.dmri.studies import real_scans
+from jaxsr.dmri.inference.memory import resident_bytes
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.upsample import Upsampler, upsample
+from jaxsr.dmri.app.upsample import Upsampler, upsample
 from tests.cli_helpers import run_cli
 
 

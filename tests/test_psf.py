@@ -1,4 +1,5 @@
-"""Acquisition PSFs (`jaxsr.dmri.psf`): known answers per PSF, shared properties, bad input."""
+"""Acquisition PSFs (`jaxsr.dmri.degradation.psf`): known answers per PSF, shared properties,
+bad input."""
 
 import math
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsr.dmri import psf
+from jaxsr.dmri.degradation import psf
 
 
 def test_block_with_integer_factors_is_the_block_mean():

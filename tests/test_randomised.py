@@ -1,9 +1,10 @@
-"""Domain-randomised training patches (`jaxsr.dmri.randomised`)."""
+"""Domain-randomised training patches (`jaxsr.dmri.data.randomised`)."""
 
 import numpy as np
 import pytest
 
-from jaxsr.dmri import psf, randomised
+from jaxsr.dmri.degradation import psf
+from jaxsr.dmri.data import randomised
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def test_a_run_initialised_from_an_exported_model_starts_from_its_parameters(tmp
   import jax
 
   from configs import general
-  from jaxsr.dmri import pretrained, step, task
+  from jaxsr.dmri import step, task
+  from jaxsr.dmri.app import pretrained
   from jaxsr.errors import ConfigError
 
   config = general.get_config("smoke")

@@ -1,4 +1,5 @@
-"""Real-scan evaluation (`jaxsr.dmri.real_scans`): the cases, their LR images and the scores."""
+"""Real-scan evaluation (`jaxsr.dmri.studies.real_scans`): the cases, their LR images and the
+scores."""
 
 import pathlib
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import real_scans as real_scans_config
-from jaxsr.dmri import real_scans
+from jaxsr.dmri.studies import real_scans
 
 
 def test_cases_follow_what_each_scan_allows():

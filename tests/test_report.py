@@ -13,8 +13,8 @@ from scipy import ndimage
 
 import jaxsr
 from jaxsr import geometry, nifti
-from jaxsr.dmri import report, uncertainty
-from jaxsr.dmri.upsample import Upsampler
+from jaxsr.dmri.app import report, uncertainty
+from jaxsr.dmri.app.upsample import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
 from tests.test_upsample import grid_affine, head_phantom
 
@@ -125,7 +125,7 @@ def test_bad_report_or_uncertainty_paths_are_one_line_exit_2_before_any_work(tmp
   source = tmp_path / "in.nii.gz"
   nifti.save_volume(source, head_phantom(), grid_affine(4.0, (14, 12, 10)))
   called = []
-  monkeypatch.setattr("jaxsr.dmri.upsample_files.plan_batch",
+  monkeypatch.setattr("jaxsr.dmri.app.upsample_files.plan_batch",
                       lambda *a, **k: called.append(1))
   cases = [(["--report", tmp_path / "missing" / "r.html"], "does not exist"),
            (["--report", tmp_path / "r.txt"], "must be an .html file"),
@@ -154,7 +154,7 @@ def test_an_interrupted_report_leaves_no_file_behind(arssr_smoke_run, tmp_path, 
 
 
 def test_the_reports_tricubic_planes_are_tricubic_interpolation():
-  from jaxsr.dmri.degrade import tricubic_upsample
+  from jaxsr.dmri.degradation.degrade import tricubic_upsample
   lr = np.random.default_rng(0).random((7, 6, 5)).astype(np.float32)
   hr_shape, index = (14, 15, 11), np.array([5, 7, 3])
   full = np.asarray(tricubic_upsample(lr, hr_shape))

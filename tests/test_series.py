@@ -13,9 +13,9 @@ import pytest
 
 import jaxsr
 from jaxsr import nifti, prefetch
-from jaxsr.dmri import adapt, upsample
-from jaxsr.dmri.memory import plan_batch
-from jaxsr.dmri.upsample import Upsampler
+from jaxsr.dmri.app import adapt, upsample
+from jaxsr.dmri.inference.memory import plan_batch
+from jaxsr.dmri.app.upsample import Upsampler
 from tests.cli_helpers import BUDGET as CLI_BUDGET
 from tests.cli_helpers import run_cli
 from tests.test_upsample import BUDGET, grid_affine, head_phantom
@@ -143,7 +143,7 @@ from jaxsr import compile_cache
 compile_cache.enable()
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
-from jaxsr.dmri import upsample_files
+from jaxsr.dmri.app import upsample_files
 upsample_files.upsample_files(sys.argv[1], sys.argv[2], sys.argv[3], scale=2, overwrite=True,
                               progress=False)
 print(json.dumps({"hits": events.count("/jax/compilation_cache/cache_hits"),

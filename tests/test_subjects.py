@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsr import nifti
-from jaxsr.dmri import subjects
+from jaxsr.dmri.data import subjects
 
 SHAPE = (8, 9, 7)
 DWI_AFFINE = nib.affines.from_matvec(np.diag([-2.0, 2.0, 2.0]), [30.0, -10.0, 5.0])  # LAS, 2 mm

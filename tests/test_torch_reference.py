@@ -7,7 +7,7 @@ import pytest
 import torch  # the test extra installs it: these tests must run, never be skipped
 
 from benchmarks import torch_reference  # noqa: E402
-from jaxsr.dmri.degrade import degrade  # noqa: E402
+from jaxsr.dmri.degradation.degrade import degrade  # noqa: E402
 from jaxsr.dmri.models import CSRdMRI, init_params  # noqa: E402
 
 TINY = dict(num_features=4, growth=3, num_blocks=2, num_layers=2, latent_features=5,

@@ -7,7 +7,7 @@ import pytest
 
 from configs import dcsrn, rescnn3d
 from jaxsr.dmri import step as step_lib
-from jaxsr.dmri.degrade import degrade, tricubic_upsample
+from jaxsr.dmri.degradation.degrade import degrade, tricubic_upsample
 from jaxsr.dmri.models import build_model
 from jaxsr.errors import ConfigError
 

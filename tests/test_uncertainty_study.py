@@ -8,7 +8,8 @@ import pytest
 
 from configs import uncertainty as uncertainty_config
 from jaxsr import tasks
-from jaxsr.dmri import uncertainty, uncertainty_study
+from jaxsr.dmri.app import uncertainty
+from jaxsr.dmri.studies import uncertainty_study
 
 pytestmark = pytest.mark.slow
 

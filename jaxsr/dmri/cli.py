@@ -7,14 +7,14 @@ import argparse
 import re
 import textwrap
 
-from jaxsr.dmri.adapt import AdaptSettings
-from jaxsr.dmri.bids_app import ANALYSIS_LEVELS, run_bids_app
-from jaxsr.dmri.memory import format_bytes
-from jaxsr.dmri.pretrained import export_run
-from jaxsr.dmri.psf import PSFS
-from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                 DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF)
-from jaxsr.dmri.upsample_files import upsample_files
+from jaxsr.dmri.app.adapt import AdaptSettings
+from jaxsr.dmri.app.bids_app import ANALYSIS_LEVELS, run_bids_app
+from jaxsr.dmri.inference.memory import format_bytes
+from jaxsr.dmri.app.pretrained import export_run
+from jaxsr.dmri.degradation.psf import PSFS
+from jaxsr.dmri.app.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
+                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF)
+from jaxsr.dmri.app.upsample_files import upsample_files
 
 
 def parse_size(text: str) -> int:
@@ -207,7 +207,7 @@ def _add_export(commands) -> None:
       "export", help="export a trained model to a small folder that --checkpoint takes",
       description="Writes one checkpoint of a training run as params.msgpack, config.json, "
       "manifest.json (with the parameters' SHA-256) and run.json: the format of the shipped "
-      "model (jaxsr.dmri.pretrained), without the optimizer state.")
+      "model (jaxsr.dmri.app.pretrained), without the optimizer state.")
   ex.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="train.py --workdir")
   ex.add_argument("--step", type=int, metavar="N", help="the checkpoint (default: the latest)")
   ex.add_argument("--out", required=True, metavar="DIR", help="output folder")

@@ -2,7 +2,7 @@
 
 Protocol: for each test subject, each scored b-shell volume and each scale s,
 the HR volume (N voxels per axis) is degraded to an LR grid of round(N / s)
-voxels (`jaxsr.dmri.degrade.degrade`, the training degradation), the DWI and
+voxels (`jaxsr.dmri.degradation.degrade.degrade`, the training degradation), the DWI and
 the T1 alike, then brought back onto the HR grid by every method. PSNR and 3D
 SSIM are computed inside the brain mask against the HR truth.
 
@@ -12,7 +12,7 @@ Methods:
                        LR input, decoder at every HR voxel centre, any scale.
   fixed-scale runs     (dcsrn, rescnn3d) trained at scale t: the CNN on the LR DWI
                        interpolated onto t times the LR grid, then resampled onto the
-                       HR grid (`jaxsr.dmri.reconstruct.reconstruct_fixed_scale`).
+                       HR grid (`jaxsr.dmri.inference.reconstruct.reconstruct_fixed_scale`).
 
 A trained run is read from its checkpoint alone (parameters and the config it was
 trained with), so tables can be remade at any time without retraining.
@@ -32,10 +32,10 @@ from tqdm import tqdm
 from jaxsr import files, kspace, metrics, tables
 from jaxsr.dmri import dti
 from jaxsr.dmri import step as step_lib
-from jaxsr.dmri import subjects as subjects_lib
-from jaxsr.dmri.degrade import degrade, lr_shape_for_scale, tricubic_upsample
+from jaxsr.dmri.data import subjects as subjects_lib
+from jaxsr.dmri.degradation.degrade import degrade, lr_shape_for_scale, tricubic_upsample
 from jaxsr.dmri.models import is_implicit
-from jaxsr.dmri.reconstruct import reconstruct, reconstruct_fixed_scale
+from jaxsr.dmri.inference.reconstruct import reconstruct, reconstruct_fixed_scale
 from jaxsr.nifti import DataError
 from jaxsr.train import distributed
 from jaxsr.train.checkpoint import CheckpointError, TrainedRun, load_run, model_variables, run_dir

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxsr.dmri.degrade import degrade, tricubic_upsample
+from jaxsr.dmri.degradation.degrade import degrade, tricubic_upsample
 from jaxsr.dmri.loss import csr_dmri_loss
 from jaxsr.dmri.models import build_model, is_implicit
 from jaxsr.dmri.models.factory import KINDS
@@ -99,7 +99,7 @@ def make_lr_input(batch: dict[str, jax.Array], lr_size: int, use_t1: bool) -> ja
   """(B, M, M, M) HR crops -> (B, l, l, l, 1 or 2) LR model input (DWI, then T1).
 
   A batch that brings its own LR acquisition (`batch["lr"]`, (B, l, l, l): the
-  domain-randomised data of `jaxsr.dmri.randomised`, made with a random PSF) is
+  domain-randomised data of `jaxsr.dmri.data.randomised`, made with a random PSF) is
   taken as it is (DWI-only models).
   """
   if "lr" in batch:

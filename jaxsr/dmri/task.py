@@ -2,9 +2,9 @@
 the runs of a comparison (`config.runs` × `config.seeds`).
 
 dMRI runs (`model.kind` csr_dmri, dcsrn, rescnn3d) train on HR patches of the
-subjects' b-shell volumes (`jaxsr.dmri.patches`), optionally validated on the
+subjects' b-shell volumes (`jaxsr.dmri.data.patches`), optionally validated on the
 validation subjects at every checkpoint, or on domain-randomised patches
-(`data.source` "randomised", `jaxsr.dmri.randomised`). The interface the loop
+(`data.source` "randomised", `jaxsr.dmri.data.randomised`). The interface the loop
 uses: `MODEL_KINDS`, `build_model`, `make_task`.
 """
 
@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.dmri import evaluation, patches, pretrained, randomised
+from jaxsr.dmri import evaluation
+from jaxsr.dmri.data import patches, randomised
+from jaxsr.dmri.app import pretrained
 from jaxsr.dmri import step as step_lib
-from jaxsr.dmri import subjects as subjects_lib
+from jaxsr.dmri.data import subjects as subjects_lib
 from jaxsr.dmri.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
 from jaxsr.errors import ConfigError
 from jaxsr.nifti import DataError

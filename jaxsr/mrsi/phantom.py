@@ -2,7 +2,7 @@
 
 No MRSI data set ships in any package, so each "patient" is built from the real
 anatomy of the MNI ICBM152 2009a template in the nilearn wheel (the maps of
-`jaxsr.dmri.phantom`), warped by a smooth random deformation:
+`jaxsr.dmri.data.phantom`), warped by a smooth random deformation:
 
   slices     11–18 axial slices, 3.4 mm thick, of a 64 × 64 grid at 3.4 mm
              (217.6 mm field of view), as the 7 T ¹H-MRSI of the paper;

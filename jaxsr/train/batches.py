@@ -20,7 +20,7 @@ def training_batches(sampler, *, batch_size: int, seed: int, shard_index: int = 
   """An endless, checkpointable iterator of training batches (numpy dicts).
 
   `sampler` is any `len()`-able callable `(indices, rng) -> batch dict` (a task's
-  training examples, e.g. `jaxsr.dmri.patches.PatchSampler`).
+  training examples, e.g. `jaxsr.dmri.data.patches.PatchSampler`).
 
   `batch_size` is the global batch. Process `shard_index` of `num_shards` gets its
   `batch_size / num_shards` rows of every global batch: each process draws the

@@ -14,7 +14,7 @@ Eigen kernels: YNNPACK's are the faster in train steps (forward and backward of
 training patches), Eigen's in forward passes over whole volumes, where they are
 also free of YNNPACK's work buffers, memory outside what XLA reports for the
 program. `forward_compiler_options` selects the Eigen kernels for inference
-programs (`jaxsr.dmri.reconstruct`).
+programs (`jaxsr.dmri.inference.reconstruct`).
 """
 
 from __future__ import annotations

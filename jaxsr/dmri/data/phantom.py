@@ -15,7 +15,7 @@ b ≈ 1000 s/mm²) inside the dipy wheel. Each simulated subject is
 
 Folders are written in the HCP layout (`data.nii.gz`, `bvals`, `bvecs`,
 `nodif_brain_mask.nii.gz`, `T1w.nii.gz`, plus `wm_mask.nii.gz`), so the loader for
-real HCP subjects (`jaxsr.dmri.subjects`) reads them unchanged. Affines are RAS+
+real HCP subjects (`jaxsr.dmri.data.subjects`) reads them unchanged. Affines are RAS+
 voxel -> MNI mm; diffusivities are in mm²/s, b-values in s/mm².
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import anatomy, nifti
-from jaxsr.dmri import btable
+from jaxsr.dmri.data import btable
 
 DATASET_VERSION = 1
 GRADIENT_DIR = os.path.join(os.path.dirname(dipy.__file__), "data", "files")

@@ -22,17 +22,17 @@ import nibabel.affines
 import numpy as np
 
 from jaxsr import files, nifti, prefetch
-from jaxsr.dmri import acquisition
-from jaxsr.dmri import adapt as adapt_lib
-from jaxsr.dmri import btable
-from jaxsr.dmri import uncertainty as uncertainty_lib
-from jaxsr.dmri.memory import MemoryPlan, plan_batch
-from jaxsr.dmri.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                 DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
-                                 adapt_on_series, check_magnitude, check_series_scaling,
-                                 check_t1, default_batch, load_upsampler, lr_mask, output_grid,
-                                 prepare_adaptation, save_adapted_model, series_level,
-                                 upsample_volumes, with_psf)
+from jaxsr.dmri.degradation import acquisition
+from jaxsr.dmri.app import adapt as adapt_lib
+from jaxsr.dmri.data import btable
+from jaxsr.dmri.app import uncertainty as uncertainty_lib
+from jaxsr.dmri.inference.memory import MemoryPlan, plan_batch
+from jaxsr.dmri.app.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
+                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
+                                     adapt_on_series, check_magnitude, check_series_scaling,
+                                     check_t1, default_batch, load_upsampler, lr_mask, output_grid,
+                                     prepare_adaptation, save_adapted_model, series_level,
+                                     upsample_volumes, with_psf)
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
 
@@ -121,8 +121,8 @@ class _Shown:
           total[1] = total[1] + uncertainty / len(indices)
 
   def volumes(self, source: nifti.LazyVolume) -> list:
-    """[`jaxsr.dmri.report.ShownVolume`] of the selection, inputs read from `source`."""
-    from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+    """[`jaxsr.dmri.app.report.ShownVolume`] of the selection, inputs read from `source`."""
+    from jaxsr.dmri.app import report  # matplotlib and jinja2 on use: they slow start-up
 
     return [report.ShownVolume(
         name, np.mean([source.volume(i) for i in indices], axis=0, dtype=np.float32),
@@ -139,7 +139,7 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
   `targets` has "uncertainty" and `volumes` gives each volume's map), the gradient table,
   the JSON sidecar (`sidecar()`, called once the volumes are written), the preview and the
   HTML report (`targets` "preview", "report"; `shown`: what the report shows; its section,
-  `jaxsr.dmri.report.section`, is also appended to `report_sections`), each under a
+  `jaxsr.dmri.app.report.section`, is also appended to `report_sections`), each under a
   temporary name renamed only when all are complete (none is left behind on failure),
   together and, without `overwrite`, never over a file another run made meanwhile
   (`files.publish_together`)."""
@@ -177,7 +177,7 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
         figures.upsample_preview(source.volume(0), source.affine, first_output, grid.affine,
                                  temps["preview"], title=preview_title)
     if "report" in targets or report_sections is not None:
-      from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+      from jaxsr.dmri.app import report  # matplotlib and jinja2 on use: they slow start-up
 
       began = time.perf_counter()
       section = report.section(record, kept.volumes(source), source.affine, grid.affine,
@@ -249,15 +249,15 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   only when all are complete, so a failure leaves none of them behind. The JSON
   sidecar OUT.json (`sidecar_record`, updated with `sidecar_extra`) goes with them, and so
   do `uncertainty`, a NIfTI of the output's shape holding each voxel's expected absolute
-  error (`jaxsr.dmri.uncertainty`, the default method), and `report`, a self-contained
-  HTML page (`jaxsr.dmri.report`; it shows the uncertainty, computed for it when
+  error (`jaxsr.dmri.app.uncertainty`, the default method), and `report`, a self-contained
+  HTML page (`jaxsr.dmri.app.report`; it shows the uncertainty, computed for it when
   `uncertainty` is not asked); `report_sections`, a list, receives the report's section
   instead or as well (`jaxsr bids` gathers a participant's scans on one page). A
   series is one job: one memory plan and compilation, `batch` volumes through the model
   together as memory allows (`upsample_volumes`), each volume written while the next is
   computed (`jaxsr.prefetch.ahead`). With `adapt`, the model is first fine-tuned once for
   the series (`adapt_on_series`: the mean b0 with b-values, else the first volume);
-  `save_adapted` then names a folder to export the adapted model to (`jaxsr.dmri.pretrained`).
+  `save_adapted` then names a folder to export the adapted model to (`jaxsr.dmri.app.pretrained`).
   The sidecar's "timing" gives seconds per stage: "plan" (memory plan and compilation),
   "adapt", "volumes" (super-resolving every volume), "write_wait" (what of that the
   writer waited for) and "written" (from the first volume's start to the last one written;

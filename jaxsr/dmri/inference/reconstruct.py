@@ -5,7 +5,7 @@ overlapping tiles (`encode_tiled`) whose overlap covers its receptive field, so
 the latent map equals one whole-volume pass; the decoder then runs over the HR
 voxel centres in fixed-size chunks of flat voxel indices. Peak memory is the
 latent map plus one tile's or one chunk's activations, whatever the output size
-(`jaxsr.dmri.memory.plan_memory` picks the tile and chunk for a byte budget).
+(`jaxsr.dmri.inference.memory.plan_memory` picks the tile and chunk for a byte budget).
 There is one compiled encoder per tile shape and one decoder per (latent shape,
 HR shape). Forward passes over
 volumes (the encoder, fixed-scale CNNs) compile with
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.dmri.degrade import resize_spatial, tricubic_upsample
+from jaxsr.dmri.degradation.degrade import resize_spatial, tricubic_upsample
 from jaxsr.dmri.models.conv import forward_compiler_options
 from jaxsr.dmri.models.sampling import chunk_coordinates
 

@@ -10,7 +10,7 @@ Training pairs (`AdaptSampler`): an HR crop of round(l_a f_a) voxels per axis
 at least MIN_LR_VOXELS along each degraded axis)
 centred on a voxel with signal, flipped at random along each axis (and
 transposed in-plane when both in-plane factors agree), degraded to l_a voxels
-by the PSF given (`--psf`) or by one drawn per crop from `jaxsr.dmri.psf.PSFS`.
+by the PSF given (`--psf`) or by one drawn per crop from `jaxsr.dmri.degradation.psf.PSFS`.
 All crops have one shape, so the step compiles once. The loss is the model's
 training loss (L1 + fft_weight · FFT term); Adam at `learning_rate`.
 
@@ -44,8 +44,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxsr.dmri import psf as psf_lib
-from jaxsr.dmri.degrade import back_project
+from jaxsr.dmri.degradation import psf as psf_lib
+from jaxsr.dmri.degradation.degrade import back_project
 from jaxsr.dmri.loss import csr_dmri_loss
 from jaxsr.errors import JaxsrError
 
@@ -65,7 +65,7 @@ class AdaptSettings:
 
   Attributes:
     steps: fine-tuning steps (0: none).
-    psf: the scan's PSF (one of `jaxsr.dmri.psf.PSFS`), or None to draw one per crop.
+    psf: the scan's PSF (one of `jaxsr.dmri.degradation.psf.PSFS`), or None to draw one per crop.
     batch_size: crops per step.
     lr_patch_size: LR crop edge (voxels), at most.
     learning_rate: Adam's step size.

@@ -201,7 +201,7 @@ STAGES = {"plan": "memory plan and compilation", "adapt": "adaptation (--adapt)"
 
 
 def _timing_rows(record: dict) -> list[tuple[str, str]]:
-  """(stage, seconds) of the sidecar's "timing" (`jaxsr.dmri.upsample_files`), in order."""
+  """(stage, seconds) of the sidecar's "timing" (`jaxsr.dmri.app.upsample_files`), in order."""
   timing = record.get("timing", {})
   rows = [(label, f"{timing[key]:.2f}") for key, label in STAGES.items() if key in timing]
   return rows + [("from the plan to the written files", f"{record['seconds']:.2f}")]

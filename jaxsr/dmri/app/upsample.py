@@ -2,10 +2,10 @@
 
 `upsample` works on arrays and affines (the Python API, `jaxsr.upsample`), and
 `upsample_volumes` volume by volume, so a 4D series never has to fit in memory
-(`jaxsr.dmri.upsample_files`: the `jaxsr upsample` command on NIfTI files). Without a
+(`jaxsr.dmri.app.upsample_files`: the `jaxsr upsample` command on NIfTI files). Without a
 checkpoint both use the general model shipped in the package
-(`jaxsr.dmri.pretrained`, `configs/general.py`); with `adapt` the model is first
-fine-tuned on the input itself (`jaxsr.dmri.adapt`).
+(`jaxsr.dmri.app.pretrained`, `configs/general.py`); with `adapt` the model is first
+fine-tuned on the input itself (`jaxsr.dmri.app.adapt`).
 
 Geometry (`jaxsr.geometry`): the output grid covers the input's field of view;
 the model is queried at the output voxel centres in the frame it was trained in.
@@ -15,7 +15,7 @@ Intensities follow the model's training data:
     volume divided by that percentile of its voxels (inside the mask, if one is
     given), as the domain-randomised patches they were trained on have their
     brightest tissue near 1, and multiply the output back; outputs are >= 0;
-  * models trained on subjects (`jaxsr.dmri.subjects`), whose b-shell volumes
+  * models trained on subjects (`jaxsr.dmri.data.subjects`), whose b-shell volumes
     were divided by the mean b0 (values in [0, 1]) and the T1 by its 99.5th
     percentile: with b-values, each diffusion-weighted volume is divided by the
     mean b0 of the input, super-resolved and multiplied by the super-resolved
@@ -27,7 +27,7 @@ Model outputs are then made consistent with the input (`degrade.back_project`,
 along k-space-truncated axes) under the input's PSF: by default "auto", which
 takes k-space truncation or the anti-aliased cubic degradation per group of axes
 (in-plane, through-plane) from the grid and the first volume's output
-(`jaxsr.dmri.acquisition`; chosen over the cubic degradation on the validation
+(`jaxsr.dmri.degradation.acquisition`; chosen over the cubic degradation on the validation
 scans, docs/results_real.md), or the PSF given (`psf`). With a mask,
 normalisation uses the voxels inside it and the output is 0 outside it.
 The T1 is resampled onto the output grid through both affines (cubic) and then
@@ -51,16 +51,17 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import anatomy, geometry, nifti
-from jaxsr.dmri import acquisition
-from jaxsr.dmri import adapt as adapt_lib
-from jaxsr.dmri import btable, pretrained
-from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri.degradation import acquisition
+from jaxsr.dmri.app import adapt as adapt_lib
+from jaxsr.dmri.data import btable
+from jaxsr.dmri.app import pretrained
+from jaxsr.dmri.degradation import psf as psf_lib
 from jaxsr.dmri import step as step_lib
-from jaxsr.dmri import uncertainty as uncertainty_lib
-from jaxsr.dmri.degrade import back_project, degrade
-from jaxsr.dmri.memory import MemoryPlan, plan_batch
+from jaxsr.dmri.app import uncertainty as uncertainty_lib
+from jaxsr.dmri.degradation.degrade import back_project, degrade
+from jaxsr.dmri.inference.memory import MemoryPlan, plan_batch
 from jaxsr.dmri.models import is_implicit
-from jaxsr.dmri.reconstruct import reconstruct
+from jaxsr.dmri.inference.reconstruct import reconstruct
 from jaxsr.errors import UpsampleError
 
 DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
@@ -98,7 +99,8 @@ class Upsampler:
   @classmethod
   def from_checkpoint(cls, run_dir: str | os.PathLike, step: int | None = None) -> "Upsampler":
     """Checkpoint `step` (default: the latest) of `run_dir` (a `train.py --workdir`), or an
-    exported model folder (`jaxsr.dmri.pretrained`: the shipped model, `--save-adapted` output).
+    exported model folder (`jaxsr.dmri.app.pretrained`: the shipped model, `--save-adapted`
+    output).
 
     Raises:
       CheckpointError: no usable checkpoint, or a model that is not arbitrary-scale.
@@ -132,7 +134,8 @@ class Upsampler:
   @property
   def intensity_percentile(self) -> float | None:
     """Inputs are divided by this percentile of each volume (general models), or None: by the
-    maximum, diffusion-weighted volumes by the mean b0 (models trained on `jaxsr.dmri.subjects`)."""
+    maximum, diffusion-weighted volumes by the mean b0 (models trained on
+    `jaxsr.dmri.data.subjects`)."""
     data = self.config.get("data", {}) if self.config is not None else {}
     value = data.get("intensity_percentile")
     return float(value) if value else None
@@ -206,7 +209,7 @@ def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[i
                     hr_shape: Sequence[int], settings: adapt_lib.AdaptSettings, *,
                     mask: np.ndarray | None = None, progress: bool = False
                     ) -> tuple[Upsampler, adapt_lib.AdaptResult]:
-  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.dmri.adapt`) for the factors hr/lr,
+  """`upsampler` fine-tuned on one LR volume `scan` (`jaxsr.dmri.app.adapt`) for the factors hr/lr,
   or as it was where held-out parts of the scan say adaptation does not help; and what was
   decided."""
   prepare_adaptation(upsampler, scan.shape, hr_shape, settings)
@@ -289,7 +292,7 @@ def adapt_on_series(upsampler: Upsampler, read: Callable[[int], np.ndarray], num
 def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike,
                        settings: adapt_lib.AdaptSettings, source: str, kept: bool = True
                        ) -> pathlib.Path:
-  """Exports the parameters used after adaptation (`jaxsr.dmri.pretrained` format; the
+  """Exports the parameters used after adaptation (`jaxsr.dmri.app.pretrained` format; the
   original ones, with "kept": false in the manifest, where adaptation was not kept);
   `--checkpoint FOLDER` reuses them."""
   return pretrained.export(folder, upsampler.config, upsampler.params, step=upsampler.step,
@@ -323,16 +326,16 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     bvals: (V,) s/mm² or None (see the module docstring for what changes).
     t1: the T1 at its own grid; required iff the model takes a T1.
     mask: (x, y, z) bool brain mask on the LR grid, or None.
-    max_memory: bytes for the whole process (`jaxsr.dmri.memory.plan_batch`); `plan`
+    max_memory: bytes for the whole process (`jaxsr.dmri.inference.memory.plan_batch`); `plan`
       overrides the plan made from it.
     batch: volumes super-resolved together at most, as memory allows (None:
       `default_batch()`); the outputs are the same, to float rounding.
-    uncertainty: a method of `jaxsr.dmri.uncertainty.METHODS` for a per-voxel uncertainty
+    uncertainty: a method of `jaxsr.dmri.app.uncertainty.METHODS` for a per-voxel uncertainty
       (expected absolute error, signal units) beside each volume, or None.
     back_projection: iterations of back-projection on each model output.
     psf: the input's PSF: "auto" (decided per axis from the grid and the first volume
-      super-resolved, `jaxsr.dmri.acquisition`, and kept for the series), one name of
-      `jaxsr.dmri.psf.PSFS` or three (x, y, z); back-projection degrades with it
+      super-resolved, `jaxsr.dmri.degradation.acquisition`, and kept for the series), one name of
+      `jaxsr.dmri.degradation.psf.PSFS` or three (x, y, z); back-projection degrades with it
       (None: the training degradation, anti-aliased cubic).
     progress: show a progress bar over tiles and chunks of every volume.
     source: the input's name, for errors.
@@ -621,15 +624,15 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     max_memory: bytes for the whole process; tiles and chunks are sized to fit.
     max_output_voxels: refuse larger output grids (per 3D volume).
     back_projection: iterations of back-projection onto the input (0: none).
-    psf: the input's PSF: "auto" (default: decided per axis, `jaxsr.dmri.acquisition`),
-      one name of `jaxsr.dmri.psf.PSFS` or three (x, y, z), or None (the training
+    psf: the input's PSF: "auto" (default: decided per axis, `jaxsr.dmri.degradation.acquisition`),
+      one name of `jaxsr.dmri.degradation.psf.PSFS` or three (x, y, z), or None (the training
       degradation). Back-projection and adaptation degrade with it ("auto": decided on
       the unadapted model's output for the first volume, or the volume adapted to).
-    adapt: fine-tune first (`jaxsr.dmri.adapt`), once for the series, on the mean of its
+    adapt: fine-tune first (`jaxsr.dmri.app.adapt`), once for the series, on the mean of its
       b0s with `bvals`, else on its first volume (`adaptation_volume`); or None.
     batch: volumes super-resolved together at most (`upsample_volumes`).
     uncertainty: True (the default method) or a method of
-      `jaxsr.dmri.uncertainty.METHODS`: also return a per-voxel uncertainty, the
+      `jaxsr.dmri.app.uncertainty.METHODS`: also return a per-voxel uncertainty, the
       expected absolute error of the output in its units; None or False: not.
     progress: show a progress bar.
     record: a dict that receives what was decided: "psf" and, with `adapt`, "adapt".

@@ -33,7 +33,7 @@ from jaxsr.dmri.models import build_model, init_params
 from jaxsr.errors import JaxsrError
 
 EXPORT_FORMAT = 1
-WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "weights"  # jaxsr/dmri/weights
 GENERAL_MODEL = "general"
 FILES = ("params.msgpack", "config.json", "manifest.json")
 

@@ -17,7 +17,7 @@ adaptation); the test scans are scored once for the table
 (`docs/results_real.md`). Each case degrades a scan by per-axis factors
 (`DEGRADATIONS`: in-plane 2x and 3x, through-plane 2x, isotropic 2x, where the
 scan has at least `MIN_LR_VOXELS` LR voxels per axis) with one PSF of
-`jaxsr.dmri.psf` (block, Gaussian of FWHM one LR voxel, k-space truncation), the
+`jaxsr.dmri.degradation.psf` (block, Gaussian of FWHM one LR voxel, k-space truncation), the
 LR grid's voxel centres at the centres of the HR blocks. Every method restores
 the HR grid from the LR image alone; PSNR and SSIM are computed inside a brain
 mask of the HR scan (dipy's median_otsu), with the HR scan's range in the mask
@@ -42,11 +42,11 @@ from dipy.segment.mask import median_otsu
 from tqdm import tqdm
 
 from jaxsr import files, kspace, metrics
-from jaxsr.dmri import adapt as adapt_lib
-from jaxsr.dmri import btable
-from jaxsr.dmri import psf as psf_lib
-from jaxsr.dmri import upsample
-from jaxsr.dmri.degrade import tricubic_upsample
+from jaxsr.dmri.app import adapt as adapt_lib
+from jaxsr.dmri.data import btable
+from jaxsr.dmri.degradation import psf as psf_lib
+from jaxsr.dmri.app import upsample
+from jaxsr.dmri.degradation.degrade import tricubic_upsample
 from jaxsr.train.run_record import write_run_record
 
 DIPY_FILES = pathlib.Path(dipy.__file__).resolve().parent / "data" / "files"

@@ -1,7 +1,7 @@
 """Subjects ready for training: DWI folders -> normalised, co-registered arrays, cached.
 
 Sources: HCP-layout folders (`load_hcp_subject`) and BIDS datasets
-(`jaxsr.dmri.bids`), each described by a `SubjectFiles`. An HCP subject folder
+(`jaxsr.dmri.data.bids`), each described by a `SubjectFiles`. An HCP subject folder
 holds `data.nii.gz` (or `data.nii`; 4D DWI), `bvals`, `bvecs` (FSL),
 `nodif_brain_mask.nii.gz`, optionally `wm_mask.nii.gz`, and a T1 (see
 `T1_CANDIDATES`). Both the real HCP layout (`ROOT/SUBJ/T1w/Diffusion/`, T1 in
@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import anatomy, nifti
-from jaxsr.dmri import bids, btable, phantom
+from jaxsr.dmri.data import bids, btable, phantom
 
 DWI_NAMES = ("data.nii.gz", "data.nii")  # the 4D DWI of an HCP-layout folder
 # T1 images tried in order, relative to the folder holding the DWI: the embedded
@@ -329,7 +329,7 @@ def load_subjects(data_config) -> dict[str, list[Subject]]:
   """Train/val/test subjects of `data_config` (an `ml_collections.ConfigDict` or similar).
 
   Fields: `source` ("embedded": built from the MNI template by
-  `jaxsr.dmri.phantom`; "hcp": the subject folders under `root`; "bids": every
+  `jaxsr.dmri.data.phantom`; "hcp": the subject folders under `root`; "bids": every
   DWI of the BIDS dataset at `root`, with its participant's T1w), `root` (for
   "embedded", "" means a folder under `cache_dir` named after the build
   parameters), `cache_dir`, `num_subjects`, `voxel_size_mm`, `num_directions`,

@@ -1,8 +1,8 @@
 """Does the uncertainty map mean something? Its rank correlation with the error on real scans.
 
-For every case of `jaxsr.dmri.real_scans` (a dipy scan degraded by a factor and a PSF), the
+For every case of `jaxsr.dmri.studies.real_scans` (a dipy scan degraded by a factor and a PSF), the
 shipped model super-resolves the LR volume as `jaxsr upsample` does (`--psf auto`) with each
-uncertainty method of `jaxsr.dmri.uncertainty`, and inside the scan's brain mask:
+uncertainty method of `jaxsr.dmri.app.uncertainty`, and inside the scan's brain mask:
   * Spearman's rank correlation of the map with the absolute error against the HR scan;
   * the calibration: mean absolute error by decile of the map (both divided by the scan's
     intensity range, so cases pool).
@@ -23,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxsr import files
-from jaxsr.dmri import real_scans, upsample
-from jaxsr.dmri import uncertainty as uncertainty_lib
+from jaxsr.dmri.studies import real_scans
+from jaxsr.dmri.app import upsample
+from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.train.run_record import write_run_record
 
 

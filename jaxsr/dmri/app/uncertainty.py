@@ -15,7 +15,7 @@ along the upsampled axes (an error is a property of a neighbourhood, not of one 
   * "psf+detail": the sum of the two.
 The map is the candidate times `CALIBRATION[method]`, which makes it the expected absolute
 error on the real validation scans (fitted there); which method is the default was chosen
-on those scans too (docs/uncertainty.md, `jaxsr.dmri.uncertainty_study`).
+on those scans too (docs/uncertainty.md, `jaxsr.dmri.studies.uncertainty_study`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from jaxsr.dmri import psf as psf_lib
-from jaxsr.dmri.degrade import back_project, degrade, tricubic_upsample
+from jaxsr.dmri.degradation import psf as psf_lib
+from jaxsr.dmri.degradation.degrade import back_project, degrade, tricubic_upsample
 
 METHODS = ("psf", "flip", "detail", "psf+detail")
 PLAUSIBLE_PSFS = ("kspace", "cubic", "block", "gaussian")

@@ -1,7 +1,7 @@
 """Memory planning for whole-volume reconstruction: the largest encoder tile and decoder chunk
 that fit a byte budget, from the sizes XLA reports for the compiled programs.
 
-`reconstruct` (`jaxsr.dmri.reconstruct`) then processes a volume tile by tile and
+`reconstruct` (`jaxsr.dmri.inference.reconstruct`) then processes a volume tile by tile and
 chunk by chunk as a `MemoryPlan` says; its peak is the latent map plus one tile's
 or one chunk's activations, whatever the output size.
 """
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsr.dmri.models.conv import resolve_conv_impl
-from jaxsr.dmri.reconstruct import decode_chunk, encode, window_shape
+from jaxsr.dmri.inference.reconstruct import decode_chunk, encode, window_shape
 from jaxsr.errors import JaxsrError
 from jaxsr.train.parameters import count_parameters
 

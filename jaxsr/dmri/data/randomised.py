@@ -27,7 +27,7 @@ Per patch (`render_patch`):
   resolution per-axis factors (x, y in-plane alike, z through-plane): isotropic,
              in-plane only, through-plane only or anisotropic, from
              `axis_scales`; the LR patch is the HR one degraded by a random
-             `jaxsr.dmri.psf` PSF (cubic, block, Gaussian of FWHM 0.7-1.5 LR
+             `jaxsr.dmri.degradation.psf` PSF (cubic, block, Gaussian of FWHM 0.7-1.5 LR
              voxels, k-space truncation).
 
 Two options make the images more like real scans (`RandomisedSampler`):
@@ -61,7 +61,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from jaxsr import anatomy
-from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri.degradation import psf as psf_lib
 
 # Relative WM, GM, CSF signal of each contrast family (brightest tissue 1):
 # b0 from phantom.WM/GM/CSF s0 (1 : 1.3 : 3); b=1000 s/mm^2 from exp(-b MD) with
@@ -245,7 +245,7 @@ class RandomisedSampler:
   Attributes:
     lr_patch_size: LR patch edge l (voxels).
     axis_scales: per-axis factors to draw from (1 = that axis not degraded).
-    psfs: PSFs to draw from (`jaxsr.dmri.psf.PSFS`).
+    psfs: PSFs to draw from (`jaxsr.dmri.degradation.psf.PSFS`).
     per_axis_psf, fine_texture: the options of the module docstring.
     lr_noise_fraction: share of patches whose LR image gets noise of its own.
     length: nominal examples per epoch (every example is new; this only sets

@@ -2,7 +2,7 @@
 
 One training example is an HR crop of one b-shell DWI volume of one subject and
 the co-registered T1 crop (both on the DWI grid). The LR input is made from the
-crop inside the jitted train step (`jaxsr.dmri.degrade.degrade`), so the
+crop inside the jitted train step (`jaxsr.dmri.degradation.degrade.degrade`), so the
 pipeline only slices arrays, and the same degradation serves evaluation.
 
 Scale sampling and compilation: the paper draws s ~ U(2, 3) and crops an HR
@@ -40,7 +40,7 @@ class PatchSampler:
   """Turns a batch of (subject, volume) pair indices into a batch of HR crops.
 
   Attributes:
-    subjects: training subjects (`jaxsr.dmri.subjects.Subject`), each with
+    subjects: training subjects (`jaxsr.dmri.data.subjects.Subject`), each with
       `dwi` (X, Y, Z, K), `t1` (X, Y, Z) and `mask` (X, Y, Z).
     hr_sizes: candidate HR patch edge lengths M (voxels); one is drawn per batch.
     patch_size: edge of the region (voxels) around a random brain voxel from which

@@ -10,7 +10,7 @@ dataset OUT_DIR:
   OUT_DIR/sub-<p>.html                   (the participant's report: every scan, fMRIPrep's place)
   OUT_DIR/index.html                     (a link to each participant's report)
 
-with `jaxsr.dmri.upsample_files` (the same model, memory plan and atomic writes as
+with `jaxsr.dmri.app.upsample_files` (the same model, memory plan and atomic writes as
 `jaxsr upsample`). Every scan is found and checked (gradient tables, a T1w where
 the model needs one, output names free unless overwriting) before anything is
 written; each output is then complete or absent.
@@ -24,10 +24,11 @@ import pathlib
 from typing import Sequence
 
 from jaxsr import files, nifti
-from jaxsr.dmri import bids
-from jaxsr.dmri.uncertainty import DEFAULT_METHOD
-from jaxsr.dmri.upsample import DEFAULT_MAX_OUTPUT_VOXELS, Upsampler, load_upsampler, output_grid
-from jaxsr.dmri.upsample_files import UpsampleResult, upsample_files
+from jaxsr.dmri.data import bids
+from jaxsr.dmri.app.uncertainty import DEFAULT_METHOD
+from jaxsr.dmri.app.upsample import (DEFAULT_MAX_OUTPUT_VOXELS, Upsampler, load_upsampler,
+                                     output_grid)
+from jaxsr.dmri.app.upsample_files import UpsampleResult, upsample_files
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import companion_path
 
@@ -118,7 +119,8 @@ def run_bids_app(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
         **upsample_options))
     files.write_json(companion_path(spread, ".json"), {
         "Description": "Per-voxel uncertainty of the super-resolved DWI: the expected "
-                       "absolute error of each voxel, in the DWI's units (jaxsr.dmri.uncertainty)",
+                       "absolute error of each voxel, in the DWI's units "
+                       "(jaxsr.dmri.app.uncertainty)",
         "Method": DEFAULT_METHOD,
         "Sources": [f"bids::{target.relative_to(out_dir).as_posix()}"],
         "Resolution": resolution})
@@ -128,7 +130,7 @@ def run_bids_app(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 def _write_reports(out_dir: pathlib.Path, root: pathlib.Path, sections: dict[str, list]) -> None:
   """OUT_DIR/sub-<label>.html per participant (their scans' sections) and OUT_DIR/index.html."""
-  from jaxsr.dmri import report  # matplotlib and jinja2 on use: they slow start-up
+  from jaxsr.dmri.app import report  # matplotlib and jinja2 on use: they slow start-up
 
   pages = []
   for participant, scans in sections.items():

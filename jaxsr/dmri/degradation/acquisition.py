@@ -3,7 +3,7 @@
 An MR image is acquired in-plane by sampling k-space (its in-plane PSF is a
 k-space truncation) and through-plane by exciting slices (a slice profile), or,
 in a 3D acquisition, by k-space on every axis; a resampled or smoothed image has
-a spatial PSF. Data consistency (`jaxsr.dmri.degrade.back_project`) is only as
+a spatial PSF. Data consistency (`jaxsr.dmri.degradation.degrade.back_project`) is only as
 right as the PSF it assumes, so `auto` decides it per axis:
 
 1. The grid groups the axes (`axis_groups`): the two axes of equal voxel size
@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri.degradation import psf as psf_lib
 
 AUTO = "auto"
 # Voxel sizes within this fraction of each other are equal (scanners round them).

@@ -3,7 +3,7 @@
 What users compute next from a super-resolved DWI is a tensor fit. A model that
 sharpens may also bias FA (edges invented in noise raise it; blur lowers it), and
 only a truth can tell resolution from bias. On the embedded test subjects
-(`jaxsr.dmri.subjects`, the comparison's data), each subject's shell volumes
+(`jaxsr.dmri.data.subjects`, the comparison's data), each subject's shell volumes
 (`dti_volumes` spread over the sphere) are degraded by `scale` with the training
 degradation (anti-aliased cubic), restored by tricubic interpolation and by the
 model as `jaxsr upsample` runs it (the whole 4D series, `--psf auto`), and
@@ -21,9 +21,10 @@ import pathlib
 import numpy as np
 
 from jaxsr import files
-from jaxsr.dmri import dti, upsample
-from jaxsr.dmri import subjects as subjects_lib
-from jaxsr.dmri.degrade import degrade, lr_shape_for_scale, tricubic_upsample
+from jaxsr.dmri import dti
+from jaxsr.dmri.app import upsample
+from jaxsr.dmri.data import subjects as subjects_lib
+from jaxsr.dmri.degradation.degrade import degrade, lr_shape_for_scale, tricubic_upsample
 from jaxsr.train.run_record import write_run_record
 
 TISSUES = ("white matter", "rest of brain")

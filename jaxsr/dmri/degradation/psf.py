@@ -8,7 +8,7 @@ at continuous HR index p_j = (j + 1/2) s - 1/2 (the convention of
 weighted sum of the HR voxels around p_j. The weights are the PSF's:
 
   cubic     Keys cubic (a = -0.5) stretched by s: the anti-aliased resize of
-            `jaxsr.dmri.degrade.degrade` (the training degradation of the papers);
+            `jaxsr.dmri.degradation.degrade.degrade` (the training degradation of the papers);
   block     the box of one LR voxel: each HR voxel weighted by the length of its
             cell inside the LR cell (block averaging / an ideal thick slice);
   gaussian  a Gaussian of FWHM `fwhm` LR voxels (default 1), integrated over each
@@ -156,7 +156,7 @@ def right_inverse(psf: str, n_hr: int, n_lr: int) -> np.ndarray:
   k-space truncation: the pseudo-inverse of `axis_matrix` (zero-filling, with an even
   LR matrix's Nyquist term shared so that `axis_matrix @ right_inverse` is the identity:
   data consistency is exact in one step). Spatial PSFs: Keys cubic interpolation (the
-  classical back-projection, as `jaxsr.dmri.degrade.tricubic_upsample` along one axis).
+  classical back-projection, as `jaxsr.dmri.degradation.degrade.tricubic_upsample` along one axis).
   """
   check_psf(psf)
   if n_lr == n_hr:

@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxsr.dmri import psf as psf_lib
+from jaxsr.dmri.degradation import psf as psf_lib
 
 
 def lr_shape_for_scale(hr_shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, ...]:
@@ -58,7 +58,7 @@ def back_project(hr: np.ndarray, lr: np.ndarray, iterations: int,
   measured (x, y, z) LR volume ever more closely while the detail the estimate
   adds above the LR band is kept. D is this module's `degrade` (anti-aliased
   cubic, the training degradation) when `psf` is None, else
-  `jaxsr.dmri.psf.degrade` with `psf` (one name, or one per axis). Residuals
+  `jaxsr.dmri.degradation.psf.degrade` with `psf` (one name, or one per axis). Residuals
   go back by tricubic interpolation, except along k-space-truncated axes, where
   they go back by the pseudo-inverse of the truncation (`psf.right_inverse`):
   there the first iteration already replaces the estimate's measured k-space

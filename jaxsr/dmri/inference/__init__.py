@@ -1,0 +1,2 @@
+"""Whole volumes through a trained model in bounded memory: tiled encoding, chunked decoding
+and the memory plan."""
