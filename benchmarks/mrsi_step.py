@@ -28,7 +28,6 @@ import numpy as np
 from benchmarks import compiled_step, machine_report, race_steps, set_threads, step_columns
 from configs import mrsi as mrsi_config
 from jaxsr.mrsi import step as mrsi_step
-from jaxsr.mrsi import task as mrsi_task
 from jaxsr.mrsi.phantom import MAP_SIZE
 from jaxsr.train import sharding
 from jaxsr.train.checkpoint import count_parameters
@@ -52,7 +51,7 @@ def jax_step(config, batch):
   mesh = sharding.make_mesh()
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
   state = sharding.replicate(mrsi_step.create_state(config, rng), mesh)
-  train_step = sharding.compile_train_step(mrsi_task.make_train_step(config), mesh)
+  train_step = sharding.compile_train_step(mrsi_step.make_train_step(config), mesh)
   batch = sharding.shard_batch(batch, mesh)
   run, compile_s = compiled_step(train_step, state, batch, rng)
   return run, compile_s, count_parameters(state.generator.params) + count_parameters(state.critic.params)

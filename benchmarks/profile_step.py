@@ -41,7 +41,6 @@ from configs import mrsi as mrsi_config
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.models import build_model
 from jaxsr.mrsi import step as gan_step
-from jaxsr.mrsi import task as mrsi_task
 from jaxsr.train.loop import RNG_IMPL
 
 # Per task: (part, substrings of an op's JAX source path that put it there), first match wins.
@@ -120,7 +119,7 @@ def mrsi_step(variant: str):
   rng = jax.random.key(config.seed, impl=RNG_IMPL)
   state = gan_step.create_state(config, rng)
   batch = random_batch(config)
-  compiled = jax.jit(mrsi_task.make_train_step(config)).lower(state, batch, rng).compile()
+  compiled = jax.jit(gan_step.make_train_step(config)).lower(state, batch, rng).compile()
   return compiled, (state, batch, rng), (
       f"{variant} adversarial MRSI step, batch {config.batch_size}, "
       f"{config.train.num_critic} critic updates")

@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     run.eval.validation_volumes = 1
   c.eval = base.eval
   c.eval.checkpoint = "best"  # the best validation score of each run
-  # Per-method score records (jaxsr.dmri.evaluation.ScoreRecords), reused while the settings
+  # Per-method score records (jaxsr.dmri.evaluation.records.ScoreRecords), reused while the settings
   # and checkpoint are the same: "" = the output folder's scores/; a folder: its <split>/.
   c.eval.scores_dir = ""
   c.eval.num_volumes = {"default": 4, "quick": 2, "smoke": 2}[c.variant]  # scored per subject

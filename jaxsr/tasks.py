@@ -47,7 +47,7 @@ class Task:
 TASKS = {
     "dmri": Task("dmri"),  # one dMRI model: configs/csr_dmri.py, arssr, dcsrn, rescnn3d, general
     "compare_dmri": Task("dmri", multi_run=True,  # configs/compare_dmri.py: methods × seeds
-                         evaluate="evaluation:evaluate_comparison"),
+                         evaluate="evaluation.comparison:evaluate_comparison"),
     "real_scans": Task("dmri", trains=False,  # configs/real_scans.py
                        evaluate="studies.real_scans:evaluate"),
     "dti_bias": Task("dmri", trains=False,  # configs/dti_general.py
@@ -80,10 +80,11 @@ def train(config, workdir: str | pathlib.Path, *, allow_schedule_change: bool = 
   task = task_of(config)
   if not task.trains:
     raise ConfigError(f"task={config.task!r} evaluates trained models; use evaluate.py")
-  family = family_module(task.family, "task")
+  family_task = family_module(task.family, "task")
   if not task.multi_run:
-    return loop.train(config, workdir, family=family, allow_schedule_change=allow_schedule_change)
-  loop.train_runs(config, family.runs(config), workdir, family=family,
+    return loop.train(config, workdir, family_task=family_task,
+                      allow_schedule_change=allow_schedule_change)
+  loop.train_runs(config, family_task.runs(config), workdir, family_task=family_task,
                   allow_schedule_change=allow_schedule_change)
   return None
 
@@ -101,7 +102,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
   from jaxsr.train import checkpoint
 
   return checkpoint.load_run(run_dir, step, warn=warn,
-                             families=[family_module(f, "step") for f in FAMILIES])
+                             family_steps=[family_module(f, "step") for f in FAMILIES])
 
 
 def family_clis() -> list[ModuleType]:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from jaxsr.dmri import dti
-from jaxsr.dmri.evaluation import (Method, ScoreRecords, classical_methods, evaluated_volumes,
-                                   same_training, score_subject)
+from jaxsr.dmri.evaluation.protocol import (Method, classical_methods, evaluated_volumes,
+                                            score_subject)
+from jaxsr.dmri.evaluation.records import ScoreRecords, same_training
 from jaxsr.tables import DTI_METRICS, markdown_pvalues, markdown_table, summarise, wilcoxon
 
 

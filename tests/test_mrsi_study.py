@@ -96,7 +96,7 @@ def test_gan_run_resumes_to_the_same_state(study, tmp_path):
   copy = tmp_path / "resumed"
   shutil.copytree(workdir / name, copy)
   shutil.rmtree(copy / "checkpoints" / "4")
-  loop.train(study_runs(config)[name], copy, family=mrsi_task)
+  loop.train(study_runs(config)[name], copy, family_task=mrsi_task)
   record = json.loads((copy / "run.json").read_text())
   assert record["resumed_from_step"] == 2
   original, resumed = load_run(workdir / name), load_run(copy)

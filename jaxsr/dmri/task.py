@@ -25,7 +25,7 @@ from jaxsr.dmri.data import subjects as subjects_lib
 from jaxsr.dmri.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
 from jaxsr.errors import ConfigError
 from jaxsr.nifti import DataError
-from jaxsr.train.loop import Task
+from jaxsr.train.loop import TrainingSetup
 
 
 def make_sampler(config, train_subjects) -> patches.PatchSampler:
@@ -34,7 +34,7 @@ def make_sampler(config, train_subjects) -> patches.PatchSampler:
   return patches.PatchSampler(train_subjects, sizes, patch_size=d.patch_size)
 
 
-def make_task(config) -> Task:
+def make_task(config) -> TrainingSetup:
   """What the loop trains for one run config; bad data raises before anything is written."""
   model = build_model(config.model)
   validate = None
@@ -62,7 +62,8 @@ def make_task(config) -> Task:
 
   if config.train.get("init_from"):
     description += f"; initialised from {config.train.init_from}"
-  return Task(sampler, create_state, step_lib.make_train_step(config), description, validate)
+  return TrainingSetup(sampler, create_state, step_lib.make_train_step(config), description,
+                       validate)
 
 
 def warm_started(state, folder: str):

@@ -344,7 +344,7 @@ def score_fold(config, workdir: pathlib.Path, fold: int, maps: TestMaps, n_value
       names = method_runs(method, fold, n_values)
       for name in dict.fromkeys(names.values()):
         directory = run_dir(config, workdir, name)
-        run = load_run(directory, families=[step_lib])
+        run = load_run(directory, family_steps=[step_lib])
         scores.steps[name] = run.step
         scores.seconds[method] = scores.seconds.get(method, 0.0) + training_seconds(directory)
         if count_params:
@@ -425,7 +425,7 @@ def evaluate(config, workdir: str | pathlib.Path, out: str | os.PathLike | None 
           generators[f"fold{fold}/{CONDITION_METHOD}"], maps, n_values, fold, out_dir)
     if config.sharpness_method:
       name = f"fold{fold}/sharpness_{config.sharpness_method}"
-      run = load_run(run_dir(config, workdir, name), families=[step_lib])
+      run = load_run(run_dir(config, workdir, name), family_steps=[step_lib])
       scores.steps[name] = run.step
       extras["sharpness"] = sharpness_extras(config, Generator(run, config.eval.batch_size),
                                              maps, n_values, fold, out_dir)

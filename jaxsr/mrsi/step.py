@@ -133,6 +133,16 @@ def draw_lambda(rng: jax.Array, batch_size: int, lambda_max: float,
   return jnp.where(jax.random.uniform(zero_rng, (batch_size,)) < zero_fraction, 0.0, lam)
 
 
+def make_train_step(config):
+  """The pure `train_step(state, batch, rng)` of a run config (`make_mrsi_train_step` with its
+  `train` settings), as `jaxsr.dmri.step.make_train_step` is dMRI's."""
+  t = config.train
+  return make_mrsi_train_step(alpha=t.alpha, gp_weight=t.gp_weight, num_critic=t.num_critic,
+                              lambda_max=t.lambda_max,
+                              lambda_zero_fraction=t.get("lambda_zero_fraction", 0.0),
+                              adversarial=t.adversarial)
+
+
 def make_mrsi_train_step(*, alpha: float = 0.84, gp_weight: float = 10.0, num_critic: int = 5,
                          lambda_max: float = 0.1, lambda_zero_fraction: float = 0.1,
                          adversarial: bool = True):

@@ -23,7 +23,7 @@ from jaxsr.errors import ConfigError
 from jaxsr.mrsi import phantom, pipeline
 from jaxsr.mrsi import step as step_lib
 from jaxsr.mrsi.step import MODEL_KINDS, build_model  # noqa: F401 (the family's interface)
-from jaxsr.train.loop import Task
+from jaxsr.train.loop import TrainingSetup
 
 # Table 1 rows -> generator conditioning (`jaxsr.mrsi.unet.CONDITIONINGS`).
 METHODS = {
@@ -104,16 +104,8 @@ def runs(config) -> list[tuple[str, None, ml_collections.ConfigDict]]:
   return [(name, None, run) for name, run in study_runs(config).items()]
 
 
-def make_task(config) -> Task:
+def make_task(config) -> TrainingSetup:
   """What the loop trains for one run config; bad data raises before anything is written."""
   sampler, description = make_sampler(config)
-  return Task(sampler, lambda rng: step_lib.create_state(config, rng), make_train_step(config),
-              description)
-
-
-def make_train_step(config):
-  t = config.train
-  return step_lib.make_mrsi_train_step(alpha=t.alpha, gp_weight=t.gp_weight,
-                                        num_critic=t.num_critic, lambda_max=t.lambda_max,
-                                        lambda_zero_fraction=t.get("lambda_zero_fraction", 0.0),
-                                        adversarial=t.adversarial)
+  return TrainingSetup(sampler, lambda rng: step_lib.create_state(config, rng),
+                       step_lib.make_train_step(config), description)

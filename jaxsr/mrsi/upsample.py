@@ -90,7 +90,7 @@ def upsample_mrsi_files(checkpoint: str | os.PathLike, map_path: str | os.PathLi
   check_outputs([out], overwrite, inputs=(map_path, t1, flair, mask))
   from jaxsr.train.checkpoint import load_run  # on use: slow to import, `jaxsr upsample` needs none
 
-  run = load_run(checkpoint, families=[step_lib])
+  run = load_run(checkpoint, family_steps=[step_lib])
   met = metabolite_index(metabolite)
   lambda_max = run.config.train.lambda_max if run.config.train.adversarial else 0.0
   if not 0.0 <= sharpness <= lambda_max:

@@ -10,9 +10,9 @@ jaxsr version that wrote it (checkpoints without `meta` predate it and are forma
 format 1 keys are threefry keys).
 
 A checkpoint knows no model: `load_run` rebuilds a run's state through the
-family of its model kind, among those it is given (`families`: each family's
+family of its model kind, among those it is given (`family_steps`: each family's
 `step` module, with `FAMILY`, `MODEL_KINDS`, `build_model` and `create_state`);
-`jaxsr.tasks.load_run` gives every family.
+`jaxsr.tasks.load_run` gives every family's.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _candidate_steps(checkpointer: Checkpointer, run_dir, step: int | str | None
   return [step]
 
 
-def _load_step(checkpointer: Checkpointer, run_dir, step: int, families) -> TrainedRun:
+def _load_step(checkpointer: Checkpointer, run_dir, step: int, family_steps) -> TrainedRun:
   """Checkpoint `step` restored into the model its config describes, parameters verified finite."""
   try:
     meta = checkpointer.restore_meta(step)
@@ -318,15 +318,16 @@ def _load_step(checkpointer: Checkpointer, run_dir, step: int, families) -> Trai
   if "kind" not in config.get("model", {}):
     raise CheckpointError(f"{run_dir}: its config has no model.kind (written by an older "
                           "jaxsr); retrain it")
-  family = next((f for f in families if config.model.kind in f.MODEL_KINDS), None)
-  if family is None:
-    kinds = [kind for f in families for kind in f.MODEL_KINDS]
+  family_step = next((f for f in family_steps if config.model.kind in f.MODEL_KINDS), None)
+  if family_step is None:
+    kinds = [kind for f in family_steps for kind in f.MODEL_KINDS]
     raise CheckpointError(f"{run_dir}: a {config.model.kind!r} model, not one this reads "
-                          f"({', '.join(kinds)}: {', '.join(f.FAMILY for f in families)} models)")
+                          f"({', '.join(kinds)}: "
+                          f"{', '.join(f.FAMILY for f in family_steps)} models)")
   try:
-    model = family.build_model(config.model)
+    model = family_step.build_model(config.model)
     rng = lambda: jax.random.key(0, impl=checkpointer.rng_impl(step))  # shapes only
-    create = lambda: family.create_state(config, rng())
+    create = lambda: family_step.create_state(config, rng())
     state, _ = checkpointer.restore(step, jax.eval_shape(create), jax.eval_shape(rng))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     if _STORAGE_ERROR.search(str(e)):
@@ -345,10 +346,10 @@ def _load_step(checkpointer: Checkpointer, run_dir, step: int, families) -> Trai
 
 
 def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
-             families: Sequence[Any], warn: Callable[[str], None] | None = None) -> TrainedRun:
+             family_steps: Sequence[Any], warn: Callable[[str], None] | None = None) -> TrainedRun:
   """Restores checkpoint `step` of `run_dir` into abstract shapes of its family's state.
 
-  `families`: the families whose runs may be read (their `step` modules); the one
+  `family_steps`: the `step` modules of the families whose runs may be read; the one
   whose `MODEL_KINDS` holds the run's model kind rebuilds its model and state.
 
   `step`: an int, None or "latest" (the latest checkpoint), or "best" (the highest
@@ -375,7 +376,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | str | None = None, *,
     failures = []
     for candidate in candidates:
       try:
-        run = _load_step(checkpointer, run_dir, candidate, families)
+        run = _load_step(checkpointer, run_dir, candidate, family_steps)
       except CheckpointError as error:
         failures.append(error)
         continue

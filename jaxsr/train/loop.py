@@ -1,8 +1,8 @@
 """The training loop: data, sharded steps, metrics, progress and resumable checkpoints.
 
-One loop serves every family; what differs is the `Task` a family makes of a run
+One loop serves every family; what differs is the `TrainingSetup` a family makes of a run
 config: the batch sampler, the initial state and the pure train step, and
-optionally a validation. The family is passed in (`family`: its `task` module,
+optionally a validation. The family is passed in (`family_task`: its `task` module,
 with `MODEL_KINDS`, `build_model` and `make_task`); the loop imports none
 (`jaxsr.tasks` picks it from the config).
 """
@@ -35,7 +35,7 @@ RNG_IMPL = "rbg"
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class TrainingSetup:
   """What the loop trains.
 
   Attributes:
@@ -62,8 +62,9 @@ def _positive_int(config, key: str) -> None:
     raise ConfigError(f"{key}={value!r}: must be a positive integer")
 
 
-def check_config(config, family) -> None:
-  """ConfigError (one line naming the key) for settings no run of `family` can train with."""
+def check_config(config, family_task) -> None:
+  """ConfigError (one line naming the key) for settings no run of the family (its `task`
+  module, `family_task`) can train with."""
   for key in ("batch_size", "train.num_steps", "train.checkpoint_every_steps",
               "train.log_every_steps", "train.keep_checkpoints"):
     _positive_int(config, key)
@@ -73,10 +74,10 @@ def check_config(config, family) -> None:
   if not config.train.learning_rate > 0:
     raise ConfigError(f"train.learning_rate={config.train.learning_rate!r}: must be positive")
   kind = config.model.get("kind")
-  if kind not in family.MODEL_KINDS:
-    raise ConfigError(f"model.kind={kind!r}: must be one of {', '.join(family.MODEL_KINDS)}")
+  if kind not in family_task.MODEL_KINDS:
+    raise ConfigError(f"model.kind={kind!r}: must be one of {', '.join(family_task.MODEL_KINDS)}")
   try:
-    family.build_model(config.model)
+    family_task.build_model(config.model)
   except ValueError as error:
     raise ConfigError(str(error)) from error
 
@@ -107,12 +108,12 @@ def _check_resume(checkpointer: Checkpointer, config, workdir: pathlib.Path,
     return
 
 
-def train(config, workdir: str | pathlib.Path, *, family,
+def train(config, workdir: str | pathlib.Path, *, family_task,
           allow_schedule_change: bool = False) -> int:
   """Trains the model of `config`, resuming from the latest checkpoint in `workdir`.
 
-  `family` is the run's family: its `task` module (`MODEL_KINDS`, `build_model`,
-  `make_task(config) -> Task`).
+  `family_task` is the run's family: its `task` module (`MODEL_KINDS`, `build_model`,
+  `make_task(config) -> TrainingSetup`).
 
   Writes `workdir/run.json` (config, seed, versions, commit), `workdir/metrics.jsonl`
   (one JSON line per logged step) and orbax checkpoints under `workdir/checkpoints`.
@@ -126,17 +127,18 @@ def train(config, workdir: str | pathlib.Path, *, family,
   training with TrainingDiverged (no such checkpoint is saved); SIGINT/SIGTERM
   save the current step and raise Interrupted; failed writes raise WriteError.
   """
-  check_config(config, family)
+  check_config(config, family_task)
   workdir = pathlib.Path(workdir)
   files.check_can_create(workdir)  # before the data is built, without creating DIR
-  task = family.make_task(config)  # bad data fails before DIR is touched
+  task = family_task.make_task(config)  # bad data fails before DIR is touched
   files.check_writable_folder(workdir)
   # Process 0 holds the lock for all processes of a distributed run (they share DIR).
   with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     return _train_locked(config, task, workdir, allow_schedule_change)
 
 
-def _train_locked(config, task: Task, workdir: pathlib.Path, allow_schedule_change: bool) -> int:
+def _train_locked(config, task: TrainingSetup, workdir: pathlib.Path,
+                  allow_schedule_change: bool) -> int:
   checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints,
                               save_interval_steps=config.train.checkpoint_every_steps,
                               keep_best=task.validate is not None)
@@ -146,7 +148,7 @@ def _train_locked(config, task: Task, workdir: pathlib.Path, allow_schedule_chan
     checkpointer.close()
 
 
-def _train_with(checkpointer: Checkpointer, config, task: Task, workdir: pathlib.Path,
+def _train_with(checkpointer: Checkpointer, config, task: TrainingSetup, workdir: pathlib.Path,
                 allow_schedule_change: bool) -> int:
   _check_resume(checkpointer, config, workdir, allow_schedule_change)
   metrics_path = workdir / run_record.METRICS_FILE
@@ -294,7 +296,7 @@ def _saved_key(checkpointer: Checkpointer, step: int, like: jax.Array) -> jax.Ar
 
 
 def train_runs(config, runs: list[tuple[str, int | None, Any]], workdir: str | pathlib.Path, *,
-               family, allow_schedule_change: bool = False) -> None:
+               family_task, allow_schedule_change: bool = False) -> None:
   """Trains every run of a comparison or study config in turn, each in its own workdir.
 
   `runs` are (name, seed or None, run config), e.g. the dMRI comparison's methods ×
@@ -305,11 +307,12 @@ def train_runs(config, runs: list[tuple[str, int | None, Any]], workdir: str | p
   is (`train`).
   """
   for _, _, run_config in runs:
-    check_config(run_config, family)
+    check_config(run_config, family_task)
   files.check_writable_folder(workdir)
   with WorkdirLock(workdir):
     for name, seed, run_config in runs:
       directory = run_dir(config, workdir, name, seed)
       tqdm.write(f"== {name}{'' if seed is None else f' (seed {seed})'} "
                  f"({run_config.model.kind}) -> {directory}")
-      train(run_config, directory, family=family, allow_schedule_change=allow_schedule_change)
+      train(run_config, directory, family_task=family_task,
+            allow_schedule_change=allow_schedule_change)

@@ -89,7 +89,7 @@ def export_run(run_dir: str | os.PathLike, folder: str | os.PathLike, step: int 
   """Exports checkpoint `step` (default: the latest) of a training run to `folder`."""
   from jaxsr.train.checkpoint import load_run  # on use: the checkpoint library is slow to import
 
-  run = load_run(run_dir, step, families=[step_lib])
+  run = load_run(run_dir, step, family_steps=[step_lib])
   record = pathlib.Path(run_dir) / "run.json"
   return export(folder, run.config, run.variables["params"], step=run.step,
                 source=os.fspath(pathlib.Path(run_dir).absolute()),

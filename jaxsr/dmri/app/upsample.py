@@ -114,7 +114,7 @@ class Upsampler:
       config, model, params, manifest = pretrained.load(run_dir)
       step = int(manifest.get("step", 0))
     else:
-      run = load_run(run_dir, step, families=[step_lib])
+      run = load_run(run_dir, step, family_steps=[step_lib])
       config, model, params, step = run.config, run.model, run.variables["params"], run.step
     kind = config.model.kind
     if not is_implicit(kind):
