@@ -17,7 +17,7 @@ import ml_collections
 from jaxsr.dmri.app.adapt import AdaptSettings
 from jaxsr.dmri.degradation.psf import PSFS
 from jaxsr.dmri.studies.real_scans import DEGRADATIONS
-from jaxsr.dmri.app.upsample import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
+from jaxsr.dmri.app.settings import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

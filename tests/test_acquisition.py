@@ -10,7 +10,8 @@ from jaxsr.dmri.degradation import acquisition, psf
 from jaxsr.dmri.app.adapt import AdaptError, AdaptSettings
 from jaxsr.dmri.degradation.degrade import back_project
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.app.upsample import Upsampler, upsample
+from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.upsample import upsample
 
 
 def textured(shape=(48, 40, 24), seed=0) -> np.ndarray:

@@ -11,7 +11,7 @@ from configs import general
 from jaxsr.dmri.app import adapt, pretrained
 from jaxsr.dmri.degradation import psf
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.app.upsample import Upsampler
+from jaxsr.dmri.app.model import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
 
 

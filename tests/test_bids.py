@@ -13,7 +13,7 @@ import jaxsr
 from configs import arssr
 from jaxsr import nifti, tasks
 from jaxsr.dmri.data import bids, subjects
-from jaxsr.dmri.app.upsample import Upsampler
+from jaxsr.dmri.app.model import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
 
 pytestmark = pytest.mark.slow

@@ -111,7 +111,8 @@ def test_nearest_on_output_copies_each_input_voxel_onto_its_cell():
 
 
 def test_a_request_of_two_grids_names_the_api_arguments():
-  from jaxsr.dmri.app.upsample import UpsampleError, output_grid
+  from jaxsr.dmri.app.grid import output_grid
+  from jaxsr.errors import UpsampleError
 
   with pytest.raises(UpsampleError, match="exactly one of voxel_size, scale and shape$"):
     output_grid((4, 4, 4), np.eye(4), scale=2, shape=(8, 8, 8))

@@ -13,7 +13,8 @@ from jaxsr.dmri.app import pretrained
 from jaxsr.dmri.studies import real_scans
 from jaxsr.dmri.inference.memory import resident_bytes
 from jaxsr.dmri.models import build_model, init_params
-from jaxsr.dmri.app.upsample import Upsampler, upsample
+from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.upsample import upsample
 from tests.cli_helpers import run_cli
 
 

@@ -4,7 +4,6 @@ compiled programs a second run reads back."""
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import types
 
@@ -13,9 +12,10 @@ import pytest
 
 import jaxsr
 from jaxsr import nifti, prefetch
-from jaxsr.dmri.app import adapt, upsample
+from jaxsr.dmri.app import adapt, adaptation
+from jaxsr.dmri.app.checks import check_series_scaling, series_level
 from jaxsr.dmri.inference.memory import plan_batch
-from jaxsr.dmri.app.upsample import Upsampler
+from jaxsr.dmri.app.model import Upsampler
 from tests.cli_helpers import BUDGET as CLI_BUDGET
 from tests.cli_helpers import run_cli
 from tests.test_upsample import BUDGET, grid_affine, head_phantom
@@ -66,7 +66,7 @@ def test_a_series_is_adapted_once_on_its_b0s_and_every_volume_uses_it(arssr, mon
   def fake_adapt(upsampler, scan, lr_shape, hr_shape, settings, *, mask=None, progress=False):
     calls.append(scan)
     return adapted, types.SimpleNamespace(kept=True, record=lambda: {"kept": True})
-  monkeypatch.setattr(upsample, "adapt_upsampler", fake_adapt)
+  monkeypatch.setattr(adaptation, "adapt_upsampler", fake_adapt)
   record = {}
   out, _ = jaxsr.upsample(data, affine, arssr, scale=2, bvals=bvals, psf="cubic",
                           adapt=adapt.AdaptSettings(steps=5), max_memory=BUDGET, record=record)
@@ -96,7 +96,7 @@ def test_a_mis_scaled_or_non_finite_volume_is_refused_naming_it(arssr_smoke_run,
     jaxsr.upsample(mis_scaled, affine, arssr_smoke_run, scale=2)
   blank = data.copy()
   blank[..., 1] = 0  # a blank volume is data, not a scaling error
-  upsample.check_series_scaling([upsample.series_level(blank[..., v]) for v in range(4)], "x")
+  check_series_scaling([series_level(blank[..., v]) for v in range(4)], "x")
   for name, bad in (("scaled", mis_scaled), ("nan", data.copy())):
     if name == "nan":
       bad[3, 3, 3, 3] = np.nan

@@ -17,7 +17,7 @@ import jaxsr
 from jaxsr import cli, geometry, nifti
 from jaxsr.dmri.cli import parse_size
 from jaxsr.dmri.degradation.degrade import degrade
-from jaxsr.dmri.app.upsample import Upsampler
+from jaxsr.dmri.app.model import Upsampler
 from jaxsr.outputs import companion_path
 from tests.cli_helpers import run_cli
 from tests.fuzzing import NIFTI_FILES, write_fuzzed_nifti

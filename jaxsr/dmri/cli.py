@@ -9,12 +9,12 @@ import textwrap
 
 from jaxsr.dmri.app.adapt import AdaptSettings
 from jaxsr.dmri.app.bids_app import ANALYSIS_LEVELS, run_bids_app
-from jaxsr.dmri.inference.memory import format_bytes
 from jaxsr.dmri.app.pretrained import export_run
-from jaxsr.dmri.degradation.psf import PSFS
-from jaxsr.dmri.app.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
+from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
                                      DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF)
 from jaxsr.dmri.app.upsample_files import upsample_files
+from jaxsr.dmri.degradation.psf import PSFS
+from jaxsr.dmri.inference.memory import format_bytes
 
 
 def parse_size(text: str) -> int:

@@ -211,6 +211,7 @@ def simulate_patient(index: int, *, seed: int = 0, deformation_mm: float = 4.0,
   template = anatomy.load_template()
   rng = np.random.default_rng([seed, 1000 + index])
   low, high = template.brain_bounds()
+  # The random fields, drawn in this order (the phantom depends on it).
   deformation = anatomy.SmoothField.random(rng, low, high, spacing_mm=20.0, num_components=3)
   field = anatomy.SmoothField.random(rng, low, high, spacing_mm=60.0,
                                        num_components=1 + len(METABOLITES))
@@ -219,35 +220,68 @@ def simulate_patient(index: int, *, seed: int = 0, deformation_mm: float = 4.0,
   own = anatomy.SmoothField.random(rng, low, high, spacing_mm=15.0,
                                      num_components=len(METABOLITES))
 
+  shape, affine, axes = _patient_grid(low, high)
+  gm, wm, csf, brain, t1 = _tissues(template, shape, affine,
+                                    deformation_mm * deformation.on_grid(axes))
+  keep = _slices_with_brain(brain, rng)
+  anatomical_shape, metabolic_shape = random_lesions(rng, axes, brain, wm, keep)
+  lesion = anatomical_shape.weights(axes, brain)
+  metabolic = metabolic_shape.weights(axes, brain) if decoupled else lesion
+  quality, low_snr = _quality(patches.on_grid(axes)[..., 0], brain, csf)
+  maps = _metabolite_maps(rng, gm, wm, brain, metabolic, low_snr, field.on_grid(axes),
+                          own.on_grid(axes), INDEPENDENT_VARIATION if decoupled else {})
+  t1, flair = _anatomical_images(rng, t1, bias.on_grid(axes)[..., 0], gm, wm, csf, brain,
+                                 lesion, decoupled)
+
+  to_slices = lambda a: np.moveaxis(a[..., keep], -1, 0)
+  return Patient(
+      name=f"p{index:02d}", maps=np.moveaxis(maps[..., keep], -1, 0).astype(np.float32),
+      t1=to_slices(t1).astype(np.float32), flair=to_slices(flair).astype(np.float32),
+      quality=to_slices(quality), brain=to_slices(brain),
+      lesion=to_slices(_lesion_labels(lesion)),
+      metabolic_lesion=to_slices(_lesion_labels(metabolic)),
+      affine=affine @ nib.affines.from_matvec(np.eye(3), [0, 0, keep[0]]))
+
+
+def _patient_grid(low: np.ndarray, high: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray,
+                                                                list[np.ndarray]]:
+  """(shape, affine, axes) of the MRSI grid over the brain's bounding box: MAP_SIZE² in-plane
+  voxels of VOXEL_MM, as many slices as fit."""
   centre = (low + high) / 2
-  num_slices = int(np.floor((high[2] - low[2]) / VOXEL_MM))
-  shape = (MAP_SIZE, MAP_SIZE, num_slices)
+  shape = (MAP_SIZE, MAP_SIZE, int(np.floor((high[2] - low[2]) / VOXEL_MM)))
   affine = nib.affines.from_matvec(np.eye(3) * VOXEL_MM,
                                    centre - (np.asarray(shape) - 1) / 2 * VOXEL_MM)
-  axes = anatomy.grid_axes(shape, affine)
-  displacement = deformation_mm * deformation.on_grid(axes)
+  return shape, affine, anatomy.grid_axes(shape, affine)
+
+
+def _tissues(template, shape, affine, displacement) -> tuple[np.ndarray, ...]:
+  """(gm, wm, csf, brain, t1) of the template warped by `displacement` onto the grid; tissue
+  fractions summing to at most 1, `brain` a bool mask."""
   wm, gm, csf, brain, t1 = anatomy.warp(
       [anatomy.prefiltered(n, VOXEL_MM) for n in ("wm", "gm", "csf", "brain", "t1")],
       template.affine, shape, affine, displacement)
   tissue = np.stack([gm, wm, csf], axis=-1)
   tissue /= np.maximum(tissue.sum(-1, keepdims=True), 1.0)
   gm, wm, csf = np.moveaxis(tissue, -1, 0)
-  brain = brain > 0.5
-  keep = _slices_with_brain(brain, rng)
-  anatomical_shape, metabolic_shape = random_lesions(rng, axes, brain, wm, keep)
-  lesion = anatomical_shape.weights(axes, brain)
-  metabolic = metabolic_shape.weights(axes, brain) if decoupled else lesion
-  own_amplitude = INDEPENDENT_VARIATION if decoupled else {}
-  healthy = 1.0 - sum(metabolic.values())
+  return gm, wm, csf, brain > 0.5, t1
 
+
+def _quality(patch_field: np.ndarray, brain: np.ndarray, csf: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(the quality mask, the low-SNR patches): voxels away from the skull, with little CSF,
+  outside the noisiest LOW_SNR_FRACTION of them (by `patch_field`)."""
   away_from_skull = ndimage.distance_transform_edt(brain, sampling=VOXEL_MM) > SKULL_MARGIN_MM
-  patch_field = patches.on_grid(axes)[..., 0]
   candidates = away_from_skull & (csf < CSF_LIMIT)
   low_snr = patch_field > np.quantile(patch_field[candidates], 1 - LOW_SNR_FRACTION)
-  quality = candidates & ~low_snr
+  return candidates & ~low_snr, low_snr
 
-  fields = field.on_grid(axes)
-  own_fields = own.on_grid(axes)
+
+def _metabolite_maps(rng: np.random.Generator, gm, wm, brain, metabolic: dict, low_snr,
+                     fields: np.ndarray, own_fields: np.ndarray, own_amplitude: dict
+                     ) -> np.ndarray:
+  """(M, X, Y, Z) concentration maps: tissue concentrations, the lesion's, smooth variation
+  (shared and each metabolite's own) and noise at each metabolite's SNR."""
+  healthy = 1.0 - sum(metabolic.values())
   maps = []
   for m, name in enumerate(METABOLITES):
     gm_c, wm_c = CONCENTRATIONS[name]
@@ -261,31 +295,28 @@ def simulate_patient(index: int, *, seed: int = 0, deformation_mm: float = 4.0,
     variation = np.exp(0.07 * fields[..., 0] + 0.05 * fields[..., 1 + m]
                        + own_amplitude.get(name, 0.0) * own_fields[..., m])
     sigma = wm_c / SNR[name] * np.where(low_snr, LOW_SNR_NOISE_FACTOR, 1.0)
-    noise = rng.standard_normal(shape).astype(np.float32) * sigma
+    noise = rng.standard_normal(brain.shape).astype(np.float32) * sigma
     maps.append((concentration * variation + noise) * brain)
-  maps = np.stack(maps, axis=0)  # (M, X, Y, Z)
+  return np.stack(maps, axis=0)
 
+
+def _anatomical_images(rng: np.random.Generator, t1, bias_field, gm, wm, csf, brain,
+                       lesion: dict, decoupled: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(T1, FLAIR) in [0, 1]: the template's T1 and a tissue-mixed FLAIR, with a bias field, the
+  lesion's contrast and (decoupled) blur and noise, each divided by its 99.5th percentile."""
   anatomy_healthy = 1.0 - sum(lesion.values())
   gain = rng.uniform(0.85, 1.15)
-  t1 = t1 * np.exp(0.08 * bias.on_grid(axes)[..., 0]) * gain
+  t1 = t1 * np.exp(0.08 * bias_field) * gain
   t1 = t1 * (1 - 0.25 * lesion["tumour"] - 0.5 * lesion["necrosis"] - 0.1 * lesion["oedema"])
   flair = (anatomy_healthy * (FLAIR["wm"] * wm + FLAIR["gm"] * gm + FLAIR["csf"] * csf)
            + sum(FLAIR[k] * (gm + wm) * w for k, w in lesion.items()))
-  flair = flair * np.exp(0.05 * bias.on_grid(axes)[..., 0])
+  flair = flair * np.exp(0.05 * bias_field)
   if decoupled:
     t1 = _blurred_noisy(t1 * brain, rng, brain)
     flair = _blurred_noisy(flair * brain, rng, brain)
   t1 = np.clip(t1 / np.percentile(t1[brain], 99.5), 0, 1) * brain
   flair = np.clip(flair / np.percentile(flair[brain], 99.5), 0, 1) * brain
-
-  to_slices = lambda a: np.moveaxis(a[..., keep], -1, 0)
-  return Patient(
-      name=f"p{index:02d}", maps=np.moveaxis(maps[..., keep], -1, 0).astype(np.float32),
-      t1=to_slices(t1).astype(np.float32), flair=to_slices(flair).astype(np.float32),
-      quality=to_slices(quality), brain=to_slices(brain),
-      lesion=to_slices(_lesion_labels(lesion)),
-      metabolic_lesion=to_slices(_lesion_labels(metabolic)),
-      affine=affine @ nib.affines.from_matvec(np.eye(3), [0, 0, keep[0]]))
+  return t1, flair
 
 
 def _slices_with_brain(brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -150,9 +150,8 @@ def _train_locked(config, task: TrainingSetup, workdir: pathlib.Path,
 
 def _train_with(checkpointer: Checkpointer, config, task: TrainingSetup, workdir: pathlib.Path,
                 allow_schedule_change: bool) -> int:
+  """Trains `task` to `train.num_steps` from the newest usable checkpoint; returns the step."""
   _check_resume(checkpointer, config, workdir, allow_schedule_change)
-  metrics_path = workdir / run_record.METRICS_FILE
-  validation_path = workdir / "validation.jsonl"
   iterator = batches.training_batches(
       task.sampler, batch_size=config.batch_size, seed=config.seed,
       shard_index=jax.process_index(), num_shards=jax.process_count(),
@@ -168,45 +167,14 @@ def _train_with(checkpointer: Checkpointer, config, task: TrainingSetup, workdir
   if start_step >= config.train.num_steps:
     tqdm.write(f"{workdir}: already trained to step {start_step}")
     return start_step
-  previous_seconds = 0.0  # training time of earlier processes of this run
-  if jax.process_index() == 0:  # the run's records are process 0's to write
-    run_record.write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
-    if start_step:
-      previous_seconds = truncate_metrics(metrics_path, start_step)
-      truncate_metrics(validation_path, start_step)
-      tqdm.write(f"Resumed from step {start_step} in {workdir}")
-    else:
-      metrics_path.unlink(missing_ok=True)
-      validation_path.unlink(missing_ok=True)
-    tqdm.write(f"{count_parameters(state.params):,} parameters; {task.description}; "
-               f"{jax.device_count()} device(s) in {jax.process_count()} process(es)")
-  else:  # the others write their metrics nowhere
-    metrics_path = validation_path = pathlib.Path(os.devnull)
-
+  records = _RunRecords.start(config, workdir, start_step,
+                              f"{count_parameters(state.params):,} parameters; "
+                              f"{task.description}")
   train_step = sharding.compile_train_step(divergence.keep_finite(task.train_step), mesh)
-  log_every = config.train.log_every_steps
-  window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
-  window_first = start_step + 1  # the step the window's first metrics belong to
-  train_start = window_start
-  last_saved = start_step
-
-  def check_window():
-    """TrainingDiverged if a step of the window was not taken (read where the loop syncs)."""
-    bad = divergence.first_non_finite(window_metrics, window_first)
-    if bad is not None:
-      step, values = bad
-      shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()
-                        if k in ("loss", "grad_norm", "critic_loss"))
-      kept = f"the last checkpoint is step {last_saved}" if last_saved else "none was saved"
-      raise TrainingDiverged(
-          f"{workdir}: training diverged at step {step} ({shown}); stopped without saving "
-          f"it, {kept}; lower train.learning_rate and train in a new --workdir")
-
+  window = _MetricsWindow(start_step, records.previous_seconds, workdir)
   progress = tqdm(total=config.train.num_steps, initial=start_step, desc="train",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
-  with files.write_errors(metrics_path):
-    metrics_file = metrics_path.open("a")
-  with progress, metrics_file, interrupt.stop_requests() as stop:
+  with progress, records, interrupt.stop_requests() as stop:
     for step in range(start_step, config.train.num_steps):
       batch = next(iterator)
       step_args = (state, sharding.shard_batch(batch, mesh), jax.random.fold_in(rng, step))
@@ -214,44 +182,31 @@ def _train_with(checkpointer: Checkpointer, config, task: TrainingSetup, workdir
         distributed.compile_and_wait_for_all(train_step, *step_args, name=f"first_step_{step}",
                                              timeout=distributed.timeout_s(config))
       state, metrics = train_step(*step_args)
-      window_metrics.append(metrics)
-      window_voxels += batch["hr"].size * jax.process_count()
+      window.add(metrics, batch["hr"].size * jax.process_count())
       done = step + 1
       final = done == config.train.num_steps
       stopping = bool(stop)  # read once: a signal arriving later is seen after the next step
-      if done % log_every == 0 or final or stopping:
-        check_window()
-        summary = _window_summary(window_metrics, done, window_voxels,
-                                  time.perf_counter() - window_start,
-                                  previous_seconds + time.perf_counter() - train_start)
-        with files.write_errors(metrics_path):
-          metrics_file.write(files.json_text(summary) + "\n")
-          metrics_file.flush()
-        progress.set_postfix(loss=f"{summary['loss']:.4g}", vox_s=f"{summary['voxels_per_s']:.3g}")
-        window_metrics, window_voxels, window_start = [], 0, time.perf_counter()
-        window_first = done + 1
+      if done % config.train.log_every_steps == 0 or final or stopping:
+        summary = window.close(done)
+        records.write_metrics(summary)
+        progress.set_postfix(loss=f"{summary['loss']:.4g}",
+                             vox_s=f"{summary['voxels_per_s']:.3g}")
       progress.update(1)
-      saving = final or stopping or checkpointer.should_save(done)
-      if saving:
-        check_window()  # never save a state after a step that was not taken
+      if final or stopping or checkpointer.should_save(done):
+        window.check()  # never save a state after a step that was not taken
       validation = None
       # Validated: the checkpoints of the save interval and the last (not the one orbax
       # also writes at the first step, nor one saved because of a signal).
       if task.validate is not None and (final or (
           done % config.train.checkpoint_every_steps == 0 and checkpointer.should_save(done))):
-        validation_start = time.perf_counter()
+        began = time.perf_counter()
         validation = task.validate(state)
-        # Validation is not training: keep it out of the throughput and the training time.
-        validation_seconds = time.perf_counter() - validation_start
-        window_start += validation_seconds
-        train_start += validation_seconds
-        if jax.process_index() == 0:
-          with files.write_errors(validation_path), validation_path.open("a") as f:
-            f.write(files.json_text({"step": done, **validation}) + "\n")
+        window.exclude(time.perf_counter() - began)  # validating is not training
+        records.write_validation(done, validation)
         progress.set_postfix(val_psnr=f"{validation['val_psnr']:.3f}")
       if checkpointer.save(done, state, rng, iterator, config, force=final or stopping,
                            metrics=validation):
-        last_saved = done
+        window.last_saved = done
       if stopping and not final:
         checkpointer.wait()
         name = interrupt.signal_name(stop[0])
@@ -259,6 +214,106 @@ def _train_with(checkpointer: Checkpointer, config, task: TrainingSetup, workdir
                           "saved; re-run the same command to resume", stop[0])
   checkpointer.wait()
   return config.train.num_steps
+
+
+class _RunRecords:
+  """A run's metrics.jsonl and validation.jsonl: process 0 writes them (from the start, or
+  truncated to the step a resumed run starts from); the other processes write nowhere.
+
+  Attributes:
+    previous_seconds: the training time of the run's earlier processes (a resumed run).
+  """
+
+  def __init__(self, metrics_path: pathlib.Path, validation_path: pathlib.Path,
+               previous_seconds: float):
+    self.metrics_path, self.validation_path = metrics_path, validation_path
+    self.previous_seconds = previous_seconds
+
+  @classmethod
+  def start(cls, config, workdir: pathlib.Path, start_step: int, description: str
+            ) -> "_RunRecords":
+    """The records of a run starting (or resuming) at `start_step`, with run.json written and
+    the run described in one line."""
+    metrics_path = workdir / run_record.METRICS_FILE
+    validation_path = workdir / "validation.jsonl"
+    if jax.process_index() != 0:  # the run's records are process 0's to write
+      return cls(pathlib.Path(os.devnull), pathlib.Path(os.devnull), 0.0)
+    run_record.write_run_record(workdir / "run.json", config, resumed_from_step=start_step)
+    previous_seconds = 0.0
+    if start_step:
+      previous_seconds = truncate_metrics(metrics_path, start_step)
+      truncate_metrics(validation_path, start_step)
+      tqdm.write(f"Resumed from step {start_step} in {workdir}")
+    else:
+      metrics_path.unlink(missing_ok=True)
+      validation_path.unlink(missing_ok=True)
+    tqdm.write(f"{description}; {jax.device_count()} device(s) in {jax.process_count()} "
+               "process(es)")
+    return cls(metrics_path, validation_path, previous_seconds)
+
+  def __enter__(self) -> "_RunRecords":
+    with files.write_errors(self.metrics_path):
+      self._metrics = self.metrics_path.open("a")
+    return self
+
+  def __exit__(self, *error) -> None:
+    self._metrics.close()
+
+  def write_metrics(self, summary: dict) -> None:
+    with files.write_errors(self.metrics_path):
+      self._metrics.write(files.json_text(summary) + "\n")
+      self._metrics.flush()
+
+  def write_validation(self, step: int, validation: dict) -> None:
+    if jax.process_index() == 0:
+      with files.write_errors(self.validation_path), self.validation_path.open("a") as f:
+        f.write(files.json_text({"step": step, **validation}) + "\n")
+
+
+class _MetricsWindow:
+  """The steps since the last metrics line: their metrics (device arrays, read when the line
+  is written), HR voxels and time; and the divergence check over them."""
+
+  def __init__(self, start_step: int, previous_seconds: float, workdir: pathlib.Path):
+    self.metrics, self.voxels, self.start = [], 0, time.perf_counter()
+    self.first = start_step + 1  # the step the window's first metrics belong to
+    self.train_start = self.start
+    self.previous_seconds = previous_seconds
+    self.last_saved = start_step
+    self.workdir = workdir
+
+  def add(self, metrics: dict, voxels: int) -> None:
+    self.metrics.append(metrics)
+    self.voxels += voxels
+
+  def exclude(self, seconds: float) -> None:
+    """Keeps `seconds` (e.g. validation) out of the throughput and the training time."""
+    self.start += seconds
+    self.train_start += seconds
+
+  def check(self) -> None:
+    """TrainingDiverged if a step of the window was not taken (read where the loop syncs)."""
+    bad = divergence.first_non_finite(self.metrics, self.first)
+    if bad is not None:
+      step, values = bad
+      shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()
+                        if k in ("loss", "grad_norm", "critic_loss"))
+      kept = (f"the last checkpoint is step {self.last_saved}" if self.last_saved
+              else "none was saved")
+      raise TrainingDiverged(
+          f"{self.workdir}: training diverged at step {step} ({shown}); stopped without saving "
+          f"it, {kept}; lower train.learning_rate and train in a new --workdir")
+
+  def close(self, step: int) -> dict:
+    """Checks the window, then its metrics line at `step` (`_window_summary`); a new window
+    begins."""
+    self.check()
+    now = time.perf_counter()
+    summary = _window_summary(self.metrics, step, self.voxels, now - self.start,
+                              self.previous_seconds + now - self.train_start)
+    self.metrics, self.voxels, self.start = [], 0, time.perf_counter()
+    self.first = step + 1
+    return summary
 
 
 def _resume(checkpointer: Checkpointer, workdir: pathlib.Path, state, rng, iterator, mesh):

@@ -24,11 +24,12 @@ import pathlib
 from typing import Sequence
 
 from jaxsr import files, nifti
-from jaxsr.dmri.data import bids
+from jaxsr.dmri.app.grid import output_grid
+from jaxsr.dmri.app.model import Upsampler, load_upsampler
+from jaxsr.dmri.app.settings import DEFAULT_MAX_OUTPUT_VOXELS
 from jaxsr.dmri.app.uncertainty import DEFAULT_METHOD
-from jaxsr.dmri.app.upsample import (DEFAULT_MAX_OUTPUT_VOXELS, Upsampler, load_upsampler,
-                                     output_grid)
 from jaxsr.dmri.app.upsample_files import UpsampleResult, upsample_files
+from jaxsr.dmri.data import bids
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import companion_path
 

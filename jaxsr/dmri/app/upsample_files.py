@@ -22,17 +22,19 @@ import nibabel.affines
 import numpy as np
 
 from jaxsr import files, nifti, prefetch
-from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.app import adapt as adapt_lib
-from jaxsr.dmri.data import btable
 from jaxsr.dmri.app import uncertainty as uncertainty_lib
+from jaxsr.dmri.app.adaptation import (adapt_on_series, prepare_adaptation, save_adapted_model,
+                                       with_psf)
+from jaxsr.dmri.app.checks import check_magnitude, check_series_scaling, lr_mask, series_level
+from jaxsr.dmri.app.grid import OutputGrid, output_grid
+from jaxsr.dmri.app.model import Upsampler, check_t1, load_upsampler
+from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
+                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, default_batch)
+from jaxsr.dmri.app.volumes import upsample_volumes
+from jaxsr.dmri.data import btable
+from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.inference.memory import MemoryPlan, plan_batch
-from jaxsr.dmri.app.upsample import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, OutputGrid, Upsampler,
-                                     adapt_on_series, check_magnitude, check_series_scaling,
-                                     check_t1, default_batch, load_upsampler, lr_mask, output_grid,
-                                     prepare_adaptation, save_adapted_model, series_level,
-                                     upsample_volumes, with_psf)
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
 

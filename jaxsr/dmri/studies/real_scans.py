@@ -46,6 +46,8 @@ from jaxsr.dmri.app import adapt as adapt_lib
 from jaxsr.dmri.data import btable
 from jaxsr.dmri.degradation import psf as psf_lib
 from jaxsr.dmri.app import upsample
+from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.settings import DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY, DEFAULT_PSF
 from jaxsr.dmri.degradation.degrade import tricubic_upsample
 from jaxsr.train.run_record import write_run_record
 
@@ -171,11 +173,11 @@ def classical_methods() -> dict[str, Method]:
   }
 
 
-def model_method(upsampler: upsample.Upsampler, *,
-                 back_projection: int = upsample.DEFAULT_BACK_PROJECTION,
-                 psf: str | None = upsample.DEFAULT_PSF,
+def model_method(upsampler: Upsampler, *,
+                 back_projection: int = DEFAULT_BACK_PROJECTION,
+                 psf: str | None = DEFAULT_PSF,
                  adapt: adapt_lib.AdaptSettings | None = None,
-                 max_memory: int = upsample.DEFAULT_MAX_MEMORY) -> Method:
+                 max_memory: int = DEFAULT_MAX_MEMORY) -> Method:
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask; `psf` as the command's
   --psf: the default "auto" decides it from the scan, None is the training degradation)."""
   def predict(lr: np.ndarray, case: Case) -> tuple[np.ndarray, str | None, dict]:
@@ -346,11 +348,11 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   files.check_can_create(out_dir)
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
   scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
-  upsampler = (upsample.Upsampler.from_checkpoint(config.checkpoint,
+  upsampler = (Upsampler.from_checkpoint(config.checkpoint,
                                                     config.get("checkpoint_step") or None)
-               if config.checkpoint else upsample.Upsampler.general())
+               if config.checkpoint else Upsampler.general())
   methods = dict(classical_methods())
-  psf_modes = tuple(config.get("psf_modes", (upsample.DEFAULT_PSF,)))
+  psf_modes = tuple(config.get("psf_modes", (DEFAULT_PSF,)))
   for mode in psf_modes:
     for bp in config.back_projection:
       name = "model"

@@ -25,12 +25,14 @@ from tqdm import tqdm
 from jaxsr import files
 from jaxsr.dmri.studies import real_scans
 from jaxsr.dmri.app import upsample
+from jaxsr.dmri.app.model import Upsampler, load_upsampler
+from jaxsr.dmri.app.settings import DEFAULT_MAX_MEMORY
 from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.train.run_record import write_run_record
 
 
-def case_scores(upsampler: upsample.Upsampler, case: real_scans.Case,
-                max_memory: int = upsample.DEFAULT_MAX_MEMORY) -> dict:
+def case_scores(upsampler: Upsampler, case: real_scans.Case,
+                max_memory: int = DEFAULT_MAX_MEMORY) -> dict:
   """{method: {"spearman", "deciles", "mean_error", "mean_spread", "seconds"}} of one case
   (errors and candidates over the scan's intensity range, candidates before calibration),
   "seconds_without" (the upsample alone) and "oracle": the rank correlation of the absolute
@@ -149,7 +151,7 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
     scans = tuple(config.scans) or (real_scans.VALIDATION_SCANS if config.split == "validation"
                                     else real_scans.TEST_SCANS)
     cases = real_scans.make_cases(scans, config.degradations, config.psfs)
-    upsampler = upsample.load_upsampler(config.checkpoint or None)
+    upsampler = load_upsampler(config.checkpoint or None)
     rows = [{"scan": c.scan, "degradation": c.degradation, "psf": c.psf,
              "scores": case_scores(upsampler, c, config.max_memory)}
             for c in tqdm(cases, desc="uncertainty", dynamic_ncols=True)]
