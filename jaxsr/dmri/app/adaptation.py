@@ -14,7 +14,7 @@ import numpy as np
 from jaxsr.dmri.app import adapt as adapt_lib
 from jaxsr.dmri.app import pretrained
 from jaxsr.dmri.app.model import Upsampler
-from jaxsr.dmri.app.settings import DEFAULT_MAX_MEMORY
+from jaxsr.dmri.app.settings import UpsampleSettings
 from jaxsr.dmri.app.volumes import intensity_reference, upsample_volumes
 from jaxsr.dmri.data import btable
 from jaxsr.dmri.degradation import acquisition
@@ -70,20 +70,19 @@ def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[i
 
 
 def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
-                          hr_shape: Sequence[int], psf, *, mask: np.ndarray | None = None,
-                          max_memory: int = DEFAULT_MAX_MEMORY, plan: MemoryPlan | None = None,
+                          hr_shape: Sequence[int], settings: UpsampleSettings, *,
+                          mask: np.ndarray | None = None, plan: MemoryPlan | None = None,
                           record: dict) -> str | tuple[str, str, str] | None:
-  """`psf`, or with "auto" the per-axis PSF decided on the model's output for `volume` before
-  any adaptation (what adaptation then trains with and the output is made consistent
+  """`settings.psf`, or with "auto" the per-axis PSF decided on the model's output for `volume`
+  before any adaptation (what adaptation then trains with and the output is made consistent
   under: an adapted model's output would decide it on what adaptation changed);
   record["psf"] says which."""
-  psf = acquisition.psf_option(psf)
-  if psf != acquisition.AUTO:
-    return psf
+  if settings.psf != acquisition.AUTO:
+    return settings.psf
   decided = {}
   for _ in upsample_volumes(lambda _: volume, 1, volume.shape, lr_affine, hr_shape, upsampler,
-                            mask=mask, max_memory=max_memory, back_projection=0, psf=psf,
-                            plan=plan, record=decided):
+                            dataclasses.replace(settings, back_projection=0, uncertainty=None),
+                            mask=mask, plan=plan, record=decided):
     pass
   if "psf" not in decided:  # a blank volume is never run through the model
     raise adapt_lib.AdaptError("the scan has no signal to adapt to")
@@ -110,26 +109,27 @@ def adaptation_volume(read: Callable[[int], np.ndarray], num_volumes: int,
 
 def adapt_on_series(upsampler: Upsampler, read: Callable[[int], np.ndarray], num_volumes: int,
                     bvals: np.ndarray | None, lr_affine: np.ndarray, hr_shape: Sequence[int],
-                    psf, settings: adapt_lib.AdaptSettings, *, mask: np.ndarray | None,
-                    record: dict, max_memory: int = DEFAULT_MAX_MEMORY,
+                    settings: UpsampleSettings, *, mask: np.ndarray | None, record: dict,
                     plan: MemoryPlan | None = None, progress: bool = False
-                    ) -> tuple[Upsampler, object, adapt_lib.AdaptSettings]:
-  """`--adapt` once for a whole series, on `adaptation_volume`: the PSF decided first
-  (`psf_before_adaptation`), adaptation with it (`adapt_upsampler`), both written to
-  `record` ("psf", "adapt", with the volumes adapted to); every volume then uses the result.
+                    ) -> tuple[Upsampler, UpsampleSettings]:
+  """`--adapt` (`settings.adapt`) once for a whole series, on `adaptation_volume`: the PSF
+  decided first (`psf_before_adaptation`), adaptation with it (`adapt_upsampler`), both
+  written to `record` ("psf", "adapt", with the volumes adapted to); every volume then uses
+  the result.
 
-  Returns (the upsampler to use, the PSF for the series, the settings adapted with).
+  Returns (the upsampler to use, `settings` with the PSF for the series and the adaptation
+  settings it trained with).
   """
   volume, indices = adaptation_volume(read, num_volumes, bvals)
-  prepare_adaptation(upsampler, volume.shape, hr_shape, settings)
-  psf = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, psf, mask=mask,
-                              max_memory=max_memory, plan=plan, record=record)
-  settings = with_psf(settings, psf)
-  upsampler, result = adapt_upsampler(upsampler, volume, volume.shape, hr_shape, settings,
+  prepare_adaptation(upsampler, volume.shape, hr_shape, settings.adapt)
+  psf = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, settings, mask=mask,
+                              plan=plan, record=record)
+  adapt = with_psf(settings.adapt, psf)
+  upsampler, result = adapt_upsampler(upsampler, volume, volume.shape, hr_shape, adapt,
                                       mask=mask, progress=progress)
   record["adapt"] = {**result.record(), "volumes": indices,
-                     "psf": list(psf_lib.per_axis(settings.psf)) if settings.psf else None}
-  return upsampler, psf, settings
+                     "psf": list(psf_lib.per_axis(adapt.psf)) if adapt.psf else None}
+  return upsampler, dataclasses.replace(settings, psf=psf, adapt=adapt)
 
 
 def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike,

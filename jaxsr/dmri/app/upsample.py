@@ -23,7 +23,7 @@ from jaxsr.dmri.app.checks import check_magnitude, check_series_scaling, lr_mask
 from jaxsr.dmri.app.grid import output_grid
 from jaxsr.dmri.app.model import Upsampler, load_upsampler
 from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF)
+                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, UpsampleSettings)
 from jaxsr.dmri.app.volumes import upsample_volumes
 
 
@@ -72,7 +72,8 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   """
   if uncertainty is True:
     uncertainty = uncertainty_lib.DEFAULT_METHOD
-  uncertainty = uncertainty or None
+  settings = UpsampleSettings(max_memory, max_output_voxels, back_projection, psf,
+                              with_psf(adapt, psf), batch, uncertainty or None)
   data = np.asarray(data, np.float32)
   if data.ndim not in (3, 4) or 0 in data.shape:
     raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
@@ -85,24 +86,22 @@ def upsample(data: np.ndarray, affine: np.ndarray,
   if bvals is not None and np.size(bvals) != num_volumes:
     raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
   grid = output_grid(data.shape[:3], affine, voxel_size=voxel_size, scale=scale, shape=shape,
-                     max_output_voxels=max_output_voxels)
+                     max_output_voxels=settings.max_output_voxels)
   t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
                             nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
   read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
   upsampler = load_upsampler(checkpoint)
   mask = lr_mask(mask, data.shape[:3], "<mask>")
-  adapt = with_psf(adapt, psf)
   record = record if record is not None else {}
-  if adapt is not None and adapt.steps:
-    upsampler, psf, adapt = adapt_on_series(
-        upsampler, read, num_volumes, bvals, np.asarray(affine, np.float64), grid.shape, psf,
-        adapt, mask=mask, record=record, max_memory=max_memory, progress=progress)
-  volumes = upsample_volumes(read, num_volumes, data.shape[:3], np.asarray(affine, np.float64),
-                             grid.shape, upsampler, bvals=bvals, t1=t1_volume, mask=mask,
-                             max_memory=max_memory, back_projection=back_projection, psf=psf,
-                             batch=batch, uncertainty=uncertainty, progress=progress,
+  lr_affine = np.asarray(affine, np.float64)
+  if settings.adapting:
+    upsampler, settings = adapt_on_series(upsampler, read, num_volumes, bvals, lr_affine,
+                                          grid.shape, settings, mask=mask, record=record,
+                                          progress=progress)
+  volumes = upsample_volumes(read, num_volumes, data.shape[:3], lr_affine, grid.shape, upsampler,
+                             settings, bvals=bvals, t1=t1_volume, mask=mask, progress=progress,
                              source="<bvals>", record=record)
-  if uncertainty is None:
+  if settings.uncertainty is None:
     out = np.stack(list(volumes), axis=-1)
     return (out if data.ndim == 4 else out[..., 0]), grid.affine
   outs, uncertainties = zip(*volumes)

@@ -30,10 +30,10 @@ from jaxsr.dmri.app.checks import check_magnitude, check_series_scaling, lr_mask
 from jaxsr.dmri.app.grid import OutputGrid, output_grid
 from jaxsr.dmri.app.model import Upsampler, check_t1, load_upsampler
 from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
-                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, default_batch)
+                                     DEFAULT_MAX_OUTPUT_VOXELS, DEFAULT_PSF, UpsampleSettings,
+                                     default_batch)
 from jaxsr.dmri.app.volumes import upsample_volumes
 from jaxsr.dmri.data import btable
-from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.inference.memory import MemoryPlan, plan_batch
 from jaxsr.errors import UpsampleError
 from jaxsr.outputs import check_outputs, companion_path, nifti_output
@@ -200,9 +200,8 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
 
 
 def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: OutputGrid,
-                   adapt: adapt_lib.AdaptSettings | None, back_projection: int, decided: dict,
-                   seconds: float, timing: dict | None = None,
-                   uncertainty: str | None = None) -> dict:
+                   settings: UpsampleSettings, decided: dict, seconds: float,
+                   timing: dict | None = None) -> dict:
   """What the JSON sidecar beside an output records: the model and the exact weights, the
   jaxsr version, the input, the grid, the settings, what was decided on the scan
   (`decided`: the PSF, and with --adapt the adaptation's held-out losses and decision),
@@ -217,10 +216,10 @@ def sidecar_record(upsampler: Upsampler, dwi, source: nifti.LazyVolume, grid: Ou
       "output": {"shape": list(grid.shape) + list(source.shape[3:]),
                  "voxel_size_mm": [float(v) for v in grid.voxel_size],
                  "scale": [float(n / m) for n, m in zip(grid.shape, source.shape[:3])]},
-      "settings": {"back_projection": back_projection,
+      "settings": {"back_projection": settings.back_projection,
                    "psf": decided.get("psf", {}).get("per_axis"),
-                   "adapt_steps": adapt.steps if adapt is not None else 0,
-                   "uncertainty": uncertainty},
+                   "adapt_steps": settings.adapt.steps if settings.adapt is not None else 0,
+                   "uncertainty": settings.uncertainty},
       **decided,
       "seconds": round(seconds, 3),
       "timing": {stage: round(value, 3) for stage, value in (timing or {}).items()},
@@ -273,9 +272,11 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   out = nifti_output(out)
   targets = output_targets(out, bvals, bvecs, preview, uncertainty, report)
   check_outputs(targets.values(), overwrite, inputs=(dwi, t1, bvals, bvecs, mask))
-  psf = acquisition.psf_option(psf)
-  adapt = with_psf(adapt, psf)
-  check_save_adapted(save_adapted, adapt, overwrite)
+  wants_uncertainty = uncertainty or report or report_sections is not None
+  settings = UpsampleSettings(max_memory, max_output_voxels, back_projection, psf,
+                              with_psf(adapt, psf), batch,
+                              uncertainty_lib.DEFAULT_METHOD if wants_uncertainty else None)
+  check_save_adapted(save_adapted, settings.adapt, overwrite)
   upsampler = load_upsampler(checkpoint)
   check_t1(upsampler, t1)
   source = nifti.open_volume(dwi)
@@ -283,7 +284,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   table = (btable.load_bvals_bvecs(bvals, bvecs, source.num_volumes, source.path)[0]
            if bvals is not None else None)
   grid = output_grid(lr_shape, source.affine, voxel_size=voxel_size, scale=scale, shape=shape,
-                     max_output_voxels=max_output_voxels)
+                     max_output_voxels=settings.max_output_voxels)
   mask_array = None
   if mask is not None:
     mask_array = lr_mask(nifti.mask_on_grid(mask, lr_shape, source.affine), lr_shape,
@@ -296,28 +297,26 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     levels.append(series_level(volume))
   check_magnitude(max(peaks), source.path)
   check_series_scaling(levels, source.path)
-  prepare_adaptation(upsampler, lr_shape, grid.shape, adapt)
+  prepare_adaptation(upsampler, lr_shape, grid.shape, settings.adapt)
   began = time.perf_counter()
   plan = plan_batch(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
-                    grid.shape, max_memory, min(batch or default_batch(), source.num_volumes))
+                    grid.shape, settings.max_memory,
+                    min(settings.batch or default_batch(), source.num_volumes))
   start = time.perf_counter()  # "seconds": from the plan to the written files
   timing = {"plan": start - began}
 
   decided = {}
-  if adapt is not None and adapt.steps:
+  if settings.adapting:
     began = time.perf_counter()
-    upsampler, psf, adapt = adapt_on_series(
-        upsampler, source.volume, source.num_volumes, table, source.affine, grid.shape, psf,
-        adapt, mask=mask_array, record=decided, plan=plan, progress=progress)
+    upsampler, settings = adapt_on_series(
+        upsampler, source.volume, source.num_volumes, table, source.affine, grid.shape,
+        settings, mask=mask_array, record=decided, plan=plan, progress=progress)
     timing["adapt"] = time.perf_counter() - began
-  method = (uncertainty_lib.DEFAULT_METHOD
-            if uncertainty or report or report_sections is not None else None)
   volumes = upsample_volumes(
       source.volume, source.num_volumes, lr_shape, source.affine, grid.shape, upsampler,
-      bvals=table, t1=t1_volume, mask=mask_array, plan=plan, back_projection=back_projection,
-      psf=psf, uncertainty=method, progress=progress, source=os.fspath(bvals or dwi),
-      record=decided)
-  if method is None:
+      settings, bvals=table, t1=t1_volume, mask=mask_array, plan=plan, progress=progress,
+      source=os.fspath(bvals or dwi), record=decided)
+  if settings.uncertainty is None:
     volumes = ((volume, None) for volume in volumes)
   began = time.perf_counter()
   write_outputs(targets, source, grid, _timed(prefetch.ahead(_timed(volumes, timing, "volumes")),
@@ -325,15 +324,13 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                 bvals, bvecs, preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
                 overwrite=overwrite, shown=shown_volumes(source.num_volumes, table),
                 report_sections=report_sections,
-                sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, adapt,
-                                                  back_projection, decided,
+                sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, settings, decided,
                                                   time.perf_counter() - start,
                                                   {**timing,
-                                                   "written": time.perf_counter() - began},
-                                                  uncertainty=method),
+                                                   "written": time.perf_counter() - began}),
                                  **(sidecar_extra or {})})
   if save_adapted is not None:
-    save_adapted_model(upsampler, save_adapted, adapt, os.fspath(dwi),
+    save_adapted_model(upsampler, save_adapted, settings.adapt, os.fspath(dwi),
                        kept=decided["adapt"]["kept"])
     targets["adapted"] = pathlib.Path(save_adapted)
   return UpsampleResult([os.fspath(p) for p in targets.values()], grid, source.num_volumes, plan,

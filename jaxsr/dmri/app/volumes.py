@@ -47,8 +47,7 @@ from tqdm import tqdm
 from jaxsr import geometry, nifti
 from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.dmri.app.model import Upsampler, check_t1, t1_channel
-from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY, DEFAULT_PSF,
-                                     default_batch)
+from jaxsr.dmri.app.settings import UpsampleSettings, default_batch
 from jaxsr.dmri.data import btable
 from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.degradation.degrade import back_project
@@ -79,17 +78,14 @@ def intensity_reference(volume: np.ndarray, mask: np.ndarray | None, upsampler: 
 
 def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
                      lr_shape: Sequence[int], lr_affine: np.ndarray,
-                     hr_shape: Sequence[int], upsampler: Upsampler, *,
+                     hr_shape: Sequence[int], upsampler: Upsampler,
+                     settings: UpsampleSettings = UpsampleSettings(), *,
                      bvals: np.ndarray | None = None, t1: nifti.Volume | None = None,
-                     mask: np.ndarray | None = None, max_memory: int = DEFAULT_MAX_MEMORY,
-                     back_projection: int = DEFAULT_BACK_PROJECTION,
-                     psf: str | Sequence[str] | None = DEFAULT_PSF,
-                     plan: MemoryPlan | None = None, batch: int | None = None,
-                     uncertainty: str | None = None, progress: bool = False,
-                     source: str = "input", record: dict | None = None
+                     mask: np.ndarray | None = None, plan: MemoryPlan | None = None,
+                     progress: bool = False, source: str = "input", record: dict | None = None
                      ) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, np.ndarray]]:
   """The super-resolved (X, Y, Z) float32 volumes, in signal units, as an iterator; with
-  `uncertainty`, (volume, its uncertainty map) pairs.
+  `settings.uncertainty`, (volume, its uncertainty map) pairs.
 
   Inputs are checked, the T1 prepared and memory planned when this is called;
   each volume is then read, super-resolved and yielded one at a time.
@@ -100,20 +96,18 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
     lr_shape, lr_affine: the LR grid (x, y, z) and its (4, 4) voxel -> world mm.
     hr_shape: the output grid (`geometry.output_shape`), same field of view.
     upsampler: the model.
+    settings: how (`UpsampleSettings`): the memory budget (`plan` overrides the plan made
+      from it: `jaxsr.dmri.inference.memory.plan_batch`); `batch`, the volumes super-resolved
+      together at most as memory allows (the outputs are the same, to float rounding);
+      `uncertainty`, a method for a per-voxel uncertainty (expected absolute error, signal
+      units) beside each volume; `back_projection`, iterations of data consistency on each
+      model output; `psf`, the input's PSF: "auto" (decided per axis from the grid and the
+      first volume super-resolved, `jaxsr.dmri.degradation.acquisition`, and kept for the
+      series), a name or three (back-projection degrades with it; None: the training
+      degradation, anti-aliased cubic). `adapt` is not read here (`adaptation`).
     bvals: (V,) s/mm² or None (see the module docstring for what changes).
     t1: the T1 at its own grid; required iff the model takes a T1.
     mask: (x, y, z) bool brain mask on the LR grid, or None.
-    max_memory: bytes for the whole process (`jaxsr.dmri.inference.memory.plan_batch`); `plan`
-      overrides the plan made from it.
-    batch: volumes super-resolved together at most, as memory allows (None:
-      `default_batch()`); the outputs are the same, to float rounding.
-    uncertainty: a method of `jaxsr.dmri.app.uncertainty.METHODS` for a per-voxel uncertainty
-      (expected absolute error, signal units) beside each volume, or None.
-    back_projection: iterations of back-projection on each model output.
-    psf: the input's PSF: "auto" (decided per axis from the grid and the first volume
-      super-resolved, `jaxsr.dmri.degradation.acquisition`, and kept for the series), one name of
-      `jaxsr.dmri.degradation.psf.PSFS` or three (x, y, z); back-projection degrades with it
-      (None: the training degradation, anti-aliased cubic).
     progress: show a progress bar over tiles and chunks of every volume.
     source: the input's name, for errors.
     record: a dict that receives "psf": what was used (with "auto": the choice and why),
@@ -121,25 +115,27 @@ def upsample_volumes(read: Callable[[int], np.ndarray], num_volumes: int,
 
   Raises:
     DataError: a T1 that is missing, unexpected or not overlapping; no b0 with b-values.
-    MemoryBudgetError: `max_memory` too small for one tile.
+    MemoryBudgetError: `settings.max_memory` too small for one tile.
   """
   lr_shape = tuple(int(n) for n in lr_shape)
   hr_shape = tuple(int(n) for n in hr_shape)
-  psf = acquisition.psf_option(psf)
-  if back_projection < 0:
-    raise UpsampleError(f"back-projection iterations must be >= 0, got {back_projection}")
+  if settings.back_projection < 0:
+    raise UpsampleError(f"back-projection iterations must be >= 0, got "
+                        f"{settings.back_projection}")
   check_t1(upsampler, t1.path if t1 is not None else None)
   kinds = _volume_kinds(num_volumes, bvals, upsampler)
   b0s = btable.b0_indices(bvals, source=source) if "dwi" in kinds else None
-  if uncertainty is not None:
-    uncertainty_lib.check_method(uncertainty)
+  if settings.uncertainty is not None:
+    uncertainty_lib.check_method(settings.uncertainty)
   if plan is None:
     plan = plan_batch(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
-                      hr_shape, max_memory, min(batch or default_batch(), num_volumes))
+                      hr_shape, settings.max_memory,
+                      min(settings.batch or default_batch(), num_volumes))
   volume_sr = _VolumeSR(upsampler, plan, lr_shape, lr_affine, hr_shape, t1, mask,
-                        back_projection, psf, record if record is not None else {}, uncertainty)
+                        settings.back_projection, settings.psf,
+                        record if record is not None else {}, settings.uncertainty)
   volumes = _generate(read, kinds, b0s, volume_sr, progress, source)
-  return volumes if uncertainty is not None else (out for out, _ in volumes)
+  return volumes if settings.uncertainty is not None else (out for out, _ in volumes)
 
 
 class _VolumeSR:
