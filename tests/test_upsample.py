@@ -139,8 +139,10 @@ def test_command_on_the_real_anisotropic_scan(arssr_smoke_run, tmp_path):
   assert sidecar["model"]["params_sha256"] == params and len(params) == 64
 
 
-def test_command_on_the_real_4d_dwi_copies_the_gradient_table(arssr_smoke_run, tmp_path):
-  """dipy's small_64D (real 4D DWI, 65 volumes, 2 mm) at 2x with its bvals and bvecs."""
+def test_command_on_the_real_4d_dwi_copies_the_gradient_table_and_says_so_of_nan_rows(
+    arssr_smoke_run, tmp_path, capsys):
+  """dipy's small_64D (real 4D DWI, 65 volumes, 2 mm) at 2x with its bvals and bvecs; its
+  b-vector file has a NaN row (the b0): written as 0, with a line saying so."""
   dwi, bvals, bvecs = map(str, get_fnames(name="small_64D"))
   out = tmp_path / "dwi_1mm.nii.gz"
   code, err = run_cli("upsample", "--checkpoint", arssr_smoke_run, "--dwi", dwi, "--bvals", bvals,
@@ -153,8 +155,14 @@ def test_command_on_the_real_4d_dwi_copies_the_gradient_table(arssr_smoke_run, t
   assert np.all(np.isfinite(values)) and values.min() >= 0
   assert values.max() <= nib.load(dwi).get_fdata().max()
   assert companion_path(out, ".bval").read_bytes() == pathlib.Path(bvals).read_bytes()
-  assert companion_path(out, ".bvec").read_bytes() == pathlib.Path(bvecs).read_bytes()
+  written, given = (np.loadtxt(p) for p in (companion_path(out, ".bvec"), bvecs))
+  assert np.isnan(given).any() and np.all(np.isfinite(written))
+  np.testing.assert_array_equal(written, np.nan_to_num(given))
+  note = "the b-vectors of b0 volume(s) 0 are NaN (no direction); written as 0"
+  printed = capsys.readouterr().out
+  assert printed.count("\n") == 2 and note in printed  # the note, then what was written
   record = json.loads(companion_path(out, ".json").read_text())
+  assert any(note in n for n in record["notes"])
   assert record["output"]["shape"] == [20, 20, 20, 65] and record["input"]["shape"][3] == 65
 
 

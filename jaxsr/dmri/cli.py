@@ -225,7 +225,8 @@ def _upsample(args: argparse.Namespace) -> str:
   voxel = "×".join(f"{v:.4g}" for v in result.grid.voxel_size)
   plan = result.plan
   adapted = (result.decided["adapt"]["message"] + "\n") if "adapt" in result.decided else ""
-  return (f"{adapted}wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
+  notes = "".join(note + "\n" for note in result.notes)
+  return (f"{notes}{adapted}wrote {', '.join(result.files)}: {result.num_volumes} volume(s) of "
           f"{'×'.join(map(str, result.grid.shape))} voxels of {voxel} mm "
           f"in {result.seconds:.1f} s (encoder tiles of {'×'.join(map(str, plan.tile))} input "
           f"voxels with the {plan.conv_impl} convolution, decoder chunks of "

@@ -42,8 +42,8 @@ from jaxsr.outputs import check_outputs, companion_path, nifti_output
 @dataclasses.dataclass(frozen=True)
 class UpsampleResult:
   """What `upsample_files` wrote: the files, the output grid, volumes, memory plan, seconds,
-  what was decided on the scan (the sidecar's "psf" and "adapt") and the seconds per stage
-  (the sidecar's "timing")."""
+  what was decided on the scan (the sidecar's "psf" and "adapt"), the seconds per stage
+  (the sidecar's "timing") and lines the user should read (the sidecar's "notes")."""
   files: list[str]
   grid: OutputGrid
   num_volumes: int
@@ -51,6 +51,7 @@ class UpsampleResult:
   seconds: float
   decided: dict = dataclasses.field(default_factory=dict)
   timing: dict = dataclasses.field(default_factory=dict)
+  notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def output_targets(out: pathlib.Path, bvals, bvecs, preview, uncertainty=None, report=None
@@ -168,7 +169,11 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
     if bvals is not None:
       with files.write_errors(targets["bval"]):
         shutil.copyfile(bvals, temps["bval"])
-        shutil.copyfile(bvecs, temps["bvec"])
+        finite = btable.finite_bvecs_text(bvecs)
+        if finite is None:
+          shutil.copyfile(bvecs, temps["bvec"])
+        else:  # NaN rows of b0 volumes (dipy's example has them) written as 0
+          files.write_text(temps["bvec"], finite[0])
     record = sidecar()
     with files.write_errors(targets["sidecar"]):
       files.write_json(temps["sidecar"], record)
@@ -283,6 +288,11 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   lr_shape = source.shape[:3]
   table = (btable.load_bvals_bvecs(bvals, bvecs, source.num_volumes, source.path)[0]
            if bvals is not None else None)
+  notes = []
+  finite = btable.finite_bvecs_text(bvecs) if bvecs is not None else None
+  if finite is not None:
+    notes.append(f"{bvecs}: the b-vectors of b0 volume(s) {', '.join(map(str, finite[1]))} "
+                 f"are NaN (no direction); written as 0 in {targets['bvec'].name}")
   grid = output_grid(lr_shape, source.affine, voxel_size=voxel_size, scale=scale, shape=shape,
                      max_output_voxels=settings.max_output_voxels)
   mask_array = None
@@ -328,13 +338,14 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
                                                   time.perf_counter() - start,
                                                   {**timing,
                                                    "written": time.perf_counter() - began}),
+                                 **({"notes": notes} if notes else {}),
                                  **(sidecar_extra or {})})
   if save_adapted is not None:
     save_adapted_model(upsampler, save_adapted, settings.adapt, os.fspath(dwi),
                        kept=decided["adapt"]["kept"])
     targets["adapted"] = pathlib.Path(save_adapted)
   return UpsampleResult([os.fspath(p) for p in targets.values()], grid, source.num_volumes, plan,
-                        time.perf_counter() - start, decided, timing)
+                        time.perf_counter() - start, decided, timing, notes)
 
 
 def _timed(items: Iterator[np.ndarray], timing: dict, stage: str) -> Iterator[np.ndarray]:

@@ -7,6 +7,8 @@ Every bad input raises `DataError` naming the file.
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 from typing import Callable
 
 import numpy as np
@@ -63,6 +65,22 @@ def load_bvals_bvecs(bvals_path: str | os.PathLike, bvecs_path: str | os.PathLik
                     "zero or non-finite b-vector")
   bvecs = np.divide(bvecs, norms[:, None], out=np.zeros_like(bvecs), where=norms[:, None] > 1e-6)
   return bvals, bvecs
+
+
+def finite_bvecs_text(bvecs_path: str | os.PathLike) -> tuple[str, list[int]] | None:
+  """None for a b-vector file without NaN/inf; else (the file's text with those entries
+  replaced by 0, every other character kept, the volumes whose rows held them).
+  `load_bvals_bvecs` accepts them only for b0 volumes (no direction), but tools reading the
+  file later may not."""
+  lines = pathlib.Path(bvecs_path).read_text().splitlines()
+  rows = [line.split() for line in lines if line.split()]
+  bad = np.array([[not np.isfinite(float(token)) for token in row] for row in rows])
+  if not bad.any():
+    return None
+  by_volume = bad.T if bad.shape[0] == 3 and bad.shape[1] != 3 else bad
+  volumes = [int(i) for i in np.flatnonzero(by_volume.any(axis=1))]
+  finite = [re.sub(r"(?i)[-+]?(nan|inf(inity)?)\b", "0", line) for line in lines]
+  return "\n".join(finite) + "\n", volumes
 
 
 def shell_indices(bvals: np.ndarray, bval: float = 1000.0, tol: float = 100.0,
