@@ -45,13 +45,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # keep library logs (e.g. orbax's notes on
     logging.set_verbosity(logging.ERROR)  # read-only restores) off the progress bar
-  from jaxsr import tasks  # after the flags are good
+  from jaxsr import registry  # after the flags are good
 
   entry.quiet_library_noise()
   config = entry.config_value(_CONFIG)
   texts = []
   code = entry.report_errors(
-      lambda: texts.append(tasks.evaluate(config, _WORKDIR.value, out=_OUT.value)))
+      lambda: texts.append(registry.evaluate(config, _WORKDIR.value, out=_OUT.value)))
   if texts:
     print(texts[0], end="")
   sys.exit(code)

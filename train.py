@@ -47,9 +47,9 @@ def main(argv):
     sys.exit(code)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  from jaxsr import tasks  # after the flags: a bad command line fails without loading it
+  from jaxsr import registry  # after the flags: a bad command line fails without loading it
 
-  sys.exit(entry.report_errors(lambda: tasks.train(
+  sys.exit(entry.report_errors(lambda: registry.train(
       config, _WORKDIR.value, allow_schedule_change=_ALLOW_SCHEDULE_CHANGE.value)))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import machine_report
 from configs import csr_dmri
-from jaxsr import anatomy, tasks
+from jaxsr import anatomy, registry
 
 LR_SHAPE, LR_VOXEL = (73, 87, 73), 2.5
 HR_SHAPE = (145, 174, 145)
@@ -40,7 +40,7 @@ def default_model_run(workdir: pathlib.Path) -> pathlib.Path:
   config.batch_size = 1
   config.train.num_steps = 1
   config.train.checkpoint_every_steps = 1
-  tasks.train(config, workdir)
+  registry.train(config, workdir)
   return workdir
 
 

@@ -60,7 +60,7 @@ def matched_run(base: ml_collections.ConfigDict, name: str) -> ml_collections.Co
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base = csr_dmri.get_config(arg)
   c = ml_collections.ConfigDict()
-  c.task = "compare_dmri"  # its runs, each a "dmri" task (jaxsr.tasks)
+  c.task = "compare_dmri"  # its runs, each a "dmri" task (jaxsr.registry)
   c.variant = base.variant
   c.distributed = base.distributed  # several processes (docs/scaling.md)
   c.distributed_timeout_s = base.distributed_timeout_s

@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant != "default" and variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: use default, quick or smoke")
   c = ml_collections.ConfigDict()
-  c.task = "dmri"  # one model (jaxsr.tasks)
+  c.task = "dmri"  # one model (jaxsr.registry)
   c.variant = variant
   c.seed = 0
   c.batch_size = 9  # global batch, split over devices (and processes)

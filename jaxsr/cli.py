@@ -23,7 +23,7 @@ from typing import Sequence
 
 from absl import logging as absl_logging
 
-from jaxsr import __version__, compile_cache, tasks
+from jaxsr import __version__, compile_cache, registry
 from jaxsr.errors import JaxsrError, exit_code, one_line
 
 
@@ -36,7 +36,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-  """The parser of every family's commands (`jaxsr.tasks.family_clis`), and {name: handler}."""
+  """The parser of every family's commands (`jaxsr.registry.family_clis`), and {name: handler}."""
   parser = _OneLineParser(
       prog="jaxsr", description="Arbitrary-scale super-resolution of MR images (JAX/Flax). "
       "Train models with train.py, score them with evaluate.py, and apply them to your own "
@@ -44,7 +44,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
   parser.add_argument("--version", action="version", version=f"jaxsr {__version__}")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   handlers = {}
-  for family_cli in tasks.family_clis():
+  for family_cli in registry.family_clis():
     handlers.update(family_cli.add_commands(commands))
   return parser, handlers
 

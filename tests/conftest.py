@@ -29,7 +29,7 @@ for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitte
 import pytest
 
 from configs import arssr, csr_dmri
-from jaxsr import tasks
+from jaxsr import registry
 
 
 def pytest_collection_modifyitems(items):
@@ -48,7 +48,7 @@ def _train_smoke(config_module, workdir: pathlib.Path, cache: pathlib.Path, **ov
   config = config_module.get_config("smoke")
   config.data.cache_dir = str(cache)
   config.update_from_flattened_dict(overrides)
-  tasks.train(config, workdir)
+  registry.train(config, workdir)
   return workdir
 
 

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from jaxsr import tasks
+from jaxsr import registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "jaxsr"
-FAMILIES = tasks.FAMILIES
+FAMILIES = registry.FAMILIES
 ENTRY_POINTS = ("train.py", "evaluate.py")
 
 
@@ -45,7 +45,7 @@ def layer(module: str) -> str:
   parts = module.split(".")
   if len(parts) > 1 and parts[1] in FAMILIES:
     return parts[1]
-  if module in ("jaxsr.tasks", "jaxsr.cli", "jaxsr"):
+  if module in ("jaxsr.registry", "jaxsr.cli", "jaxsr"):
     return "registry"  # the registry, the command and the package's lazy API
   return "core"
 
@@ -55,7 +55,7 @@ def test_every_family_is_a_package_with_its_interface():
     for module in ("task", "step", "evaluation", "cli"):  # a module, or a package of modules
       assert ((PACKAGE / family / f"{module}.py").is_file()
               or (PACKAGE / family / module / "__init__.py").is_file()), (family, module)
-  for task in tasks.TASKS.values():
+  for task in registry.TASKS.values():
     module, function = task.evaluate.split(":")
     path = PACKAGE / task.family / f"{module.replace('.', '/')}.py"  # a module or a submodule
     if not path.is_file():
@@ -101,7 +101,7 @@ def test_no_import_cycle():
 def family_words() -> list[str]:
   """Model kinds and family-specific task names that only the registry and families may name."""
   kinds = [kind for family in FAMILIES
-           for kind in tasks.family_module(family, "step").MODEL_KINDS]
+           for kind in registry.family_module(family, "step").MODEL_KINDS]
   return kinds + ["mrsi", "dmri"]
 
 

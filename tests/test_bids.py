@@ -11,7 +11,7 @@ import pytest
 
 import jaxsr
 from configs import arssr
-from jaxsr import nifti, tasks
+from jaxsr import nifti, registry
 from jaxsr.dmri.data import bids, subjects
 from jaxsr.dmri.app.model import Upsampler
 from tests.cli_helpers import BUDGET, run_cli
@@ -108,7 +108,7 @@ def test_train_from_bids_splits_by_participant_then_bids_app_writes_derivatives(
   assert {k: [s.name for s in v] for k, v in splits.items()} == {
       "train": ["sub-00"], "val": ["sub-01_ses-a", "sub-01_ses-b"], "test": ["sub-02"]}
   run = tmp_path / "run"
-  tasks.train(config, run)
+  registry.train(config, run)
   assert (run / "checkpoints" / "2").is_dir()
 
   out = tmp_path / "derivatives"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxsr import tasks
+from jaxsr import registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -115,7 +115,7 @@ def test_two_processes_train_checkpoint_resume_and_equal_one_process(tmp_path, s
   two, one = losses(distributed), losses(single)
   assert sorted(two) == sorted(one) == [1, 2, 3, 4]  # each step logged once, by process 0
   np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
-  a, b = (tasks.load_run(run).variables["params"] for run in (distributed, single))
+  a, b = (registry.load_run(run).variables["params"] for run in (distributed, single))
   leaves = [(x, y) for x, y in zip(*(jax_leaves(p) for p in (a, b)))]
   assert leaves and all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in leaves)
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from configs import arssr
-from jaxsr import entry, errors, tasks
-from jaxsr.tasks import load_run
+from jaxsr import entry, errors, registry
+from jaxsr.registry import load_run
 from jaxsr.train import divergence
 from jaxsr.train.checkpoint import CheckpointError
 from jaxsr.train.workdir_lock import WorkdirLock
@@ -73,7 +73,7 @@ def test_divergence_stops_at_the_step_and_saves_nothing_non_finite(tmp_path, smo
                                                                    capsys):
   workdir = tmp_path / "run"
   config = smoke_config(smoke_cache, **{"train.learning_rate": 1e6})
-  code, err = report(lambda: tasks.train(config, workdir), capsys)
+  code, err = report(lambda: registry.train(config, workdir), capsys)
   assert code == 1
   last = err.strip().splitlines()[-1]
   assert last.startswith("error: ") and "training diverged at step" in last
@@ -146,7 +146,7 @@ def test_a_second_trainer_on_a_locked_workdir_stops_at_once_naming_the_holder(tm
     assert holder.stdout.readline().strip() == "locked"
     config = smoke_config(smoke_cache, **{"train.num_steps": 2})
     with pytest.raises(errors.WorkdirBusy, match=f"pid {holder.pid} on"):
-      tasks.train(config, workdir)
+      registry.train(config, workdir)
     assert sorted(p.name for p in workdir.iterdir()) == [".lock"]  # nothing written
   finally:
     holder.kill()
@@ -167,7 +167,7 @@ def test_a_truncated_checkpoint_is_skipped_by_readers_and_set_aside_by_training(
   assert len(warnings) == 1 and "checkpoint 20 cannot be read" in warnings[0]
 
   # Training resumes from 10, keeps the unreadable checkpoint aside, and trains 10 -> 20 again.
-  assert tasks.train(smoke_config(smoke_cache), workdir) == 20
+  assert registry.train(smoke_config(smoke_cache), workdir) == 20
   assert f"{workdir / 'checkpoints' / '20'}: skipped" in capsys.readouterr().err
   assert steps_in(workdir)[-1] == 20 and load_run(workdir).step == 20
   aside = list((workdir / "checkpoints_unreadable").iterdir())
@@ -190,19 +190,19 @@ def test_resuming_with_another_architecture_is_refused_before_anything_is_writte
   metrics = (workdir / "metrics.jsonl").read_bytes()
   changed = smoke_config(smoke_cache, **{"model.num_features": 12, "seed": 1})
   with pytest.raises(errors.ConfigError) as refused:
-    tasks.train(changed, workdir)
+    registry.train(changed, workdir)
   message = str(refused.value)
   assert "model.num_features: 8 -> 12" in message and "seed: 0 -> 1" in message
   assert "\n" not in message
   longer = smoke_config(smoke_cache, **{"train.num_steps": 22})
   with pytest.raises(errors.ConfigError, match="--allow_schedule_change"):
-    tasks.train(longer, workdir)
+    registry.train(longer, workdir)
   assert (workdir / "run.json").read_bytes() == record
   assert (workdir / "metrics.jsonl").read_bytes() == metrics and steps_in(workdir)[-1] == 20
   # The schedule may change when asked for: two more steps.
-  assert tasks.train(longer, workdir, allow_schedule_change=True) == 22
+  assert registry.train(longer, workdir, allow_schedule_change=True) == 22
   assert steps_in(workdir)[-1] == 22
-  assert tasks.train(longer, workdir) == 22  # finished: skipped, nothing rewritten
+  assert registry.train(longer, workdir) == 22  # finished: skipped, nothing rewritten
   assert (workdir / "metrics.jsonl").read_text().count("\n") == 5
 
 
@@ -232,7 +232,7 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes_from_it(tmp_path, sm
   config = smoke_config(smoke_cache, **{"train.num_steps": stopped + 3,
                                         "train.checkpoint_every_steps": 100000,
                                         "train.log_every_steps": 1})
-  tasks.train(config, workdir, allow_schedule_change=True)
+  registry.train(config, workdir, allow_schedule_change=True)
   assert json.loads((workdir / "run.json").read_text())["resumed_from_step"] == stopped
   assert [m["step"] for m in read_jsonl(metrics)] == list(range(1, stopped + 4))
 

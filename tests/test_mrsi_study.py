@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from configs import mrsi as mrsi_config
-from jaxsr import tasks
+from jaxsr import registry
 from jaxsr.mrsi import evaluation as mrsi_evaluation
 from jaxsr.mrsi import task as mrsi_task
 from jaxsr.mrsi.task import study_runs
-from jaxsr.tasks import load_run
+from jaxsr.registry import load_run
 from jaxsr.train import loop
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def study(tmp_path_factory):
   config.data.cache_dir = str(tmp_path_factory.mktemp("mrsi_cache"))
   workdir = tmp_path_factory.mktemp("mrsi_study")
   start = time.perf_counter()
-  tasks.train(config, workdir)
+  registry.train(config, workdir)
   text = mrsi_evaluation.evaluate(config, workdir)
   return config, workdir, text, time.perf_counter() - start
 
@@ -203,7 +203,7 @@ def test_a_network_trained_longer_beats_zero_filling(study, tmp_path):
   config = config.copy_and_resolve_references()
   config.methods, config.sharpness_method = ("filter_scaling_met",), ""
   config.train.num_steps = config.train.checkpoint_every_steps = 80
-  tasks.train(config, tmp_path)
+  registry.train(config, tmp_path)
   run = load_run(tmp_path / "fold0" / "filter_scaling_met")
   patients = mrsi_evaluation.phantom.load_patients(config.data.cache_dir, config.data.num_patients)
   maps = mrsi_evaluation.test_maps([patients[0]], config.eval)  # fold 0 tests patient 0

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from configs import uncertainty as uncertainty_config
-from jaxsr import tasks
+from jaxsr import registry
 from jaxsr.dmri.app import uncertainty
 from jaxsr.dmri.studies import uncertainty_study
 
@@ -19,7 +19,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 def test_the_smoke_study_scores_every_method_and_draws_the_figure(tmp_path):
   config = uncertainty_config.get_config("smoke")
   config.max_memory = 32 * 2**30  # the test worker holds every earlier test's programs
-  text = tasks.evaluate(config, tmp_path)
+  text = registry.evaluate(config, tmp_path)
   for method in uncertainty.METHODS:
     assert f"| test | {method}" in text
   assert (tmp_path / "eval" / "uncertainty_calibration.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ format 1 keys are threefry keys).
 A checkpoint knows no model: `load_run` rebuilds a run's state through the
 family of its model kind, among those it is given (`family_steps`: each family's
 `step` module, with `FAMILY`, `MODEL_KINDS`, `build_model` and `create_state`);
-`jaxsr.tasks.load_run` gives every family's.
+`jaxsr.registry.load_run` gives every family's.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One loop serves every family; what differs is the `TrainingSetup` a family makes
 config: the batch sampler, the initial state and the pure train step, and
 optionally a validation. The family is passed in (`family_task`: its `task` module,
 with `MODEL_KINDS`, `build_model` and `make_task`); the loop imports none
-(`jaxsr.tasks` picks it from the config).
+(`jaxsr.registry` picks it from the config).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from scipy import ndimage, special
 from jaxsr import anatomy
 from jaxsr.dmri.degradation import psf as psf_lib
 
-# Relative WM, GM, CSF signal of each contrast family (brightest tissue 1):
+# Relative WM, GM, CSF signal of each contrast (brightest tissue 1):
 # b0 from phantom.WM/GM/CSF s0 (1 : 1.3 : 3); b=1000 s/mm^2 from exp(-b MD) with
 # MD 0.8e-3 (tissue) and 3e-3 (CSF); T1-weighted and T2*-EPI as in typical 3 T images.
 CONTRASTS = {
@@ -175,9 +175,9 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
   alpha = rng.uniform(0.0, 1.0)
   fractions = (1 - alpha) * fractions + alpha * np.moveaxis(hard, -1, 0)
 
-  family = rng.choice(list(CONTRASTS) + ["random"], p=[0.25, 0.25, 0.15, 0.15, 0.2])
-  means = (rng.uniform(0.05, 1.0, size=3) if family == "random"
-           else np.asarray(CONTRASTS[family]) * rng.uniform(0.8, 1.25, size=3))
+  contrast = rng.choice(list(CONTRASTS) + ["random"], p=[0.25, 0.25, 0.15, 0.15, 0.2])
+  means = (rng.uniform(0.05, 1.0, size=3) if contrast == "random"
+           else np.asarray(CONTRASTS[contrast]) * rng.uniform(0.8, 1.25, size=3))
   texture = 1.0 + rng.uniform(0.0, 0.25) * smooth_field(rng, hr_shape, control=6, channels=3)
   if fine_texture:
     fine = max(4, max(hr_shape) // 2)  # bumps a few voxels apart
