@@ -26,20 +26,24 @@ def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
   results: queue.Queue = queue.Queue(maxsize=depth)
   stop = threading.Event()
 
+  def put(entry) -> bool:
+    """Queues `entry` unless the consumer has stopped; False once it has."""
+    while not stop.is_set():
+      try:
+        results.put(entry, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def produce() -> None:
     try:
       for item in items:
-        while not stop.is_set():
-          try:
-            results.put((item, None), timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put((item, None)):
           return
-      results.put((_DONE, None))
+      put((_DONE, None))
     except BaseException as error:  # handed to the consumer, which raises it
-      results.put((_DONE, error))
+      put((_DONE, error))
 
   thread = threading.Thread(target=produce, name="jaxsr-ahead", daemon=True)
   thread.start()

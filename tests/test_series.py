@@ -135,6 +135,44 @@ def test_ahead_keeps_order_raises_where_the_error_was_and_stops_when_abandoned()
   items.close()
   assert stopped.wait(30)
   assert len(made) <= 4
+  # Abandoned with its last item already queued (the queue full): the thread still ends.
+  before = {t for t in threading.enumerate() if t.name == "jaxsr-ahead"}
+  items = prefetch.ahead(range(2))
+  next(items)
+  threading.Event().wait(0.5)  # the thread queues the last item, then waits to say it is done
+  items.close()
+  for _ in range(300):
+    if not {t for t in threading.enumerate() if t.name == "jaxsr-ahead"} - before:
+      break
+    threading.Event().wait(0.1)
+  assert not {t for t in threading.enumerate() if t.name == "jaxsr-ahead"} - before
+
+
+def test_a_series_with_b_values_but_no_b0_runs_with_the_general_model(tmp_path):
+  """b-values name no b0 (e.g. one shell cut from a series): the general model takes every
+  volume by its own intensity, so the series runs; the report shows the first and last."""
+  from jaxsr.dmri.app.upsample_files import shown_volumes
+
+  data = series(3)
+  out = jaxsr.upsample(data, grid_affine(4.0, data.shape[:3]), Upsampler.general(), scale=2,
+                       bvals=np.full(3, 1000.0), max_memory=BUDGET)[0]
+  assert out.shape == (28, 24, 20, 3) and np.all(np.isfinite(out))
+  assert shown_volumes(3, np.full(3, 1000.0)) == [("volume 0", [0]), ("volume 2", [2])]
+  assert shown_volumes(3, np.array([0.0, 1000, 1000]))[0] == ("mean b0 (volumes 0)", [0])
+
+
+def test_nan_b_vectors_are_found_in_either_layout_and_comments_are_kept(tmp_path):
+  from jaxsr.dmri.data import btable
+
+  path = tmp_path / "x.bvec"
+  path.write_text("# directions\nnan 1 0\nnan 0 1\nnan 0 0  # z\n")  # 3 x 3: x, y, z rows
+  text, volumes = btable.finite_bvecs_text(path, 3)
+  assert volumes == [0]  # the first column: volume 0 (3 x V, as load_bvals_bvecs reads it)
+  assert text == "# directions\n0 1 0\n0 0 1\n0 0 0  # z\n"
+  path.write_text("1 0 0\nNaN NaN NaN\n0 1 0\n0 0 1\n")  # 4 x 3: a volume per row
+  assert btable.finite_bvecs_text(path, 4)[1] == [1]
+  path.write_text("1 0 0\n0 1 0\n")
+  assert btable.finite_bvecs_text(path, 2) is None
 
 
 SECOND_RUN = """

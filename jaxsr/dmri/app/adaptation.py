@@ -95,15 +95,16 @@ def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: n
 def adaptation_volume(read: Callable[[int], np.ndarray], num_volumes: int,
                       bvals: np.ndarray | None) -> tuple[np.ndarray, list[int]]:
   """(the LR volume a series is adapted to, the indices of the volumes it is made of): the
-  mean of the b0s where b-values say which they are, else the first volume.
+  mean of the b0s where b-values name any, else the first volume.
 
   The b0s have the most signal of a diffusion series and share its anatomy; averaging k of
   them divides the noise by about √k, so adaptation learns the scan, not its noise. One
   adaptation then serves every volume of the series.
   """
-  if bvals is None:
+  indices = ([int(i) for i in np.flatnonzero(np.asarray(bvals) <= btable.B0_THRESHOLD)]
+             if bvals is not None else [])
+  if not indices:
     return read(0), [0]
-  indices = [int(i) for i in btable.b0_indices(bvals, source="<bvals>")]
   return np.mean([read(i) for i in indices], axis=0, dtype=np.float32), indices
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxsr.train.parameters import count_parameters
 from jaxsr.dmri import step as step_lib
-from jaxsr.dmri.models import build_model, init_params
+from jaxsr.dmri.models import build_model
 from jaxsr.errors import JaxsrError
 
 EXPORT_FORMAT = 1
@@ -117,9 +117,9 @@ def load(folder: str | os.PathLike) -> tuple[ml_collections.ConfigDict, object, 
                           "replaced); reinstall jaxsr or re-export the model")
   config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
   model = build_model(config.model)
-  # The parameters' shapes, traced (nothing is compiled or initialised).
-  expected = jax.eval_shape(
-      lambda: init_params(model, jax.random.key(0), int(config.model.in_channels), (4, 4, 4)))
+  # The parameters' shapes of the run's own initial state (the family's `step`, whatever the
+  # model kind), traced: nothing is compiled or initialised.
+  expected = jax.eval_shape(lambda: step_lib.create_state(config, jax.random.key(0)).params)
   try:
     params = flax.serialization.msgpack_restore(params_path.read_bytes())
   except ValueError as e:

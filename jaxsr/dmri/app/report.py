@@ -185,8 +185,9 @@ def _run_rows(record: dict) -> list[tuple[str, str]]:
                           f"(scale {_format(out['scale'])})"),
           ("model", f"{model['source']} (kind {model['kind']}, step {model['step']})"),
           ("model weights SHA-256", model["params_sha256"]),
-          ("PSF", f"{_format(psf.get('per_axis') or 'training degradation')} "
-                  f"({psf.get('mode', 'given')})"),
+          ("PSF", (f"{_format(psf.get('per_axis') or 'training degradation')} "
+                   f"({psf.get('mode', 'given')})") if psf
+           else "not decided: no volume reached the model (all blank)"),
           ("back-projection iterations", settings["back_projection"]),
           ("adaptation steps asked", settings["adapt_steps"]),
           ("uncertainty", settings.get("uncertainty") or "not asked for"),

@@ -9,6 +9,7 @@ import dataclasses
 import jax
 
 from jaxsr.dmri.app import adapt as adapt_lib
+from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.dmri.degradation import acquisition
 
 DEFAULT_MAX_MEMORY = 4 * 2**30  # bytes: the whole process, fits a laptop
@@ -46,8 +47,10 @@ class UpsampleSettings:
   batch: int | None = None
   uncertainty: str | None = None
 
-  def __post_init__(self):
+  def __post_init__(self):  # bad values fail here, before any work
     object.__setattr__(self, "psf", acquisition.psf_option(self.psf))
+    if self.uncertainty is not None:
+      uncertainty_lib.check_method(self.uncertainty)
 
   @property
   def adapting(self) -> bool:

@@ -93,10 +93,11 @@ def check_save_adapted(save_adapted, adapt: adapt_lib.AdaptSettings | None,
 
 def shown_volumes(num_volumes: int, bvals: np.ndarray | None) -> list[tuple[str, list[int]]]:
   """What the report shows of a series: [(name, the volumes averaged for it)]: the mean b0 and
-  the first diffusion-weighted volume with b-values, the first and last volume of a 4D
-  series without them, the volume of a 3D one."""
-  if bvals is not None:
-    b0s = [int(i) for i in btable.b0_indices(bvals, source="<bvals>")]
+  the first diffusion-weighted volume where b-values name b0s, the first and last volume of
+  another 4D series, the volume of a 3D one."""
+  b0s = ([int(i) for i in np.flatnonzero(np.asarray(bvals) <= btable.B0_THRESHOLD)]
+         if bvals is not None else [])
+  if b0s:
     shown = [(f"mean b0 (volumes {', '.join(map(str, b0s))})", b0s)]
     weighted = [i for i in range(num_volumes) if i not in b0s]
     if weighted:
@@ -169,7 +170,7 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
     if bvals is not None:
       with files.write_errors(targets["bval"]):
         shutil.copyfile(bvals, temps["bval"])
-        finite = btable.finite_bvecs_text(bvecs)
+        finite = btable.finite_bvecs_text(bvecs, source.num_volumes)
         if finite is None:
           shutil.copyfile(bvecs, temps["bvec"])
         else:  # NaN rows of b0 volumes (dipy's example has them) written as 0
@@ -289,7 +290,8 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   table = (btable.load_bvals_bvecs(bvals, bvecs, source.num_volumes, source.path)[0]
            if bvals is not None else None)
   notes = []
-  finite = btable.finite_bvecs_text(bvecs) if bvecs is not None else None
+  finite = (btable.finite_bvecs_text(bvecs, source.num_volumes) if bvecs is not None
+            else None)
   if finite is not None:
     notes.append(f"{bvecs}: the b-vectors of b0 volume(s) {', '.join(map(str, finite[1]))} "
                  f"are NaN (no direction); written as 0 in {targets['bvec'].name}")
@@ -329,17 +331,17 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   if settings.uncertainty is None:
     volumes = ((volume, None) for volume in volumes)
   began = time.perf_counter()
-  write_outputs(targets, source, grid, _timed(prefetch.ahead(_timed(volumes, timing, "volumes")),
-                                              timing, "write_wait"),
-                bvals, bvecs, preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
-                overwrite=overwrite, shown=shown_volumes(source.num_volumes, table),
-                report_sections=report_sections,
-                sidecar=lambda: {**sidecar_record(upsampler, dwi, source, grid, settings, decided,
-                                                  time.perf_counter() - start,
-                                                  {**timing,
-                                                   "written": time.perf_counter() - began}),
-                                 **({"notes": notes} if notes else {}),
-                                 **(sidecar_extra or {})})
+  made = prefetch.ahead(_timed(volumes, timing, "volumes"))
+  with contextlib.closing(made):  # on an error or Ctrl-C the computing thread stops too
+    write_outputs(targets, source, grid, _timed(made, timing, "write_wait"),
+                  bvals, bvecs, preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
+                  overwrite=overwrite, shown=shown_volumes(source.num_volumes, table),
+                  report_sections=report_sections,
+                  sidecar=lambda: {**sidecar_record(
+                      upsampler, dwi, source, grid, settings, decided, time.perf_counter() - start,
+                      {**timing, "written": time.perf_counter() - began}),
+                                   **({"notes": notes} if notes else {}),
+                                   **(sidecar_extra or {})})
   if save_adapted is not None:
     save_adapted_model(upsampler, save_adapted, settings.adapt, os.fspath(dwi),
                        kept=decided["adapt"]["kept"])

@@ -169,13 +169,18 @@ class _VolumeSR:
     return runs * self.plan.num_passes(self.lr_shape, self.hr_shape)
 
   def _raw(self, inputs: np.ndarray, bar: tqdm) -> np.ndarray:
-    """(B, X, Y, Z) model outputs for a (B, x, y, z, C) batch, as one batch."""
-    batch = len(inputs)
+    """(B, X, Y, Z) model outputs for a (B, x, y, z, C) batch, as one batch. A batch short of
+    `plan.batch` (a series' last, the mean b0) is padded with blank volumes, so that every
+    batch runs the programs compiled once (their outputs are dropped)."""
+    batch, size = len(inputs), self.plan.batch
+    if 1 < size and batch < size:
+      inputs = np.concatenate([inputs, np.zeros((size - batch,) + inputs.shape[1:],
+                                                inputs.dtype)])
     outs = reconstruct(self.upsampler.model, self.upsampler.params,
-                       inputs if batch > 1 else inputs[0], self.hr_shape,
+                       inputs if size > 1 else inputs[0], self.hr_shape,
                        chunk_size=self.plan.chunk_size, tile=self.plan.tile,
                        progress=lambda n: bar.update(n * batch), conv_impl=self.plan.conv_impl)
-    return outs if batch > 1 else outs[None]
+    return outs[:batch] if size > 1 else outs[None]
 
   def normalised(self, xs: list[np.ndarray], bar: tqdm
                  ) -> list[tuple[np.ndarray, np.ndarray | None]]:

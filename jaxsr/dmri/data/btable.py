@@ -67,19 +67,21 @@ def load_bvals_bvecs(bvals_path: str | os.PathLike, bvecs_path: str | os.PathLik
   return bvals, bvecs
 
 
-def finite_bvecs_text(bvecs_path: str | os.PathLike) -> tuple[str, list[int]] | None:
+def finite_bvecs_text(bvecs_path: str | os.PathLike, num_volumes: int
+                      ) -> tuple[str, list[int]] | None:
   """None for a b-vector file without NaN/inf; else (the file's text with those entries
-  replaced by 0, every other character kept, the volumes whose rows held them).
+  replaced by 0, every other character kept, the volumes whose entries they were).
   `load_bvals_bvecs` accepts them only for b0 volumes (no direction), but tools reading the
-  file later may not."""
-  lines = pathlib.Path(bvecs_path).read_text().splitlines()
-  rows = [line.split() for line in lines if line.split()]
-  bad = np.array([[not np.isfinite(float(token)) for token in row] for row in rows])
+  file later may not. The table is read as there (comments allowed; 3 × V unless V × 3)."""
+  table = np.loadtxt(os.fspath(bvecs_path), dtype=np.float64, ndmin=2)
+  bad = ~np.isfinite(table)
   if not bad.any():
     return None
-  by_volume = bad.T if bad.shape[0] == 3 and bad.shape[1] != 3 else bad
+  by_volume = bad.T if table.shape == (3, num_volumes) else bad
   volumes = [int(i) for i in np.flatnonzero(by_volume.any(axis=1))]
-  finite = [re.sub(r"(?i)[-+]?(nan|inf(inity)?)\b", "0", line) for line in lines]
+  lines = pathlib.Path(bvecs_path).read_text().splitlines()
+  finite = [re.sub(r"(?i)(?<![\w.])[-+]?(nan|inf(inity)?)(?![\w.])", "0", line)
+            for line in lines]
   return "\n".join(finite) + "\n", volumes
 
 

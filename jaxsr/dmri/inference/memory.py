@@ -183,6 +183,8 @@ def plan_batch(model: nn.Module, params, in_channels: int, lr_shape: Sequence[in
     MemoryBudgetError: as `plan_memory`, when not even one volume fits.
   """
   lr_shape = tuple(int(n) for n in lr_shape)
+  # Measured once: the attempts' own compilations must not count against the next attempt.
+  runtime_bytes = resident_bytes() if runtime_bytes is None else int(runtime_bytes)
   batch = max(1, int(max_batch))
   while batch > 1:
     try:
