@@ -31,6 +31,18 @@ def test_cubic_is_the_antialiased_resize_of_the_training_degradation():
   np.testing.assert_allclose(ours[3:-3, 3:-3], reference[3:-3, 3:-3], atol=1e-5)
 
 
+@pytest.mark.parametrize("n_out, n_in", [(160, 80), (60, 24), (11, 5), (7, 7)])
+def test_the_cubic_resize_matrix_is_tricubic_interpolation_along_one_axis(n_out, n_in):
+  """The spatial PSFs' back-projection and the report's tricubic planes rest on it."""
+  from jaxsr.dmri.degradation.degrade import tricubic_upsample
+
+  units = np.eye(n_in, dtype=np.float32)[:, :, None, None]  # volume j: the unit vector j
+  reference = np.asarray(tricubic_upsample(units, (n_out, 1, 1)))[:, :, 0, 0].T
+  # jax computes its weights in float32: equal to that rounding
+  np.testing.assert_allclose(psf.cubic_resize_matrix(n_out, n_in), reference, atol=3e-6)
+  np.testing.assert_allclose(psf.right_inverse("cubic", n_out, n_in), reference, atol=3e-6)
+
+
 @pytest.mark.parametrize("factor, fwhm", [(2, 1.0), (3, 1.0), (2.5, 1.4)])
 def test_gaussian_rows_have_the_variance_of_the_psf_plus_one_hr_cell(factor, fwhm):
   n_hr = 120

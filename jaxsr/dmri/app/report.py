@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxsr import files
+from jaxsr.dmri.degradation import psf as psf_lib
 
 VIEWS = ("axial", "sagittal", "coronal")
 COLUMNS = ("input (nearest)", "tricubic", "jaxsr", "jaxsr − tricubic", "uncertainty")
@@ -63,23 +64,10 @@ def _png(fig: Figure) -> str:
   return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _cubic_matrix(n_out: int, n_in: int) -> np.ndarray:
-  """(n_out, n_in): `tricubic_upsample` along one axis as a matrix (Keys' cubic, a = −0.5,
-  half-voxel centres, weights renormalised at the borders, as `jax.image.resize`; equal to
-  it within float rounding, tested). Numpy: compiling the JAX resize per axis would cost
-  more than the report's figures."""
-  x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-  d = np.abs(x[:, None] - np.arange(n_in)[None, :])
-  a = -0.5
-  w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
-               np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
-  return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _cubic_planes(lr: np.ndarray, hr_shape, index) -> dict[str, np.ndarray]:
   """`_plane`s of `tricubic_upsample(lr, hr_shape)` through HR voxel `index`, each made from
   the 1D cubic matrices (separable), without interpolating the whole volume."""
-  mx, my, mz = (_cubic_matrix(n, m) for n, m in zip(hr_shape, lr.shape))
+  mx, my, mz = (psf_lib.cubic_resize_matrix(n, m) for n, m in zip(hr_shape, lr.shape))
   i, j, k = index
   volume = {"axial": np.einsum("xyz,z->xy", lr, mz[k]), "sagittal": np.einsum("xyz,x->yz", lr, mx[i]),
             "coronal": np.einsum("xyz,y->xz", lr, my[j])}

@@ -71,6 +71,16 @@ def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
                   np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
 
 
+def cubic_resize_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """(n_out, n_in) float64: Keys cubic (a = −0.5) interpolation of n_in samples onto n_out over
+  the same field of view (half-voxel centres), the weights renormalised where taps fall
+  outside: `tricubic_upsample` along one axis, as `jax.image.resize` computes it (equal within
+  float32 rounding, tested), in numpy: no JAX program to compile per axis length."""
+  x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+  weights = _keys_cubic(x[:, None] - np.arange(n_in)[None, :])
+  return weights / weights.sum(axis=1, keepdims=True)
+
+
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
   """Half-sample symmetric reflection of integer indices into [0, n)."""
   period = 2 * n
@@ -156,18 +166,15 @@ def right_inverse(psf: str, n_hr: int, n_lr: int) -> np.ndarray:
   k-space truncation: the pseudo-inverse of `axis_matrix` (zero-filling, with an even
   LR matrix's Nyquist term shared so that `axis_matrix @ right_inverse` is the identity:
   data consistency is exact in one step). Spatial PSFs: Keys cubic interpolation (the
-  classical back-projection, as `jaxsr.dmri.degradation.degrade.tricubic_upsample` along one axis).
+  classical back-projection, `cubic_resize_matrix`: `tricubic_upsample` along one axis).
   """
   check_psf(psf)
   if n_lr == n_hr:
     matrix = np.eye(n_hr)
   elif psf == "kspace":
     matrix = np.linalg.pinv(axis_matrix(psf, n_hr, n_lr).astype(np.float64))
-  else:  # the resize of the identity: exactly `tricubic_upsample`'s weights, borders included
-    import jax  # on use: numpy-only callers (data loading) need not start JAX
-
-    matrix = np.asarray(jax.image.resize(np.eye(n_lr, dtype=np.float32), (n_hr, n_lr),
-                                         method="cubic", antialias=False), np.float64)
+  else:
+    matrix = cubic_resize_matrix(n_hr, n_lr)
   matrix = matrix.astype(np.float32)
   matrix.flags.writeable = False
   return matrix
