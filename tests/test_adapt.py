@@ -152,13 +152,13 @@ def exported(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path):
+def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path, capsys):
   scan = tmp_path / "scan.nii.gz"
   nib.save(nib.Nifti1Image(smooth_scan() * 1000, np.diag([2.0, 2.0, 3.0, 1.0])), scan)
   out, saved = tmp_path / "out.nii.gz", tmp_path / "adapted"
   code, err = run_cli("upsample", "--checkpoint", exported, "--dwi", scan, "--scale", "2,2,1",
                       "--adapt", "3", "--psf", "block", "--save-adapted", saved, "--out", out,
-                      "--quiet", "--max-memory", BUDGET)
+                      "--report", tmp_path / "out.html", "--quiet", "--max-memory", BUDGET)
   assert code == 0, err
   image = nib.load(out)
   assert image.shape == (40, 40, 8) and np.all(np.isfinite(image.get_fdata()))
@@ -167,7 +167,13 @@ def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path):
   record = json.loads((tmp_path / "out.json").read_text())
   assert record["adapt"]["volumes"] == [0] and record["psf"]["per_axis"] == ["block"] * 3
   assert record["adapt"]["kept"] is manifest["adapt"]["kept"]
-  assert f"adaptation {'kept' if record['adapt']['kept'] else 'not kept'}" in err or code == 0
+  decision = f"adaptation {'kept' if record['adapt']['kept'] else 'not kept'}"
+  assert capsys.readouterr().out.startswith(decision)  # the one line before what was written
+  # The report shows the decision, both held-out losses and the held-out curve.
+  page = (tmp_path / "out.html").read_text()
+  assert "Adaptation to this scan" in page and decision in page
+  assert f"{record['adapt']['heldout_loss_before']:.4g}" in page
+  assert page.count("data:image/png;base64,") == 2  # the volume's planes and the curve
   adapted = Upsampler.from_checkpoint(saved)
   original = Upsampler.from_checkpoint(exported)
   differs = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), adapted.params,

@@ -101,7 +101,7 @@ def adaptation_volume(read: Callable[[int], np.ndarray], num_volumes: int,
   them divides the noise by about √k, so adaptation learns the scan, not its noise. One
   adaptation then serves every volume of the series.
   """
-  indices = ([int(i) for i in np.flatnonzero(np.asarray(bvals) <= btable.B0_THRESHOLD)]
+  indices = ([int(i) for i in btable.b0_indices(bvals, required=False)]
              if bvals is not None else [])
   if not indices:
     return read(0), [0]

@@ -4,7 +4,7 @@ that fits the grid.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -40,6 +40,16 @@ def check_series_scaling(levels: Sequence[float], source: str) -> None:
           f"{source}: volume {index} is scaled unlike the others (its 99th percentile "
           f"{level:g} is {ratio:.3g}× the series' median {median:g}); give a series "
           "stored in one unit")
+
+
+def check_series(volumes: Iterable[np.ndarray], source: str) -> None:
+  """`check_magnitude` and `check_series_scaling` of a series' volumes, read once each."""
+  peaks, levels = [], []
+  for volume in volumes:
+    peaks.append(float(np.max(volume)))
+    levels.append(series_level(volume))
+  check_magnitude(max(peaks), source)
+  check_series_scaling(levels, source)
 
 
 def check_magnitude(peak: float, source: str) -> None:

@@ -131,18 +131,14 @@ def volume_figure(shown: ShownVolume, lr_affine: np.ndarray, hr_affine: np.ndarr
 
 
 def adaptation_figure(adapt: dict) -> str | None:
-  """Base64 PNG of the held-out loss over the adaptation's steps (training loss beside it),
-  or None without a history."""
+  """Base64 PNG of the stopping set's held-out loss over the adaptation's steps, with the
+  deciding set's before and after, or None without a history."""
   heldout = np.asarray(adapt.get("heldout_history") or [], np.float64)
   if heldout.size == 0:
     return None
   fig = Figure(figsize=(6.0, 3.2), layout="constrained")
   ax = fig.subplots()
   ax.plot(heldout[:, 0], heldout[:, 1], marker="o", label="held-out loss (stopping set)")
-  history = adapt.get("history") or []
-  if history:
-    ax.plot(np.arange(1, len(history) + 1), history, color="0.6", linewidth=0.8,
-            label="training loss")
   ax.axhline(adapt["heldout_loss_before"], color="tab:red", linestyle="--",
              label="deciding set, before")
   ax.axhline(adapt["heldout_loss_after"], color="tab:green", linestyle="--",

@@ -19,7 +19,7 @@ from jaxsr import nifti
 from jaxsr.dmri.app import adapt as adapt_lib
 from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.dmri.app.adaptation import adapt_on_series, with_psf
-from jaxsr.dmri.app.checks import check_magnitude, check_series_scaling, lr_mask, series_level
+from jaxsr.dmri.app.checks import check_series, lr_mask
 from jaxsr.dmri.app.grid import output_grid
 from jaxsr.dmri.app.model import Upsampler, load_upsampler
 from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
@@ -79,17 +79,15 @@ def upsample(data: np.ndarray, affine: np.ndarray,
     raise nifti.DataError(f"<array>: expected a non-empty 3D or 4D array, got shape {data.shape}")
   if not np.all(np.isfinite(data)):
     raise nifti.DataError("<array>: has non-finite voxels (NaN/inf)")
-  check_magnitude(float(data.max()), "<array>")
   num_volumes = data.shape[3] if data.ndim == 4 else 1
-  check_series_scaling([series_level(data[..., v] if data.ndim == 4 else data)
-                        for v in range(num_volumes)], "<array>")
+  read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
+  check_series((read(v) for v in range(num_volumes)), "<array>")
   if bvals is not None and np.size(bvals) != num_volumes:
     raise nifti.DataError(f"<bvals>: {np.size(bvals)} b-values for {num_volumes} volumes")
   grid = output_grid(data.shape[:3], affine, voxel_size=voxel_size, scale=scale, shape=shape,
                      max_output_voxels=settings.max_output_voxels)
   t1_volume = (nifti.Volume(np.asarray(t1, np.float32), np.asarray(t1_affine, np.float64),
                             nib.Nifti1Header(), "<t1 array>") if t1 is not None else None)
-  read = (lambda v: data[..., v]) if data.ndim == 4 else (lambda v: data)
   upsampler = load_upsampler(checkpoint)
   mask = lr_mask(mask, data.shape[:3], "<mask>")
   record = record if record is not None else {}

@@ -26,7 +26,7 @@ from jaxsr.dmri.app import adapt as adapt_lib
 from jaxsr.dmri.app import uncertainty as uncertainty_lib
 from jaxsr.dmri.app.adaptation import (adapt_on_series, prepare_adaptation, save_adapted_model,
                                        with_psf)
-from jaxsr.dmri.app.checks import check_magnitude, check_series_scaling, lr_mask, series_level
+from jaxsr.dmri.app.checks import check_series, lr_mask
 from jaxsr.dmri.app.grid import OutputGrid, output_grid
 from jaxsr.dmri.app.model import Upsampler, check_t1, load_upsampler
 from jaxsr.dmri.app.settings import (DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY,
@@ -95,7 +95,7 @@ def shown_volumes(num_volumes: int, bvals: np.ndarray | None) -> list[tuple[str,
   """What the report shows of a series: [(name, the volumes averaged for it)]: the mean b0 and
   the first diffusion-weighted volume where b-values name b0s, the first and last volume of
   another 4D series, the volume of a 3D one."""
-  b0s = ([int(i) for i in np.flatnonzero(np.asarray(bvals) <= btable.B0_THRESHOLD)]
+  b0s = ([int(i) for i in btable.b0_indices(bvals, required=False)]
          if bvals is not None else [])
   if b0s:
     shown = [(f"mean b0 (volumes {', '.join(map(str, b0s))})", b0s)]
@@ -138,7 +138,7 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
                   volumes: Iterator[tuple[np.ndarray, np.ndarray | None]], bvals, bvecs, *,
                   preview_title: str, sidecar: Callable[[], dict], overwrite: bool = False,
                   shown: list[tuple[str, list[int]]] | None = None,
-                  report_sections: list | None = None) -> None:
+                  report_sections: list | None = None, bvec_text: str | None = None) -> None:
   """Writes the output NIfTI volume by volume (and the uncertainty NIfTI beside it, where
   `targets` has "uncertainty" and `volumes` gives each volume's map), the gradient table,
   the JSON sidecar (`sidecar()`, called once the volumes are written), the preview and the
@@ -170,14 +170,11 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
     if bvals is not None:
       with files.write_errors(targets["bval"]):
         shutil.copyfile(bvals, temps["bval"])
-        finite = btable.finite_bvecs_text(bvecs, source.num_volumes)
-        if finite is None:
+        if bvec_text is None:
           shutil.copyfile(bvecs, temps["bvec"])
         else:  # NaN rows of b0 volumes (dipy's example has them) written as 0
-          files.write_text(temps["bvec"], finite[0])
+          files.write_text(temps["bvec"], bvec_text)
     record = sidecar()
-    with files.write_errors(targets["sidecar"]):
-      files.write_json(temps["sidecar"], record)
     if "preview" in targets:
       from jaxsr.dmri import figures  # matplotlib on use: it slows every command's start-up
 
@@ -196,8 +193,8 @@ def write_outputs(targets: dict[str, pathlib.Path], source: nifti.LazyVolume, gr
         with files.write_errors(targets["report"]):
           report.write_report(temps["report"], preview_title, [section])
       record["timing"]["report"] = round(time.perf_counter() - began, 3)
-      with files.write_errors(targets["sidecar"]):  # the report's own time, for the record
-        files.write_json(temps["sidecar"], record)
+    with files.write_errors(targets["sidecar"]):  # last: it holds the report's own time
+      files.write_json(temps["sidecar"], record)
     files.publish_together(temps, targets, overwrite)
   finally:
     for temp in temps.values():
@@ -292,6 +289,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
   notes = []
   finite = (btable.finite_bvecs_text(bvecs, source.num_volumes) if bvecs is not None
             else None)
+  bvec_text = finite[0] if finite is not None else None
   if finite is not None:
     notes.append(f"{bvecs}: the b-vectors of b0 volume(s) {', '.join(map(str, finite[1]))} "
                  f"are NaN (no direction); written as 0 in {targets['bvec'].name}")
@@ -302,13 +300,8 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     mask_array = lr_mask(nifti.mask_on_grid(mask, lr_shape, source.affine), lr_shape,
                           os.fspath(mask))
   t1_volume = nifti.load_volume(t1, ndim=3) if t1 is not None else None
-  peaks, levels = [], []
-  for index in range(source.num_volumes):  # every voxel is read and checked before any output
-    volume = source.volume(index)
-    peaks.append(float(np.max(volume)))
-    levels.append(series_level(volume))
-  check_magnitude(max(peaks), source.path)
-  check_series_scaling(levels, source.path)
+  # every voxel is read and checked before any output
+  check_series((source.volume(i) for i in range(source.num_volumes)), source.path)
   prepare_adaptation(upsampler, lr_shape, grid.shape, settings.adapt)
   began = time.perf_counter()
   plan = plan_batch(upsampler.model, upsampler.params, upsampler.in_channels, lr_shape,
@@ -336,7 +329,7 @@ def upsample_files(checkpoint: str | os.PathLike | Upsampler | None, dwi: str | 
     write_outputs(targets, source, grid, _timed(made, timing, "write_wait"),
                   bvals, bvecs, preview_title=f"{pathlib.Path(dwi).name} → {out.name}",
                   overwrite=overwrite, shown=shown_volumes(source.num_volumes, table),
-                  report_sections=report_sections,
+                  report_sections=report_sections, bvec_text=bvec_text,
                   sidecar=lambda: {**sidecar_record(
                       upsampler, dwi, source, grid, settings, decided, time.perf_counter() - start,
                       {**timing, "written": time.perf_counter() - began}),

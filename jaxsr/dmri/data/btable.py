@@ -97,10 +97,11 @@ def shell_indices(bvals: np.ndarray, bval: float = 1000.0, tol: float = 100.0,
 
 
 def b0_indices(bvals: np.ndarray, threshold: float = B0_THRESHOLD,
-               source: str = "bvals") -> np.ndarray:
-  """Indices of the b0 volumes (b <= threshold s/mm²); `source` names the b-values in errors."""
+               source: str = "bvals", required: bool = True) -> np.ndarray:
+  """Indices of the b0 volumes (b <= threshold s/mm²): DataError where there is none and
+  `required` (`source` names the b-values in it), else possibly empty."""
   indices = np.flatnonzero(np.asarray(bvals) <= threshold)
-  if indices.size == 0:
+  if indices.size == 0 and required:
     raise DataError(f"{source}: no b0 volume (b <= {threshold:g} s/mm²)")
   return indices
 

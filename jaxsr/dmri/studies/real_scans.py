@@ -134,6 +134,11 @@ class Case:
     """The LR acquisition: the HR scan degraded by the PSF (FWHM one LR voxel)."""
     return psf_lib.degrade(load_scan(self.scan), self.lr_shape, self.psf)
 
+  def lr_affine(self) -> np.ndarray:
+    """The LR grid's voxel -> mm (`lr_affine` of its factors and the scan's voxel size)."""
+    factors = [h / l for h, l in zip(self.hr_shape, self.lr_shape)]
+    return lr_affine(factors, voxel_size(self.scan))
+
 
 def allowed(scan: str, degradation: str) -> bool:
   """Whether a scan can take a degradation: >= MIN_LR_VOXELS per degraded axis, contiguous slices."""
@@ -181,8 +186,7 @@ def model_method(upsampler: Upsampler, *,
   """The model on the LR volume, as `jaxsr upsample` runs it (no mask; `psf` as the command's
   --psf: the default "auto" decides it from the scan, None is the training degradation)."""
   def predict(lr: np.ndarray, case: Case) -> tuple[np.ndarray, str | None, dict]:
-    factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
-    affine = lr_affine(factors, voxel_size(case.scan))
+    affine = case.lr_affine()
 
     def run(settings):
       record = {}

@@ -42,8 +42,7 @@ def case_scores(upsampler: Upsampler, case: real_scans.Case,
   mask = real_scans.brain_mask(case.scan)
   scale = float(hr[mask].max() - hr[mask].min())
   lr = case.lr()
-  factors = [h / l for h, l in zip(case.hr_shape, lr.shape)]
-  affine = real_scans.lr_affine(factors, real_scans.voxel_size(case.scan))
+  affine = case.lr_affine()
   start = time.perf_counter()
   plain = upsample.upsample(lr, affine, upsampler, shape=case.hr_shape,
                             max_memory=max_memory)[0]
