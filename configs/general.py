@@ -32,6 +32,12 @@ VARIANTS = {
         "train.learning_rate": 3e-4, "train.lr_decay_steps": 3_000, "train.num_steps": 9_000,
         "train.checkpoint_every_steps": 500, "train.keep_checkpoints": 18,
     },
+    "round3": {
+        "data.per_axis_psf": True, "data.fine_texture": True, "data.kspace_margin": 4,
+        "train.init_from": "general_round2",  # round two's weights, shipped beside
+        "train.learning_rate": 2e-4, "train.lr_decay_steps": 2_000, "train.num_steps": 6_000,
+        "train.checkpoint_every_steps": 500, "train.keep_checkpoints": 12,
+    },
     "smoke": {
         "batch_size": 2, "data.lr_patch_size": 4, "data.axis_scales": (1.0, 2.0, 3.0),
         "model.num_features": 8, "model.growth": 8, "model.num_blocks": 2,
@@ -46,7 +52,7 @@ VARIANTS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
   if variant != "default" and variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}: use default, round2 or smoke")
+    raise ValueError(f"unknown variant {variant!r}: use default, round2, round3 or smoke")
   c = csr_dmri.get_config("quick")
   c.variant = variant
   c.model.in_channels = 1
@@ -57,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.intensity_percentile = 99.0  # inputs divided by this percentile of the volume
   c.data.per_axis_psf = False  # the shipped model's data (round2: True)
   c.data.fine_texture = False
+  c.data.kspace_margin = 0  # LR voxels of context around k-space-truncated axes (round3: 4)
   c.train.init_from = ""  # an exported model folder, or one in jaxsr/dmri/weights/
   c.train.num_steps = 16_000  # 69 minutes on 2 CPU cores
   c.train.lr_schedule = "staircase"

@@ -117,3 +117,33 @@ def test_a_run_initialised_from_an_exported_model_starts_from_its_parameters(tmp
   bigger.model.mlp_width = 48
   with pytest.raises(ConfigError, match="do not fit"):
     task.warm_started(step.create_state(bigger, jax.random.key(0)), str(folder))
+
+
+def test_kspace_truncation_in_context_samples_a_band_limited_field_where_the_patch_alone_wraps():
+  # A field band-limited over the padded grid: truncating its whole spectrum keeps it, so the
+  # LR patch must be its samples at the LR centres; the patch's own (periodic) truncation is not.
+  l, s, m = 8, 2.0, 4
+  n = int((l + 2 * m) * s)
+  x = np.arange(n)
+  wave = lambda t: np.cos(2 * np.pi * 3 * t / n) + 0.5 * np.sin(2 * np.pi * 2 * t / n)
+  field = np.broadcast_to(wave(x)[:, None, None], (n, 8, 8)).astype(np.float32).copy()
+  hr, lr = randomised.degrade_in_context(field, (m, 0, 0), l,
+                                         (randomised.Stage("kspace", (0,)),))
+  assert hr.shape == (l * 2, 8, 8) and lr.shape == (l, 8, 8)
+  centres = (np.arange(l) + 0.5) * s - 0.5 + m * s
+  np.testing.assert_allclose(lr[:, 3, 3], wave(centres), atol=1e-5)
+  np.testing.assert_array_equal(hr[:, 0, 0], field[m * 2:m * 2 + 2 * l, 0, 0])
+  alone = psf.degrade(hr, (l, 8, 8), "kspace")
+  assert np.abs(alone[:, 3, 3] - wave(centres)).max() > 0.05
+
+
+def test_a_margin_goes_only_to_kspace_axes_that_are_degraded():
+  stages = (randomised.Stage("kspace", (0, 1)), randomised.Stage("block", (2,)))
+  assert randomised.kspace_margins(stages, (2.0, 2.0, 3.0), 4) == (4, 4, 0)
+  assert randomised.kspace_margins(stages, (1.0, 1.0, 3.0), 4) == (0, 0, 0)
+  sampler = randomised.RandomisedSampler(4, (1.0, 2.0), psfs=("kspace",), kspace_margin=2,
+                                         lr_noise_fraction=0.0)
+  batch = sampler(np.arange(2), np.random.default_rng(0))
+  assert batch["lr"].shape == (2, 4, 4, 4) and batch["hr"].shape[1:] in sampler.hr_shapes
+  with pytest.raises(ValueError, match="kspace_margin"):
+    randomised.RandomisedSampler(4, (1.0, 1.5), kspace_margin=1)

@@ -42,7 +42,8 @@ def make_task(config) -> TrainingSetup:
     sampler = randomised.RandomisedSampler(
         config.data.lr_patch_size, tuple(config.data.axis_scales), tuple(config.data.psfs),
         per_axis_psf=bool(config.data.get("per_axis_psf", False)),
-        fine_texture=bool(config.data.get("fine_texture", False)))
+        fine_texture=bool(config.data.get("fine_texture", False)),
+        kspace_margin=int(config.data.get("kspace_margin", 0)))
     description = (f"domain-randomised patches rendered per step; {len(sampler.hr_shapes)} HR "
                    f"patch shapes (compiled steps) for LR {config.data.lr_patch_size}^3")
   else:

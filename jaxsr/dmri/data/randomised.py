@@ -212,22 +212,74 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
   return magnitude.astype(np.float32)
 
 
-def random_degradation(rng: np.random.Generator, hr: np.ndarray, lr_shape: Sequence[int],
-                       psfs: Sequence[str], per_axis: bool = False) -> np.ndarray:
-  """`hr` degraded to `lr_shape` by a PSF drawn from `psfs` (Gaussian FWHM 0.7-1.5 LR voxels);
-  with `per_axis`, in-plane (x, y) and through-plane (z) apart (module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One step of a drawn acquisition: `axes` degraded by `kind` (Gaussian FWHM in LR voxels,
+  k-space window strength)."""
+  kind: str
+  axes: tuple[int, ...]
+  fwhm: float = 1.0
+  apodisation: float = 0.0
+
+
+def draw_degradation(rng: np.random.Generator, psfs: Sequence[str], per_axis: bool = False
+                     ) -> tuple[Stage, ...]:
+  """The PSF of a random acquisition from `psfs` (Gaussian FWHM 0.7-1.5 LR voxels); with
+  `per_axis`, in-plane (x, y) then through-plane (z) apart (module docstring)."""
   if not per_axis:
     kind = str(rng.choice(psfs))
-    fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
-    return psf_lib.degrade(hr, lr_shape, kind, fwhm)
+    return (Stage(kind, (0, 1, 2), rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0),)
   in_plane = ("kspace" if "kspace" in psfs and rng.random() < 0.5 else str(rng.choice(psfs)))
-  out = hr
-  for kind, shape in ((in_plane, (*lr_shape[:2], hr.shape[2])),
-                      (str(rng.choice(psfs)), tuple(lr_shape))):
+  stages = []
+  for kind, axes in ((in_plane, (0, 1)), (str(rng.choice(psfs)), (2,))):
     fwhm = rng.uniform(0.7, 1.5) if kind == "gaussian" else 1.0
     apodisation = rng.uniform(0.0, 0.46) if kind == "kspace" and rng.random() < 0.5 else 0.0
-    out = psf_lib.degrade(out, shape, kind, fwhm, round(apodisation, 2))
+    stages.append(Stage(kind, axes, fwhm, round(apodisation, 2)))
+  return tuple(stages)
+
+
+def apply_degradation(hr: np.ndarray, lr_shape: Sequence[int], stages: Sequence[Stage]
+                      ) -> np.ndarray:
+  """`hr` (X, Y, Z) degraded to `lr_shape` by `stages`, one after the other."""
+  out = hr
+  for stage in stages:
+    shape = tuple(lr_shape[a] if a in stage.axes else out.shape[a] for a in range(3))
+    out = psf_lib.degrade(out, shape, stage.kind, stage.fwhm, stage.apodisation)
   return out
+
+
+def random_degradation(rng: np.random.Generator, hr: np.ndarray, lr_shape: Sequence[int],
+                       psfs: Sequence[str], per_axis: bool = False) -> np.ndarray:
+  """`hr` degraded to `lr_shape` by a PSF drawn from `psfs` (`draw_degradation`)."""
+  return apply_degradation(hr, lr_shape, draw_degradation(rng, psfs, per_axis))
+
+
+def kspace_margins(stages: Sequence[Stage], scales: Sequence[float], margin: int
+                   ) -> tuple[int, int, int]:
+  """LR voxels to render beyond each side of the patch: `margin` along each degraded axis
+  whose PSF is k-space truncation, 0 elsewhere."""
+  out = [0, 0, 0]
+  for stage in stages:
+    for a in stage.axes:
+      if stage.kind == "kspace" and scales[a] > 1:
+        out[a] = margin
+  return tuple(out)
+
+
+def degrade_in_context(padded: np.ndarray, margins: Sequence[int], lr_size: int,
+                       stages: Sequence[Stage]) -> tuple[np.ndarray, np.ndarray]:
+  """(HR, LR): the centre of `padded` (X + 2 m_x s_x, ...) and the centre lr_size^3 of its
+  degradation by `stages`, `margins` (m_x, m_y, m_z) LR voxels cropped off each side.
+
+  The LR grid of the padded field keeps the patch's factors s = X / lr_size, so its voxel
+  m + j is centred where the patch's LR voxel j would be.
+  """
+  lr_shape = [lr_size + 2 * m for m in margins]
+  hr_margins = [(n - lr_size * (n / l)) / 2 for n, l in zip(padded.shape, lr_shape)]
+  hr_margins = [int(round(h)) for h in hr_margins]
+  low = apply_degradation(padded, lr_shape, stages)
+  hr = padded[tuple(slice(h, n - h) for h, n in zip(hr_margins, padded.shape))]
+  return hr, low[tuple(slice(m, m + lr_size) for m in margins)]
 
 
 def draw_scales(rng: np.random.Generator, axis_scales: Sequence[float]) -> tuple[float, float]:
@@ -247,6 +299,11 @@ class RandomisedSampler:
     axis_scales: per-axis factors to draw from (1 = that axis not degraded).
     psfs: PSFs to draw from (`jaxsr.dmri.degradation.psf.PSFS`).
     per_axis_psf, fine_texture: the options of the module docstring.
+    kspace_margin: LR voxels rendered beyond each side of the patch along the axes a
+      k-space truncation degrades, and cropped off after degrading (0: none, the patch
+      itself is truncated, as if periodic). A scanner truncates the spectrum of the whole
+      field of view, whose edges are background; a patch's own spectrum wraps its
+      opposite faces into each other, which no scan shows.
     lr_noise_fraction: share of patches whose LR image gets noise of its own.
     length: nominal examples per epoch (every example is new; this only sets
       how grain numbers them).
@@ -256,6 +313,7 @@ class RandomisedSampler:
   psfs: Sequence[str] = psf_lib.PSFS
   per_axis_psf: bool = False
   fine_texture: bool = False
+  kspace_margin: int = 0
   lr_noise_fraction: float = 0.3
   length: int = 1 << 20
 
@@ -265,6 +323,11 @@ class RandomisedSampler:
     if not any(s > 1 for s in self.axis_scales) or min(self.axis_scales) < 1:
       raise ValueError(f"axis_scales must be >= 1 with one > 1, got {tuple(self.axis_scales)}")
     self.hr_shapes = hr_shapes(self.lr_patch_size, self.axis_scales)
+    if self.kspace_margin < 0 or any(
+        abs(self.kspace_margin * s - round(self.kspace_margin * s)) > 1e-6
+        for s in self.axis_scales):
+      raise ValueError(f"kspace_margin x each axis scale must be a whole number of HR voxels, "
+                       f"got {self.kspace_margin} and {tuple(self.axis_scales)}")
 
   def __len__(self) -> int:
     return self.length
@@ -277,8 +340,11 @@ class RandomisedSampler:
     hr_shape = (int(round(l * s_xy)),) * 2 + (int(round(l * s_z)),)
     hr, lr = [], []
     for _ in range(len(indices)):
-      patch = render_patch(anatomy, rng, hr_shape, self.fine_texture)
-      low = random_degradation(rng, patch, (l, l, l), self.psfs, self.per_axis_psf)
+      if self.kspace_margin:
+        patch, low = self._with_margin(anatomy, rng, hr_shape, (s_xy, s_xy, s_z))
+      else:  # the draws in the order of the runs before the margin existed
+        patch = render_patch(anatomy, rng, hr_shape, self.fine_texture)
+        low = random_degradation(rng, patch, (l, l, l), self.psfs, self.per_axis_psf)
       if rng.random() < self.lr_noise_fraction:
         sigma = rng.uniform(0.005, 0.03)
         noise = rng.standard_normal((2,) + low.shape).astype(np.float32) * sigma
@@ -286,3 +352,14 @@ class RandomisedSampler:
       hr.append(patch)
       lr.append(low)
     return {"hr": np.stack(hr), "lr": np.stack(lr).astype(np.float32)}
+
+  def _with_margin(self, anatomy: Anatomy, rng: np.random.Generator,
+                   hr_shape: Sequence[int], scales: Sequence[float]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """An (HR, LR) pair whose k-space-truncated axes were degraded with `kspace_margin` LR
+    voxels of context on each side (`degrade_in_context`)."""
+    stages = draw_degradation(rng, self.psfs, self.per_axis_psf)
+    margins = kspace_margins(stages, scales, self.kspace_margin)
+    padded_shape = [n + 2 * int(round(m * s)) for n, m, s in zip(hr_shape, margins, scales)]
+    padded = render_patch(anatomy, rng, padded_shape, self.fine_texture)
+    return degrade_in_context(padded, margins, self.lr_patch_size, stages)
