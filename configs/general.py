@@ -19,6 +19,10 @@ Variants (`--config configs/general.py:VARIANT`):
            3e-4 halved every 3,000 steps, 9,000 steps (34 minutes on 2 CPU cores),
            checkpoints every 500; the shipped weights are its checkpoint 3,000, chosen on
            the validation scans (docs/results_real.md).
+  round3   not shipped: round two's weights fine-tuned with k-space truncation in context
+           (data.kspace_margin 4: LR voxels of context around k-space-truncated axes),
+           Adam 2e-4 halved every 2,000 steps, 6,000 steps (23 minutes on 2 CPU cores);
+           no checkpoint beat round two on the validation scans (docs/results_real.md).
   smoke    tiny model, a few steps (tests, CI).
 """
 
@@ -34,7 +38,7 @@ VARIANTS = {
     },
     "round3": {
         "data.per_axis_psf": True, "data.fine_texture": True, "data.kspace_margin": 4,
-        "train.init_from": "general_round2",  # round two's weights, shipped beside
+        "train.init_from": "general",  # round two's weights: the shipped model at c48cdd3
         "train.learning_rate": 2e-4, "train.lr_decay_steps": 2_000, "train.num_steps": 6_000,
         "train.checkpoint_every_steps": 500, "train.keep_checkpoints": 12,
     },

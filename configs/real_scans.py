@@ -5,7 +5,9 @@ docs/results_real.md).
   python evaluate.py --config configs/real_scans.py:validation --workdir DIR
 
 Variants: `test` (default: the dipy scans of the table, scored once), `validation`
-(the scans that choose checkpoints and options), `smoke` (one small case, tests).
+(the scans that choose checkpoints and options), `synthetic` (volumes rendered like the
+training images from held-out generators: a second validation set, 3D throughout; model
+alone, `--psf auto`), `smoke` (one small case, tests).
 `--config.checkpoint=RUN_DIR` scores another model (default "": the shipped one),
 `--config.checkpoint_step=N` one of its checkpoints,
 `--config.scores_from=docs/results_real_scores/real_scans_test.json` rebuilds the committed
@@ -22,12 +24,12 @@ from jaxsr.dmri.app.settings import DEFAULT_BACK_PROJECTION, DEFAULT_PSF
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "test"
-  if variant not in ("test", "validation", "smoke"):
-    raise ValueError(f"unknown variant {variant!r}: use test, validation or smoke")
+  if variant not in ("test", "validation", "synthetic", "smoke"):
+    raise ValueError(f"unknown variant {variant!r}: use test, validation, synthetic or smoke")
   c = ml_collections.ConfigDict()
   c.task = "real_scans"
   c.variant = variant
-  c.split = "validation" if variant == "validation" else "test"
+  c.split = variant if variant in ("validation", "synthetic") else "test"
   c.seed = 0
   c.checkpoint = ""  # a run directory or exported folder; "" = the shipped general model
   c.checkpoint_step = 0  # of a run directory; 0 = its latest
@@ -41,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "validation":  # every degradation the validation scans allow
     c.degradations = tuple(DEGRADATIONS)
     c.psf_modes = ("training", DEFAULT_PSF)  # what chose DEFAULT_PSF
+  if variant == "synthetic":
+    c.degradations = tuple(DEGRADATIONS)
+    c.adapt_steps = 0
   if variant == "smoke":
     c.degradations = ("in-plane 2x",)
     c.psfs = ("block",)

@@ -51,6 +51,18 @@ def test_shell_means_come_from_the_gradient_table():
   assert dwi[mask].mean() < 0.6 * b0[mask].mean()  # diffusion weighting attenuates the signal
 
 
+def test_synthetic_scans_are_fixed_distinct_3d_volumes_with_a_brain():
+  a = real_scans._synthetic(0)
+  np.testing.assert_array_equal(a, real_scans._synthetic(0))  # the same every run
+  assert a.shape == real_scans.SYNTHETIC_SHAPE and np.all(np.isfinite(a)) and a.min() >= 0
+  b = real_scans.load_scan("synthetic_1")
+  assert not np.allclose(a, b)
+  mask = real_scans.brain_mask("synthetic_1")
+  assert 0.1 < mask.mean() < 0.95 and b[mask].mean() > 3 * b[~mask].mean()  # brain, background
+  cases = real_scans.make_cases(("synthetic_0",), tuple(real_scans.DEGRADATIONS), ("kspace",))
+  assert {c.degradation for c in cases} == set(real_scans.DEGRADATIONS)  # 3D, contiguous
+
+
 def test_tricubic_beats_linear_on_a_smooth_case_and_scores_are_finite():
   case = real_scans.Case("aniso_vox", "in-plane 2x", "gaussian")
   scores = real_scans.score_case(real_scans.classical_methods(), case)
@@ -61,7 +73,11 @@ def test_tricubic_beats_linear_on_a_smooth_case_and_scores_are_finite():
 def test_configs_pick_disjoint_scans():
   test = real_scans_config.get_config("test")
   validation = real_scans_config.get_config("validation")
+  synthetic = real_scans_config.get_config("synthetic")
   assert test.split == "test" and validation.split == "validation"
+  assert synthetic.split == "synthetic" and synthetic.adapt_steps == 0
+  splits = [set(v) for v in real_scans.SPLITS.values()]
+  assert sum(map(len, splits)) == len(set().union(*splits))
   with pytest.raises(ValueError, match="unknown variant"):
     real_scans_config.get_config("train")
 
@@ -69,7 +85,7 @@ def test_configs_pick_disjoint_scans():
 SCORES = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results_real_scores"
 
 
-@pytest.mark.parametrize("split", ["test", "validation"])
+@pytest.mark.parametrize("split", ["test", "validation", "synthetic"])
 def test_the_committed_tables_are_rebuilt_from_the_committed_scores(split, tmp_path):
   """docs/results_real_scores holds each split's scores and the report made from them; the
   report, rebuilt from the scores alone (no scoring), is the same text, so the page's tables
@@ -80,4 +96,5 @@ def test_the_committed_tables_are_rebuilt_from_the_committed_scores(split, tmp_p
   committed = (SCORES / f"real_scans_{split}.md").read_text()
   strip = lambda t: t.split("\n", 1)[1]  # the first line names the model folder of the machine
   assert strip(text) == strip(committed)
-  assert "model_adapt" in text and "over the best classical method" in text
+  assert "over the best classical method" in text
+  assert ("model_adapt" in text) == (split != "synthetic")  # the synthetic split: model alone

@@ -12,6 +12,11 @@ The scans are real acquisitions that ship inside the dipy wheel (no download):
   t1_coronal      one coronal slice of a T1-weighted structural scan, 256 x 256 (validation
                   only; in-plane only)
 
+and, as a second validation split ("synthetic"), volumes rendered like the training images
+(`synthetic_0` ... : `SYNTHETIC_SHAPE` voxels by `jaxsr.dmri.data.randomised.render_patch`,
+from generators seeded apart from any training run's, so images no run has trained on):
+3D and contiguous where three of the real validation scans are one slice, or five.
+
 The validation scans choose (checkpoint, back-projection, PSF handling,
 adaptation); the test scans are scored once for the table
 (`docs/results_real.md`). Each case degrades a scan by per-axis factors
@@ -62,6 +67,12 @@ DEGRADATIONS = {  # per-axis factors (x, y in-plane; z through-plane)
 MIN_LR_VOXELS = 4
 TEST_SCANS = ("S0_10slices", "aniso_vox", "small_64D_b0", "small_64D_dwi")
 VALIDATION_SCANS = ("test_piesno", "small_101D_b0", "t1_coronal")
+SYNTHETIC_SCANS = tuple(f"synthetic_{i}" for i in range(4))
+SYNTHETIC_SHAPE = (64, 64, 48)
+# Entropy of the synthetic scans' generators (numpy SeedSequence([SYNTHETIC_ENTROPY, i])):
+# training draws from grain's per-record generators of the run's seed, never from these.
+SYNTHETIC_ENTROPY = 20261208
+SPLITS = {"test": TEST_SCANS, "validation": VALIDATION_SCANS, "synthetic": SYNTHETIC_SCANS}
 # Scans whose slices are not neighbours in space (gaps between them, or one slice under
 # several weightings): no through-plane cases.
 NON_CONTIGUOUS_SLICES = ("S0_10slices", "test_piesno", "t1_coronal")
@@ -88,15 +99,29 @@ def load_scan(name: str) -> np.ndarray:
     volume = _shell_mean(base, b0=shell == "b0")
   elif name == "t1_coronal":
     volume = np.load(DIPY_FILES / "t1_coronal_slice.npy").astype(np.float32)[:, :, None]
+  elif name in SYNTHETIC_SCANS:
+    volume = _synthetic(int(name.rsplit("_", 1)[1]))
   else:
-    raise ValueError(f"unknown scan {name!r}: use one of {TEST_SCANS + VALIDATION_SCANS}")
+    raise ValueError(f"unknown scan {name!r}: use one of "
+                     f"{TEST_SCANS + VALIDATION_SCANS + SYNTHETIC_SCANS}")
   volume.flags.writeable = False
   return volume
 
 
+def _synthetic(index: int) -> np.ndarray:
+  """(SYNTHETIC_SHAPE) float32: a training-like image (round two's data: fine texture) from a
+  generator no training run draws from; the brightest tissue near 1, as a scan is scaled."""
+  from jaxsr.dmri.data import randomised  # on use: the template maps load slowly
+
+  rng = np.random.default_rng([SYNTHETIC_ENTROPY, index])
+  return randomised.render_patch(randomised.load_anatomy(), rng, SYNTHETIC_SHAPE,
+                                 fine_texture=True)
+
+
 def voxel_size(name: str) -> np.ndarray:
-  """(3,) the HR scan's voxel size in mm, from its NIfTI header (1 mm where it has none)."""
-  if name == "t1_coronal":
+  """(3,) the HR scan's voxel size in mm, from its NIfTI header (1 mm where it has none:
+  the T1 slice, the synthetic volumes, which are isotropic)."""
+  if name == "t1_coronal" or name in SYNTHETIC_SCANS:
     return np.ones(3)
   base = name.rsplit("_", 1)[0] if name.startswith("small_") else name
   path = DIPY_FILES / f"{base}.nii.gz"
@@ -342,7 +367,7 @@ def report(rows: Sequence[dict], names: Sequence[str], title: str) -> str:
 def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
   """Scores the config's cases; writes WORKDIR/eval/real_scans.{md,json} and returns the text.
 
-  `config.split` picks the scans ("test": TEST_SCANS, "validation": VALIDATION_SCANS);
+  `config.split` picks the scans (`SPLITS`: "test", "validation", "synthetic");
   `config.checkpoint` the model ("" = the shipped general model) and
   `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
   `config.scores_from` (a real_scans_<split>.json written before, e.g. in
@@ -351,7 +376,7 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
   files.check_can_create(out_dir)
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
-  scans = {"test": TEST_SCANS, "validation": VALIDATION_SCANS}[config.split]
+  scans = SPLITS[config.split]
   upsampler = (Upsampler.from_checkpoint(config.checkpoint,
                                                     config.get("checkpoint_step") or None)
                if config.checkpoint else Upsampler.general())
