@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ""  # a run directory or exported folder; "" = the shipped general model
   c.checkpoint_step = 0  # of a run directory; 0 = its latest
   c.scores_from = ""  # a real_scans_<split>.json: rebuild its tables without scoring
+  c.psf_calibration = ""  # a psf_calibration.json: `--psf auto`'s thresholds for the model
   c.degradations = tuple(d for d in DEGRADATIONS if d != "in-plane 4x")  # the test table's
   c.psfs = tuple(p for p in PSFS if p != "cubic")  # acquisition-like: block, gaussian, kspace
   c.back_projection = (DEFAULT_BACK_PROJECTION,)  # a model column per value (iterations)

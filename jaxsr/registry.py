@@ -54,6 +54,8 @@ TASKS = {
                      evaluate="studies.dti_bias:evaluate"),
     "uncertainty": Task("dmri", trains=False,  # configs/uncertainty.py
                         evaluate="studies.uncertainty_study:evaluate"),
+    "psf_calibration": Task("dmri", trains=False,  # configs/psf_calibration.py
+                            evaluate="studies.psf_calibration:evaluate"),
     "mrsi": Task("mrsi", multi_run=True),  # configs/mrsi.py: methods × folds
 }
 

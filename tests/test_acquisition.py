@@ -145,3 +145,31 @@ def test_with_adaptation_auto_decides_the_psf_before_adapting_and_adapts_with_it
     upsample(np.zeros((24, 24, 8, 2), np.float32) + textured((24, 24, 8))[..., None]
              * np.array([0.0, 1.0], np.float32), np.diag([2.0, 2.0, 4.0, 1.0]),
              tiny_upsampler(), scale=(2, 2, 1), adapt=AdaptSettings(steps=2))
+
+
+def test_a_groups_threshold_decides_between_kspace_and_a_spatial_psf():
+  hr = textured()
+  lr = psf.degrade(hr, (24, 20, 24), "block")  # in-plane 2x, block: the residual test says cubic
+  choice = acquisition.estimate_psf(hr, lr, voxel_size=(2.0, 2.0, 1.0))
+  ratio = choice.ratios()["in-plane"]
+  assert choice.psf[:2] == ("cubic", "cubic") and ratio > acquisition.DEFAULT_THRESHOLDS["in-plane"]
+  looser = acquisition.estimate_psf(hr, lr, (2.0, 2.0, 1.0), {"in-plane": ratio * 1.001})
+  assert looser.psf[:2] == ("kspace", "kspace")
+  assert looser.record()["thresholds"]["in-plane"] == pytest.approx(ratio * 1.001)
+  with pytest.raises(ValueError, match="positive values"):
+    acquisition.estimate_psf(hr, lr, (2.0, 2.0, 1.0), {"in-plane": 0.0})
+  with pytest.raises(ValueError, match="roles"):
+    acquisition.check_thresholds({"sideways": 1.0})
+
+
+def test_calibrate_cuts_halfway_where_fewest_cases_fall_on_the_wrong_side():
+  samples = [("in-plane", r, True) for r in (0.7, 0.8, 0.9)]
+  samples += [("in-plane", r, False) for r in (1.1, 1.3, 1.5)]
+  samples += [("through-plane", r, True) for r in (1.0, 1.2, 1.4)]  # overlapping kinds:
+  samples += [("through-plane", r, False) for r in (1.3, 1.6, 1.7)]  # one case stays wrong
+  samples += [("isotropic", 0.8, True)]  # one kind only: the default stays
+  fitted = acquisition.calibrate(samples)
+  assert fitted["in-plane"] == pytest.approx(1.0)
+  # Cuts at 1.25 and 1.5 each leave one case wrong; 1.4–1.6 is the wider gap.
+  assert fitted["through-plane"] == pytest.approx(1.5)
+  assert fitted["isotropic"] == acquisition.DEFAULT_THRESHOLDS["isotropic"]

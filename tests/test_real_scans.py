@@ -52,8 +52,9 @@ def test_shell_means_come_from_the_gradient_table():
 
 
 def test_synthetic_scans_are_fixed_distinct_3d_volumes_with_a_brain():
-  a = real_scans._synthetic(0)
-  np.testing.assert_array_equal(a, real_scans._synthetic(0))  # the same every run
+  a = real_scans.load_scan("synthetic_0")
+  np.testing.assert_array_equal(a, real_scans.rendered(real_scans.SYNTHETIC_ENTROPY, 0))
+  assert not np.allclose(a, real_scans.load_scan("calibration_0"))  # another generator
   assert a.shape == real_scans.SYNTHETIC_SHAPE and np.all(np.isfinite(a)) and a.min() >= 0
   b = real_scans.load_scan("synthetic_1")
   assert not np.allclose(a, b)

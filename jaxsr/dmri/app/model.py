@@ -31,6 +31,9 @@ class Upsampler:
     run_dir: where it was restored from.
     step: the checkpoint's training step.
     config: the config it was trained with.
+    psf_thresholds: `--psf auto`'s thresholds fitted for these weights (an exported
+      folder's manifest, `jaxsr.dmri.studies.psf_calibration`), or None: the defaults
+      (`jaxsr.dmri.degradation.acquisition`).
   """
   model: object
   params: dict
@@ -38,6 +41,7 @@ class Upsampler:
   run_dir: str
   step: int
   config: ml_collections.ConfigDict | None = None
+  psf_thresholds: dict | None = None
 
   @classmethod
   def from_checkpoint(cls, run_dir: str | os.PathLike, step: int | None = None) -> "Upsampler":
@@ -53,9 +57,11 @@ class Upsampler:
     # is an exported folder that needs neither.
     from jaxsr.train.checkpoint import CheckpointError, load_run
 
+    thresholds = None
     if pretrained.is_exported(run_dir):
       config, model, params, manifest = pretrained.load(run_dir)
       step = int(manifest.get("step", 0))
+      thresholds = manifest.get("psf_thresholds")
     else:
       run = load_run(run_dir, step, family_steps=[step_lib])
       config, model, params, step = run.config, run.model, run.variables["params"], run.step
@@ -63,7 +69,8 @@ class Upsampler:
     if not is_implicit(kind):
       raise CheckpointError(f"{run_dir}: a fixed-scale {kind!r} model; upsampling to any voxel "
                             "size needs an arbitrary-scale model (model.kind csr_dmri)")
-    return cls(model, params, int(config.model.in_channels), os.fspath(run_dir), step, config)
+    return cls(model, params, int(config.model.in_channels), os.fspath(run_dir), step, config,
+               thresholds)
 
   @classmethod
   def general(cls) -> "Upsampler":

@@ -189,7 +189,8 @@ class _VolumeSR:
     inputs = np.stack([np.stack([x, *self.channels], axis=-1) for x in xs]).astype(np.float32)
     raws = self._raw(inputs, bar)
     if self.psf == acquisition.AUTO:  # decided on the first volume, kept for the series
-      choice = acquisition.estimate_psf(raws[0], xs[0], self.voxel_size)
+      choice = acquisition.estimate_psf(raws[0], xs[0], self.voxel_size,
+                                        self.upsampler.psf_thresholds)
       self.psf = choice.psf
       self.record["psf"] = choice.record()
     outs = [back_project(raw, x, self.back_projection, psf=self.psf)

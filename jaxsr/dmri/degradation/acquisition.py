@@ -14,13 +14,18 @@ right as the PSF it assumes, so `auto` decides it per axis:
    output, which never saw the PSF (the shipped model is trained on every PSF),
    is degraded onto the input grid with k-space truncation and with each
    spatial candidate (`SPATIAL_CANDIDATES`) along that group's axes; the group
-   takes `kspace` when truncation reproduces the input best (in-plane, where
-   physics expects it: unless a spatial PSF does better by a margin,
-   `IN_PLANE_KSPACE_MARGIN`), else `cubic` (the
-   back-projection of the training degradation; degrading with the winning
-   spatial candidate instead gained nothing on the validation scans). The other group is held
-   at its current choice, so a scan degraded in-plane and through-plane is
-   decided one group after the other.
+   takes `kspace` when truncation's residual is at most the best spatial one times the
+   group's threshold, else `cubic` (the back-projection of the training degradation;
+   degrading with the winning spatial candidate instead gained nothing on the validation
+   scans). The other group is held at its current choice, so a scan degraded in-plane and
+   through-plane is decided one group after the other.
+
+   The thresholds belong to the model: how far its blind output's in-band content follows
+   the input depends on what it learnt. `calibrate` fits them on images whose PSF is known
+   (`jaxsr.dmri.studies.psf_calibration`: rendered volumes, never the validation or test
+   scans), and an exported model carries them in its manifest ("psf_thresholds"); models
+   without them use `DEFAULT_THRESHOLDS` (1 % in favour of k-space in-plane, where physics
+   expects it; set on the real validation scans, docs/results_real.md).
 3. Groups with no upsampled axis keep the physics default (`PHYSICS_DEFAULT`),
    which changes nothing there: the PSF of an axis at factor 1 is never used. (A
    decided group's axes all take its choice, upsampled or not, to the same effect.)
@@ -43,9 +48,11 @@ AUTO = "auto"
 EQUAL_VOXEL_TOLERANCE = 0.05
 PHYSICS_DEFAULT = {"in-plane": "kspace", "through-plane": "cubic", "isotropic": "cubic"}
 SPATIAL_CANDIDATES = (("cubic", 1.0), ("block", 1.0), ("gaussian", 0.7))
-# In-plane axes are k-space by physics: they take k-space unless a spatial PSF's residual is
-# lower by more than this fraction (the validation scans' margins, docs/results_real.md).
-IN_PLANE_KSPACE_MARGIN = 0.01
+# k-space when its residual <= the best spatial one x this, per group role. In-plane axes
+# are k-space by physics: they keep it unless a spatial PSF does better by over 1 % (the
+# validation scans' margins, docs/results_real.md). For models whose manifest has none.
+DEFAULT_THRESHOLDS = {"in-plane": 1.01, "through-plane": 1.0, "isotropic": 1.0}
+ROLES = tuple(DEFAULT_THRESHOLDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +95,36 @@ class PSFChoice:
   groups: tuple[AxisGroup, ...]
   residuals: dict  # group role -> {candidate: RMS residual / the input's 99th percentile}
   note: str
+  thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
   def record(self) -> dict:
     return {"mode": AUTO, "per_axis": list(self.psf),
             "groups": {g.role: list(g.axes) for g in self.groups},
-            "residuals": self.residuals, "note": self.note}
+            "residuals": self.residuals, "thresholds": self.thresholds, "note": self.note}
+
+  def ratios(self) -> dict[str, float]:
+    """{decided group role: k-space residual / the best spatial one} (what a threshold cuts)."""
+    return {role: kspace_ratio(scores) for role, scores in self.residuals.items()}
 
 
-def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[float]
-                 ) -> PSFChoice:
+def kspace_ratio(scores: dict) -> float:
+  """A group's k-space residual over its best spatial candidate's."""
+  return scores["kspace"] / min(v for k, v in scores.items() if k != "kspace")
+
+
+def check_thresholds(thresholds: dict | None) -> dict:
+  """`thresholds` (role -> positive number; missing roles take the default) or the defaults."""
+  out = dict(DEFAULT_THRESHOLDS)
+  for role, value in (thresholds or {}).items():
+    if role not in out or not float(value) > 0:
+      raise ValueError(f"PSF thresholds need positive values for roles {ROLES}, got "
+                       f"{role!r}: {value!r}")
+    out[role] = float(value)
+  return out
+
+
+def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[float],
+                 thresholds: dict | None = None) -> PSFChoice:
   """The per-axis PSF under which `estimate` (X, Y, Z), a PSF-blind HR estimate, best
   reproduces the measured `lr` (x, y, z); see the module docstring.
 
@@ -104,7 +132,9 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
     estimate: the model's output on the HR grid (any intensity scale shared with `lr`).
     lr: the input on its own grid.
     voxel_size: (3,) the input's voxel size in mm (for the axis groups).
+    thresholds: per group role, the model's (`calibrate`); None: `DEFAULT_THRESHOLDS`.
   """
+  thresholds = check_thresholds(thresholds)
   estimate = np.asarray(estimate, np.float32)
   lr = np.asarray(lr, np.float32)
   groups = axis_groups(voxel_size)
@@ -128,10 +158,8 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
       simulated = np.clip(psf_lib.degrade(estimate, lr.shape, tuple(trial), fwhm), 0.0, None)
       key = name if name != "gaussian" else f"gaussian_fwhm{fwhm:g}"
       scores[key] = float(np.sqrt(np.mean((simulated - lr) ** 2)) / scale)
-    spatial = min(v for k, v in scores.items() if k != "kspace")
-    margin = IN_PLANE_KSPACE_MARGIN if group.role == "in-plane" else 0.0
     for a in group.axes:
-      chosen[a] = "kspace" if scores["kspace"] <= spatial * (1.0 + margin) else "cubic"
+      chosen[a] = "kspace" if kspace_ratio(scores) <= thresholds[group.role] else "cubic"
     residuals[group.role] = scores
   if len(groups) == 1:
     note = "isotropic grid: the axes are not told apart; one PSF for all"
@@ -140,7 +168,34 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
             "(by voxel size)")
   if not degraded:
     note += "; no axis is upsampled"
-  return PSFChoice(tuple(chosen), tuple(groups), residuals, note)
+  return PSFChoice(tuple(chosen), tuple(groups), residuals, note, thresholds)
+
+
+def calibrate(samples: Sequence[tuple[str, float, bool]]) -> dict[str, float]:
+  """Per group role, the threshold that best separates k-space-truncated cases from spatial
+  ones: samples (role, `kspace_ratio`, whether the case's PSF was k-space truncation).
+
+  The threshold misclassifies the fewest samples (k-space iff ratio <= threshold) and sits
+  halfway between the two ratios it separates; among equally good cuts, the widest gap. A
+  role with samples of one kind only keeps its default.
+  """
+  out = dict(DEFAULT_THRESHOLDS)
+  for role in ROLES:
+    points = sorted((r, k) for rl, r, k in samples if rl == role)
+    if not any(k for _, k in points) or all(k for _, k in points):
+      continue
+    best = None
+    for i in range(1, len(points)):
+      lo, hi = points[i - 1][0], points[i][0]
+      if hi <= lo:
+        continue
+      errors = (sum(not k for _, k in points[:i]) + sum(k for _, k in points[i:]))
+      key = (errors, -(hi - lo))
+      if best is None or key < best[0]:
+        best = (key, 0.5 * (lo + hi))
+    if best is not None:
+      out[role] = float(best[1])
+  return out
 
 
 def psf_option(value: str | Sequence[str] | None) -> str | tuple[str, str, str] | None:

@@ -69,9 +69,13 @@ TEST_SCANS = ("S0_10slices", "aniso_vox", "small_64D_b0", "small_64D_dwi")
 VALIDATION_SCANS = ("test_piesno", "small_101D_b0", "t1_coronal")
 SYNTHETIC_SCANS = tuple(f"synthetic_{i}" for i in range(4))
 SYNTHETIC_SHAPE = (64, 64, 48)
-# Entropy of the synthetic scans' generators (numpy SeedSequence([SYNTHETIC_ENTROPY, i])):
-# training draws from grain's per-record generators of the run's seed, never from these.
+# Entropy of the rendered volumes' generators (numpy SeedSequence([ENTROPY, i])): training
+# draws from grain's per-record generators of the run's seed, never from these. The
+# calibration volumes fit `--psf auto`'s thresholds (`jaxsr.dmri.studies.psf_calibration`);
+# the synthetic ones are a validation split; neither is the other.
 SYNTHETIC_ENTROPY = 20261208
+CALIBRATION_ENTROPY = 20261209
+CALIBRATION_SCANS = tuple(f"calibration_{i}" for i in range(8))
 SPLITS = {"test": TEST_SCANS, "validation": VALIDATION_SCANS, "synthetic": SYNTHETIC_SCANS}
 # Scans whose slices are not neighbours in space (gaps between them, or one slice under
 # several weightings): no through-plane cases.
@@ -99,29 +103,31 @@ def load_scan(name: str) -> np.ndarray:
     volume = _shell_mean(base, b0=shell == "b0")
   elif name == "t1_coronal":
     volume = np.load(DIPY_FILES / "t1_coronal_slice.npy").astype(np.float32)[:, :, None]
-  elif name in SYNTHETIC_SCANS:
-    volume = _synthetic(int(name.rsplit("_", 1)[1]))
+  elif name in SYNTHETIC_SCANS or name in CALIBRATION_SCANS:
+    entropy = SYNTHETIC_ENTROPY if name in SYNTHETIC_SCANS else CALIBRATION_ENTROPY
+    volume = rendered(entropy, int(name.rsplit("_", 1)[1]))
   else:
     raise ValueError(f"unknown scan {name!r}: use one of "
-                     f"{TEST_SCANS + VALIDATION_SCANS + SYNTHETIC_SCANS}")
+                     f"{TEST_SCANS + VALIDATION_SCANS + SYNTHETIC_SCANS + CALIBRATION_SCANS}")
   volume.flags.writeable = False
   return volume
 
 
-def _synthetic(index: int) -> np.ndarray:
-  """(SYNTHETIC_SHAPE) float32: a training-like image (round two's data: fine texture) from a
-  generator no training run draws from; the brightest tissue near 1, as a scan is scaled."""
+def rendered(entropy: int, index: int) -> np.ndarray:
+  """(SYNTHETIC_SHAPE) float32: a training-like image (round two's data: fine texture) from
+  the generator SeedSequence([entropy, index]); the brightest tissue near 1, as scans are
+  scaled."""
   from jaxsr.dmri.data import randomised  # on use: the template maps load slowly
 
-  rng = np.random.default_rng([SYNTHETIC_ENTROPY, index])
+  rng = np.random.default_rng([entropy, index])
   return randomised.render_patch(randomised.load_anatomy(), rng, SYNTHETIC_SHAPE,
                                  fine_texture=True)
 
 
 def voxel_size(name: str) -> np.ndarray:
   """(3,) the HR scan's voxel size in mm, from its NIfTI header (1 mm where it has none:
-  the T1 slice, the synthetic volumes, which are isotropic)."""
-  if name == "t1_coronal" or name in SYNTHETIC_SCANS:
+  the T1 slice, the rendered volumes, which are isotropic)."""
+  if name == "t1_coronal" or name.startswith(("synthetic_", "calibration_")):
     return np.ones(3)
   base = name.rsplit("_", 1)[0] if name.startswith("small_") else name
   path = DIPY_FILES / f"{base}.nii.gz"
@@ -369,7 +375,9 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
 
   `config.split` picks the scans (`SPLITS`: "test", "validation", "synthetic");
   `config.checkpoint` the model ("" = the shipped general model) and
-  `config.checkpoint_step` its step (0 = the latest). `out` replaces WORKDIR/eval.
+  `config.checkpoint_step` its step (0 = the latest), `config.psf_calibration` (a
+  psf_calibration.json) `--psf auto`'s thresholds for it (default: the model's own, from an
+  exported folder's manifest, else the defaults). `out` replaces WORKDIR/eval.
   `config.scores_from` (a real_scans_<split>.json written before, e.g. in
   docs/results_real_scores/) rebuilds the tables from its scores without scoring.
   """
@@ -380,6 +388,9 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   upsampler = (Upsampler.from_checkpoint(config.checkpoint,
                                                     config.get("checkpoint_step") or None)
                if config.checkpoint else Upsampler.general())
+  if config.get("psf_calibration"):  # thresholds fitted for a run's checkpoint
+    thresholds = json.loads(pathlib.Path(config.psf_calibration).read_text())["thresholds"]
+    upsampler = dataclasses.replace(upsampler, psf_thresholds=thresholds)
   methods = dict(classical_methods())
   psf_modes = tuple(config.get("psf_modes", (DEFAULT_PSF,)))
   for mode in psf_modes:
