@@ -145,10 +145,14 @@ def test_zero_steps_keep_the_parameters_and_bad_settings_fail(tiny_model):
     adapt.adapt_params(model, params, np.zeros((20, 20, 8)), (2, 2, 1), adapt.AdaptSettings(5))
 
 
+THRESHOLDS = {"in-plane": 1.1, "through-plane": 1.2, "isotropic": 1.05}  # `--psf auto`'s
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory):
   config, model, params = tiny_model
-  return pretrained.export(tmp_path_factory.mktemp("tiny"), config, params, step=0, source="test")
+  return pretrained.export(tmp_path_factory.mktemp("tiny"), config, params, step=0, source="test",
+                           psf_thresholds=THRESHOLDS)
 
 
 @pytest.mark.slow
@@ -164,6 +168,7 @@ def test_command_adapts_saves_and_reuses_the_adapted_model(exported, tmp_path, c
   assert image.shape == (40, 40, 8) and np.all(np.isfinite(image.get_fdata()))
   manifest = json.loads((saved / "manifest.json").read_text())
   assert manifest["adapt"]["steps"] == 3 and manifest["adapt"]["psf"] == "block"
+  assert manifest["psf_thresholds"] == THRESHOLDS  # the adapted model's, for its reuse
   record = json.loads((tmp_path / "out.json").read_text())
   assert record["adapt"]["volumes"] == [0] and record["psf"]["per_axis"] == ["block"] * 3
   assert record["adapt"]["kept"] is manifest["adapt"]["kept"]

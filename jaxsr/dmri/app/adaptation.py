@@ -138,7 +138,9 @@ def save_adapted_model(upsampler: Upsampler, folder: str | os.PathLike,
                        ) -> pathlib.Path:
   """Exports the parameters used after adaptation (`jaxsr.dmri.app.pretrained` format; the
   original ones, with "kept": false in the manifest, where adaptation was not kept);
-  `--checkpoint FOLDER` reuses them."""
+  `--checkpoint FOLDER` reuses them, with the `--psf auto` thresholds of the model adapted
+  (fitted for its weights before adaptation: the nearest there are)."""
+  extra = {"psf_thresholds": upsampler.psf_thresholds} if upsampler.psf_thresholds else {}
   return pretrained.export(folder, upsampler.config, upsampler.params, step=upsampler.step,
                            source=upsampler.run_dir, adapted_on=source,
-                           adapt={**dataclasses.asdict(settings), "kept": kept})
+                           adapt={**dataclasses.asdict(settings), "kept": kept}, **extra)
