@@ -23,9 +23,11 @@ right as the PSF it assumes, so `auto` decides it per axis:
    The thresholds belong to the model: how far its blind output's in-band content follows
    the input depends on what it learnt. `calibrate` fits them on images whose PSF is known
    (`jaxsr.dmri.studies.psf_calibration`: rendered volumes, never the validation or test
-   scans), and an exported model carries them in its manifest ("psf_thresholds"); models
-   without them use `DEFAULT_THRESHOLDS` (1 % in favour of k-space in-plane, where physics
-   expects it; set on the real validation scans, docs/results_real.md).
+   scans), and an exported model may carry them in its manifest ("psf_thresholds"); models
+   without them, the shipped one included (its fitted through-plane cut took k-space on real
+   slice profiles, docs/results_real.md), use `DEFAULT_THRESHOLDS` (1 % in favour of k-space
+   in-plane, where physics expects it, set on the real validation scans; through-plane a
+   slice profile unless k-space does better outright).
 3. Groups with no upsampled axis keep the physics default (`PHYSICS_DEFAULT`),
    which changes nothing there: the PSF of an axis at factor 1 is never used. (A
    decided group's axes all take its choice, upsampled or not, to the same effect.)
