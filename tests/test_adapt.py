@@ -200,3 +200,43 @@ def test_bad_adapt_requests_fail_with_one_line_exit_2_and_no_output(exported, tm
                         "--max-memory", BUDGET)
     assert code == 2 and expected in err, (expected, err)
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_an_adaptation_whose_output_explains_the_scan_worse_is_not_kept(exported, monkeypatch):
+  """The last check, at the requested scale: adapted weights whose raw output reproduces the
+  scan (degraded by its PSF) less well than the model's are dropped, whatever the held-out
+  crops said; the record and the message say why."""
+  import dataclasses
+
+  import jaxsr
+  from jaxsr.dmri.app import adaptation
+
+  model = Upsampler.from_checkpoint(exported)
+  real = adaptation.adapt_upsampler
+
+  def made_worse(upsampler, *args, **kwargs):  # the crops' checks "pass", the weights are noise
+    _, result = real(upsampler, *args, **kwargs)
+    rng = np.random.default_rng(0)
+    noisy = jax.tree_util.tree_map(
+        lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(x.dtype), upsampler.params)
+    return (upsampler.with_params(noisy, "noise"),
+            dataclasses.replace(result, kept=True, params=noisy))
+  monkeypatch.setattr(adaptation, "adapt_upsampler", made_worse)
+  scan, affine = smooth_scan() * 1000, np.diag([2.0, 2.0, 3.0, 1.0])
+  budget = 32 * 2**30
+  record = {}
+  out, _ = jaxsr.upsample(scan, affine, model, scale=(2, 2, 1), psf="block",
+                          adapt=adapt.AdaptSettings(steps=3), record=record, max_memory=budget)
+  plain, _ = jaxsr.upsample(scan, affine, model, scale=(2, 2, 1), psf="block", max_memory=budget)
+  check = record["adapt"]["consistency_check"]
+  assert record["adapt"]["kept"] is False and check["passed"] is False
+  assert check["residual_after"] > check["residual_before"] > 0
+  assert "reproduces the scan less well" in record["adapt"]["message"]
+  np.testing.assert_array_equal(out, plain)  # the model as it was
+
+
+def test_the_consistency_check_passes_when_the_output_explains_the_scan_as_well():
+  kept = adapt.ConsistencyCheck(0.02, 0.02)
+  assert kept.passed and kept.record() == {"residual_before": 0.02, "residual_after": 0.02,
+                                           "passed": True}
+  assert not adapt.ConsistencyCheck(0.02, 0.021).passed

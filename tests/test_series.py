@@ -65,8 +65,13 @@ def test_a_series_is_adapted_once_on_its_b0s_and_every_volume_uses_it(arssr, mon
 
   def fake_adapt(upsampler, scan, lr_shape, hr_shape, settings, *, mask=None, progress=False):
     calls.append(scan)
-    return adapted, types.SimpleNamespace(kept=True, record=lambda: {"kept": True})
+    result = types.SimpleNamespace(kept=True, record=lambda: {"kept": True})
+    result.after_consistency = lambda check, original: result
+    return adapted, result
   monkeypatch.setattr(adaptation, "adapt_upsampler", fake_adapt)
+  # What is tested here is the series' plumbing; the last check has its own test (test_adapt).
+  monkeypatch.setattr(adaptation, "consistency_check",
+                      lambda *args, **kwargs: adapt.ConsistencyCheck(1.0, 1.0))
   record = {}
   out, _ = jaxsr.upsample(data, affine, arssr, scale=2, bvals=bvals, psf="cubic",
                           adapt=adapt.AdaptSettings(steps=5), max_memory=BUDGET, record=record)

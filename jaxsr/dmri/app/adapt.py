@@ -29,6 +29,16 @@ fallen for `patience` evaluations and picks the best step; the second, which
 chose nothing, decides: the adapted weights are kept only if they lower its loss
 by at least `min_gain` (a fraction), else the model stays as it was. Both
 losses, the step chosen and the decision are returned for the output's record.
+
+Both checks score one scale below the one the user asked for. The last check
+(`ConsistencyCheck`, made by `jaxsr.dmri.app.adaptation`, which runs the model on
+the whole scan) is at the requested scale, on the one measurement there is: the
+adapted model's raw output for the scan, degraded by the scan's PSF, must
+reproduce the scan at least as well as the unadapted model's did. Adaptation
+never trained on that pair (scan -> finer grid), so it is held out; an adapted
+model that explains the scan worse has learnt something that does not hold at
+this scale, and is not kept (the validation scans' cases where a kept adaptation
+lowered the output's PSNR were mostly such, docs/results_real.md).
 """
 
 from __future__ import annotations
@@ -259,6 +269,22 @@ class TransferCheck:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsistencyCheck:
+  """How well the raw model output for the whole scan, degraded by its PSF, reproduces it
+  (RMS residual over the scan's 99th percentile), before and after adaptation."""
+  before: float
+  after: float
+
+  @property
+  def passed(self) -> bool:
+    return self.after <= self.before
+
+  def record(self) -> dict:
+    return {"residual_before": self.before, "residual_after": self.after,
+            "passed": self.passed}
+
+
+@dataclasses.dataclass(frozen=True)
 class AdaptResult:
   """What adaptation did: the parameters to use and why.
 
@@ -275,6 +301,8 @@ class AdaptResult:
     heldout_history: [(step, stopping set's loss)], step 0 first.
     split: the held-out slab.
     transfer: the transfer check, or None where it was not asked for.
+    consistency: the check at the requested scale (`ConsistencyCheck`), or None where it
+      was not made (adaptation not kept before it).
   """
   params: dict
   kept: bool
@@ -288,6 +316,13 @@ class AdaptResult:
   split: HeldOutSplit
   transfer: TransferCheck | None = None
   min_gain: float = AdaptSettings.min_gain
+  consistency: ConsistencyCheck | None = None
+
+  def after_consistency(self, check: ConsistencyCheck, original: dict) -> "AdaptResult":
+    """This result once `check` is made: not kept (the `original` parameters) if it failed."""
+    if check.passed:
+      return dataclasses.replace(self, consistency=check)
+    return dataclasses.replace(self, consistency=check, kept=False, params=original)
 
   @property
   def message(self) -> str:
@@ -298,6 +333,10 @@ class AdaptResult:
               f"(step {self.best_step} of {self.steps_run} run, {self.steps_asked} asked)")
     if self.kept:
       return f"adaptation kept: {change}"
+    if self.consistency is not None and not self.consistency.passed:
+      return (f"adaptation not kept, the model is used as it was: its output reproduces the "
+              f"scan less well than the model's (residual {self.consistency.before:.4g} -> "
+              f"{self.consistency.after:.4g}; {change})")
     return (f"adaptation not kept, the model is used as it was: it did not lower the "
             f"held-out loss by {100 * self.min_gain:g} % ({change})")
 
@@ -310,6 +349,8 @@ class AdaptResult:
             "crop_shape": list(s.hr_shape),
             "heldout_history": [[k, v] for k, v in self.heldout_history],
             "transfer_check": self.transfer.record() if self.transfer is not None else None,
+            "consistency_check": (self.consistency.record() if self.consistency is not None
+                                  else None),
             "message": self.message}
 
 

@@ -69,27 +69,56 @@ def adapt_upsampler(upsampler: Upsampler, scan: np.ndarray, lr_shape: Sequence[i
   return upsampler.with_params(result.params, source), result
 
 
+def raw_output(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
+               hr_shape: Sequence[int], settings: UpsampleSettings, *,
+               mask: np.ndarray | None = None, plan: MemoryPlan | None = None,
+               record: dict | None = None) -> np.ndarray:
+  """The model's output for `volume` before any back-projection (input units); `record` gets
+  what was decided ("psf" with `settings.psf` "auto")."""
+  (out,) = upsample_volumes(  # run to its end: one volume
+      lambda _: volume, 1, volume.shape, lr_affine, hr_shape, upsampler,
+      dataclasses.replace(settings, back_projection=0, uncertainty=None), mask=mask, plan=plan,
+      record=record if record is not None else {})
+  return out
+
+
 def psf_before_adaptation(upsampler: Upsampler, volume: np.ndarray, lr_affine: np.ndarray,
                           hr_shape: Sequence[int], settings: UpsampleSettings, *,
                           mask: np.ndarray | None = None, plan: MemoryPlan | None = None,
-                          record: dict) -> str | tuple[str, str, str] | None:
-  """`settings.psf`, or with "auto" the per-axis PSF decided on the model's output for `volume`
-  before any adaptation (what adaptation then trains with and the output is made consistent
-  under: an adapted model's output would decide it on what adaptation changed);
-  record["psf"] says which."""
+                          record: dict) -> tuple[str | tuple[str, str, str] | None,
+                                                 np.ndarray | None]:
+  """(`settings.psf`, None), or with "auto" (the per-axis PSF decided on the model's output for
+  `volume` before any adaptation, that output): what adaptation then trains with and the
+  output is made consistent under (an adapted model's output would decide it on what
+  adaptation changed); record["psf"] says which."""
   if settings.psf != acquisition.AUTO:
-    return settings.psf
+    return settings.psf, None
   decided = {}
-  for _ in upsample_volumes(lambda _: volume, 1, volume.shape, lr_affine, hr_shape, upsampler,
-                            dataclasses.replace(settings, back_projection=0, uncertainty=None),
-                            mask=mask, plan=plan, record=decided):
-    pass
+  raw = raw_output(upsampler, volume, lr_affine, hr_shape, settings, mask=mask, plan=plan,
+                   record=decided)
   if "psf" not in decided:  # a blank volume is never run through the model
     raise adapt_lib.AdaptError("the scan has no signal to adapt to")
   record["psf"] = {**decided["psf"],
                    "decided": "on the unadapted model's output for the volume adapted to, "
                               "before adapting"}
-  return tuple(decided["psf"]["per_axis"])
+  return tuple(decided["psf"]["per_axis"]), raw
+
+
+def consistency_check(original: Upsampler, adapted: Upsampler, volume: np.ndarray,
+                      lr_affine: np.ndarray, hr_shape: Sequence[int], settings: UpsampleSettings,
+                      psf, *, raw_before: np.ndarray | None = None,
+                      mask: np.ndarray | None = None, plan: MemoryPlan | None = None
+                      ) -> adapt_lib.ConsistencyCheck:
+  """How well each model's raw output for `volume` reproduces it under `psf` (the scan's
+  decided PSF; None: the training degradation's): `jaxsr.dmri.app.adapt.ConsistencyCheck`.
+  `raw_before`: the original model's output, where it was made already."""
+  fixed = dataclasses.replace(settings, psf=psf)  # decided: not decided again
+
+  def residual(upsampler, raw):
+    raw = raw if raw is not None else raw_output(upsampler, volume, lr_affine, hr_shape, fixed,
+                                                 mask=mask, plan=plan)
+    return acquisition.consistency_residual(raw, volume, psf)
+  return adapt_lib.ConsistencyCheck(residual(original, raw_before), residual(adapted, None))
 
 
 def adaptation_volume(read: Callable[[int], np.ndarray], num_volumes: int,
@@ -114,20 +143,26 @@ def adapt_on_series(upsampler: Upsampler, read: Callable[[int], np.ndarray], num
                     plan: MemoryPlan | None = None, progress: bool = False
                     ) -> tuple[Upsampler, UpsampleSettings]:
   """`--adapt` (`settings.adapt`) once for a whole series, on `adaptation_volume`: the PSF
-  decided first (`psf_before_adaptation`), adaptation with it (`adapt_upsampler`), both
-  written to `record` ("psf", "adapt", with the volumes adapted to); every volume then uses
-  the result.
+  decided first (`psf_before_adaptation`), adaptation with it (`adapt_upsampler`), then, if
+  kept, the check at the requested scale (`consistency_check`), all written to `record`
+  ("psf", "adapt", with the volumes adapted to); every volume then uses the result.
 
   Returns (the upsampler to use, `settings` with the PSF for the series and the adaptation
   settings it trained with).
   """
   volume, indices = adaptation_volume(read, num_volumes, bvals)
   prepare_adaptation(upsampler, volume.shape, hr_shape, settings.adapt)
-  psf = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, settings, mask=mask,
-                              plan=plan, record=record)
+  psf, raw_before = psf_before_adaptation(upsampler, volume, lr_affine, hr_shape, settings,
+                                          mask=mask, plan=plan, record=record)
   adapt = with_psf(settings.adapt, psf)
+  original = upsampler
   upsampler, result = adapt_upsampler(upsampler, volume, volume.shape, hr_shape, adapt,
                                       mask=mask, progress=progress)
+  if result.kept:  # the last check, at the requested scale on the whole scan
+    check = consistency_check(original, upsampler, volume, lr_affine, hr_shape, settings, psf,
+                              raw_before=raw_before, mask=mask, plan=plan)
+    result = result.after_consistency(check, original.params)
+    upsampler = upsampler if result.kept else original
   record["adapt"] = {**result.record(), "volumes": indices,
                      "psf": list(psf_lib.per_axis(adapt.psf)) if adapt.psf else None}
   return upsampler, dataclasses.replace(settings, psf=psf, adapt=adapt)

@@ -206,6 +206,11 @@ def _adapt_context(adapt: dict | None) -> dict | None:
   if transfer:
     rows.append(("transfer check", "passed" if transfer.get("passed") else
                  f"failed: {transfer.get('reason', '')}"))
+  consistency = adapt.get("consistency_check")
+  if consistency:
+    rows.append(("raw output against the scan (residual before → after)",
+                 f"{consistency['residual_before']:.4g} → {consistency['residual_after']:.4g}: "
+                 + ("passed" if consistency["passed"] else "failed, not kept")))
   return {"kept": adapt["kept"], "message": adapt.get("message", ""), "rows": rows,
           "png": adaptation_figure(adapt)}
 

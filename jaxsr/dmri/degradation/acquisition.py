@@ -125,6 +125,19 @@ def check_thresholds(thresholds: dict | None) -> dict:
   return out
 
 
+def consistency_residual(estimate: np.ndarray, lr: np.ndarray, psf: str | Sequence[str] | None,
+                         fwhm: float = 1.0) -> float:
+  """RMS of `estimate` (X, Y, Z) degraded onto `lr` (x, y, z) by `psf` (None: the cubic
+  profile of the training degradation) minus `lr`, over `lr`'s 99th percentile: how well an
+  HR estimate explains the measurement. Inputs are magnitudes, clipped at 0 where a
+  truncation's ringing would go below it: so is the simulation."""
+  lr = np.asarray(lr, np.float32)
+  simulated = np.clip(psf_lib.degrade(np.asarray(estimate, np.float32), lr.shape,
+                                      psf if psf is not None else "cubic", fwhm), 0.0, None)
+  scale = float(np.percentile(lr, 99)) or 1.0
+  return float(np.sqrt(np.mean((simulated - lr) ** 2)) / scale)
+
+
 def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[float],
                  thresholds: dict | None = None) -> PSFChoice:
   """The per-axis PSF under which `estimate` (X, Y, Z), a PSF-blind HR estimate, best
@@ -147,7 +160,6 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
   for group in groups:
     for a in group.axes:
       chosen[a] = "cubic" if group in degraded else PHYSICS_DEFAULT[group.role]
-  scale = float(np.percentile(lr, 99)) or 1.0
   residuals = {}
   for group in degraded:  # in order: the in-plane group decides first
     scores = {}
@@ -155,11 +167,8 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
       trial = list(chosen)
       for a in group.axes:
         trial[a] = name
-      # Inputs are magnitudes, clipped at 0 where a truncation's ringing would go below it:
-      # so is the simulation.
-      simulated = np.clip(psf_lib.degrade(estimate, lr.shape, tuple(trial), fwhm), 0.0, None)
       key = name if name != "gaussian" else f"gaussian_fwhm{fwhm:g}"
-      scores[key] = float(np.sqrt(np.mean((simulated - lr) ** 2)) / scale)
+      scores[key] = consistency_residual(estimate, lr, tuple(trial), fwhm)
     for a in group.axes:
       chosen[a] = "kspace" if kspace_ratio(scores) <= thresholds[group.role] else "cubic"
     residuals[group.role] = scores
