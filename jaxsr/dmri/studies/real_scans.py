@@ -240,9 +240,10 @@ def _decisions(record: dict) -> dict:
   if "psf" in record:
     out["psf"] = record["psf"].get("per_axis")
   if "adapt" in record:
-    out["adapt"] = {k: record["adapt"][k] for k in ("kept", "heldout_loss_before",
-                                                    "heldout_loss_after", "best_step",
-                                                    "steps_run", "transfer_check")}
+    out["adapt"] = {k: record["adapt"].get(k) for k in ("kept", "heldout_loss_before",
+                                                        "heldout_loss_after", "best_step",
+                                                        "steps_run", "transfer_check",
+                                                        "consistency_check")}
   return out
 
 
