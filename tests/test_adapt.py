@@ -220,7 +220,7 @@ def test_an_adaptation_whose_output_explains_the_scan_worse_is_not_kept(exported
     noisy = jax.tree_util.tree_map(
         lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(x.dtype), upsampler.params)
     return (upsampler.with_params(noisy, "noise"),
-            dataclasses.replace(result, kept=True, params=noisy))
+            dataclasses.replace(result, kept=True, params=noisy, transfer=None))
   monkeypatch.setattr(adaptation, "adapt_upsampler", made_worse)
   scan, affine = smooth_scan() * 1000, np.diag([2.0, 2.0, 3.0, 1.0])
   budget = 32 * 2**30

@@ -37,10 +37,14 @@ def test_fitted_thresholds_travel_in_the_manifest_to_auto(tmp_path):
   assert len(record["rows"]) == 3 and "| in-plane |" in text  # block, Gaussian, k-space
   thresholds = json.loads((folder / "manifest.json").read_text())["psf_thresholds"]
   assert thresholds == record["thresholds"] and set(thresholds) == set(acquisition.ROLES)
-  # The in-plane cut separates the smoke's one k-space case from its two spatial ones.
+  # The in-plane cut decides the smoke's three cases no worse than the defaults do, and
+  # separates its k-space case from its two spatial ones wherever their ratios allow.
+  points = psf_calibration.samples(record["rows"])
+  fitted = psf_calibration.misclassified(points, thresholds)["in-plane"]
+  default = psf_calibration.misclassified(points, acquisition.DEFAULT_THRESHOLDS)["in-plane"]
+  assert fitted[0] == 3 and fitted[1] <= default[1]
   ratios = {r["psf"]: r["ratios"]["in-plane"] for r in record["rows"]}
-  if ratios["kspace"] < min(ratios["block"], ratios["gaussian"]):
-    assert ratios["kspace"] < thresholds["in-plane"] < min(ratios["block"], ratios["gaussian"])
+  assert (fitted[1] == 0) == (ratios["kspace"] < min(ratios["block"], ratios["gaussian"]))
   model = Upsampler.from_checkpoint(folder)
   assert model.psf_thresholds == thresholds
   pretrained.load(folder)  # the parameters' checksum still holds
@@ -53,3 +57,8 @@ def test_fitted_thresholds_travel_in_the_manifest_to_auto(tmp_path):
                     ratios["kspace"], rtol=1e-5)
   with pytest.raises(ValueError, match="not an exported model folder"):
     psf_calibration.write_to_manifest(tmp_path, thresholds, record["rows"])
+  manifest = json.loads((folder / "manifest.json").read_text())
+  manifest["psf_thresholds"] = {"in-plane": -1.0}
+  (folder / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(pretrained.PretrainedError, match="psf_thresholds"):
+    Upsampler.from_checkpoint(folder)

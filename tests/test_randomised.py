@@ -147,3 +147,16 @@ def test_a_margin_goes_only_to_kspace_axes_that_are_degraded():
   assert batch["lr"].shape == (2, 4, 4, 4) and batch["hr"].shape[1:] in sampler.hr_shapes
   with pytest.raises(ValueError, match="kspace_margin"):
     randomised.RandomisedSampler(4, (1.0, 1.5), kspace_margin=1)
+
+
+def test_a_padded_patch_keeps_its_random_fields_as_smooth_per_voxel_as_the_patch_alone():
+  # The k-space margin renders a larger patch and keeps its centre: the centre must look
+  # like a patch of its own size, or its statistics would give the PSF draw away.
+  roughness = lambda f: float(np.abs(np.diff(f, axis=1)).mean())  # along x
+  alone = np.mean([roughness(randomised.smooth_field(np.random.default_rng(i), (16, 16, 16), 6))
+                   for i in range(20)])
+  controls = randomised.field_controls(6, (32, 32, 16), frame=(16, 16, 16))
+  assert controls == (12, 12, 6) and randomised.field_controls(6, (16, 16, 16), None) == 6
+  padded = np.mean([roughness(randomised.smooth_field(np.random.default_rng(i), (32, 32, 16),
+                                                      controls)[:, 8:24]) for i in range(20)])
+  assert abs(padded / alone - 1) < 0.25  # spread over the padded extent it would be about 0.5

@@ -138,7 +138,8 @@ def _add_upsample(commands) -> None:
                   "about a minute on a laptop. It is used only where checks on the input say it "
                   "helps: adapting one scale down must restore the input better (an input too "
                   "small for this check is not adapted), and so must the adapted model on a "
-                  "held-out part of the input, whose loss also stops training early; else the "
+                  "held-out part of the input, whose loss also stops training early, and its "
+                  "output must reproduce the input at least as well as the model's; else the "
                   "model is used as it was (one line and OUT.json say which) (default 0: off)")
   up.add_argument("--save-adapted", metavar="DIR",
                   help="with --adapt, also save the adapted model to DIR (reuse it with "

@@ -290,8 +290,8 @@ class AdaptResult:
 
   Attributes:
     params: the adapted parameters if kept, else the original ones.
-    kept: whether the transfer check passed and the adapted parameters lowered the deciding
-      held-out loss enough.
+    kept: whether the transfer check passed, the adapted parameters lowered the deciding
+      held-out loss enough and (once made, `after_consistency`) the consistency check passed.
     loss_before, loss_after: the deciding held-out set's loss with the original and with
       the adapted (best-step) parameters (equal where adaptation did not run).
     best_step: the step the stopping set chose (0: none was better than the start).

@@ -16,6 +16,7 @@ import numpy as np
 from jaxsr import anatomy, geometry, nifti
 from jaxsr.dmri import step as step_lib
 from jaxsr.dmri.app import pretrained
+from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.degradation.degrade import degrade
 from jaxsr.dmri.models import is_implicit
 
@@ -62,6 +63,11 @@ class Upsampler:
       config, model, params, manifest = pretrained.load(run_dir)
       step = int(manifest.get("step", 0))
       thresholds = manifest.get("psf_thresholds")
+      if thresholds is not None:
+        try:
+          thresholds = acquisition.check_thresholds(thresholds)
+        except (ValueError, TypeError, AttributeError) as error:
+          raise pretrained.PretrainedError(f"{run_dir}: manifest.json psf_thresholds: {error}")
     else:
       run = load_run(run_dir, step, family_steps=[step_lib])
       config, model, params, step = run.config, run.model, run.variables["params"], run.step

@@ -30,7 +30,7 @@ Per patch (`render_patch`):
              `jaxsr.dmri.degradation.psf` PSF (cubic, block, Gaussian of FWHM 0.7-1.5 LR
              voxels, k-space truncation).
 
-Two options make the images more like real scans (`RandomisedSampler`):
+Three options make the images more like real scans (`RandomisedSampler`):
   per_axis_psf  the in-plane and through-plane PSFs are drawn apart, in-plane
                 k-space truncation over half the time (half, plus its share of
                 the uniform draw otherwise: as MRI acquires in-plane), and
@@ -41,7 +41,11 @@ Two options make the images more like real scans (`RandomisedSampler`):
                 the longest axis, closer along shorter ones) and, in half the
                 patches, small sharp spots inside the
                 brain (vessels, perivascular spaces), which the smooth average
-                template lacks.
+                template lacks;
+  kspace_margin k-space truncation in context: the patch is rendered with that many
+                LR voxels more on each side of the axes a truncation degrades (its
+                random fields as smooth per voxel as the patch's alone) and cropped
+                after degrading, as a scanner truncates a whole field of view.
 
 Compiled shapes: the LR patch is always `lr_patch_size`^3 and the HR patch
 (round(l s_xy), round(l s_xy), round(l s_z)), one factor pair per batch, so a
@@ -134,18 +138,31 @@ def _bump_weights(n: int, control: int) -> np.ndarray:
   return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
 
 
-def smooth_field(rng: np.random.Generator, shape: Sequence[int], control: int,
+def smooth_field(rng: np.random.Generator, shape: Sequence[int], control: int | Sequence[int],
                  channels: int = 1) -> np.ndarray:
-  """(channels, *shape) float32 smooth random field of unit sd: N(0, 1) weights of control^3 bumps."""
-  field = rng.standard_normal((channels, control, control, control)).astype(np.float32)
-  for n in shape:  # each contraction moves the new axis last
-    field = np.tensordot(field, _bump_weights(int(n), control), axes=([1], [1]))
+  """(channels, *shape) float32 smooth random field of unit sd: N(0, 1) weights of bumps on a
+  grid of `control` centres per axis (one number: the same along every axis)."""
+  controls = (control,) * 3 if isinstance(control, (int, np.integer)) else tuple(control)
+  field = rng.standard_normal((channels, *controls)).astype(np.float32)
+  for n, c in zip(shape, controls):  # each contraction moves the new axis last
+    field = np.tensordot(field, _bump_weights(int(n), int(c)), axes=([1], [1]))
   return field
 
 
+def field_controls(control: int, shape: Sequence[int], frame: Sequence[int] | None
+                   ) -> int | tuple[int, ...]:
+  """Bumps per axis for a field over `shape` as smooth per voxel as `control` bumps over
+  `frame` (None: `shape` itself, `control`)."""
+  if frame is None or tuple(frame) == tuple(shape):
+    return control
+  return tuple(max(1, int(round(control * n / f))) for n, f in zip(shape, frame))
+
+
 def sample_points(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int],
-                  voxel_mm: float, warp_mm: float) -> np.ndarray:
-  """(3, X, Y, Z) template voxel coordinates of the HR patch's voxel centres."""
+                  voxel_mm: float, warp_mm: float, frame: Sequence[int] | None = None
+                  ) -> np.ndarray:
+  """(3, X, Y, Z) template voxel coordinates of the HR patch's voxel centres (the warp as
+  smooth per voxel as over `frame`, `render_patch`)."""
   rotation = random_rotation(rng, tilt_sd_deg=10.0)
   scaling = rng.uniform(0.85, 1.15, size=3) * voxel_mm
   matrix = rotation * scaling[None, :]  # patch voxel offsets -> template mm (= voxels, 1 mm)
@@ -155,16 +172,24 @@ def sample_points(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence
                                  indexing="ij"))
   points = np.tensordot(matrix, offsets, axes=1) + centre[:, None, None, None]
   if warp_mm > 0:
-    points += warp_mm * smooth_field(rng, hr_shape, control=3, channels=3)
+    points += warp_mm * smooth_field(rng, hr_shape, field_controls(3, hr_shape, frame), 3)
   return points.astype(np.float32)
 
 
 def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[int],
-                 fine_texture: bool = False) -> np.ndarray:
-  """One noisy HR patch (X, Y, Z) float32 of a random contrast (see the module docstring)."""
+                 fine_texture: bool = False, frame: Sequence[int] | None = None) -> np.ndarray:
+  """One noisy HR patch (X, Y, Z) float32 of a random contrast (see the module docstring).
+
+  `frame`: the shape whose extent the random fields (warp, texture, spots, bias) are scaled
+  to, where the patch is rendered larger than the part kept (`RandomisedSampler`'s
+  k-space margin): the kept part then has the statistics of a patch of that shape.
+  """
   voxel_mm = rng.uniform(1.0, 2.5)
   level = min(PRE_FILTER_MM, key=lambda v: abs(v - voxel_mm))
-  points = sample_points(anatomy, rng, hr_shape, voxel_mm, warp_mm=rng.uniform(0.0, 4.0))
+  points = sample_points(anatomy, rng, hr_shape, voxel_mm, warp_mm=rng.uniform(0.0, 4.0),
+                         frame=frame)
+  extent = tuple(frame) if frame is not None else tuple(hr_shape)
+  controls = functools.partial(field_controls, shape=hr_shape, frame=frame)
   wm, gm, csf, brain = (ndimage.map_coordinates(m, points, order=1, mode="constant", cval=0.0)
                         for m in anatomy.maps[level])
   outside = ndimage.map_coordinates(anatomy.outside_mm, points, order=1, mode="nearest")
@@ -178,14 +203,14 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
   contrast = rng.choice(list(CONTRASTS) + ["random"], p=[0.25, 0.25, 0.15, 0.15, 0.2])
   means = (rng.uniform(0.05, 1.0, size=3) if contrast == "random"
            else np.asarray(CONTRASTS[contrast]) * rng.uniform(0.8, 1.25, size=3))
-  texture = 1.0 + rng.uniform(0.0, 0.25) * smooth_field(rng, hr_shape, control=6, channels=3)
+  texture = 1.0 + rng.uniform(0.0, 0.25) * smooth_field(rng, hr_shape, controls(6), channels=3)
   if fine_texture:
-    fine = max(4, max(hr_shape) // 2)  # bumps a few voxels apart
+    fine = max(4, max(extent) // 2)  # bumps a few voxels apart
     texture = texture * (1.0 + rng.uniform(0.0, 0.15)
-                         * smooth_field(rng, hr_shape, control=fine, channels=3))
+                         * smooth_field(rng, hr_shape, controls(fine), channels=3))
   image = np.einsum("t,t...->...", means, fractions[:3] * texture)
   if fine_texture and rng.random() < 0.5:
-    spots = smooth_field(rng, hr_shape, control=max(4, max(hr_shape) // 2))[0] > 2.0
+    spots = smooth_field(rng, hr_shape, controls(max(4, max(extent) // 2)))[0] > 2.0
     image = image + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.5) * max(means) * spots * (
         brain > 0.5)
     image = np.clip(image, 0.0, None)
@@ -197,7 +222,7 @@ def render_patch(anatomy: Anatomy, rng: np.random.Generator, hr_shape: Sequence[
   in_scalp = special.expit(2 * (outside - skull)) * special.expit(2 * (skull + scalp - outside))
   image = image + (1.0 - brain.clip(0, 1)) * fractions[3] * scalp_signal * in_scalp
 
-  bias = np.exp(rng.uniform(0.0, 0.3) * smooth_field(rng, hr_shape, control=3)[0])
+  bias = np.exp(rng.uniform(0.0, 0.3) * smooth_field(rng, hr_shape, controls(3))[0])
   image = np.clip(image * bias / max(means), 0.0, None) ** rng.uniform(0.75, 1.33)
   image = image * rng.uniform(0.6, 1.1)
 
@@ -361,5 +386,5 @@ class RandomisedSampler:
     stages = draw_degradation(rng, self.psfs, self.per_axis_psf)
     margins = kspace_margins(stages, scales, self.kspace_margin)
     padded_shape = [n + 2 * int(round(m * s)) for n, m, s in zip(hr_shape, margins, scales)]
-    padded = render_patch(anatomy, rng, padded_shape, self.fine_texture)
+    padded = render_patch(anatomy, rng, padded_shape, self.fine_texture, frame=hr_shape)
     return degrade_in_context(padded, margins, self.lr_patch_size, stages)

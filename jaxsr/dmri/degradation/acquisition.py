@@ -110,8 +110,11 @@ class PSFChoice:
 
 
 def kspace_ratio(scores: dict) -> float:
-  """A group's k-space residual over its best spatial candidate's."""
-  return scores["kspace"] / min(v for k, v in scores.items() if k != "kspace")
+  """A group's k-space residual over its best spatial candidate's (both 0: 1, a tie)."""
+  spatial = min(v for k, v in scores.items() if k != "kspace")
+  if spatial == 0:
+    return 1.0 if scores["kspace"] == 0 else float("inf")
+  return scores["kspace"] / spatial
 
 
 def check_thresholds(thresholds: dict | None) -> dict:
@@ -127,8 +130,9 @@ def check_thresholds(thresholds: dict | None) -> dict:
 
 def consistency_residual(estimate: np.ndarray, lr: np.ndarray, psf: str | Sequence[str] | None,
                          fwhm: float = 1.0) -> float:
-  """RMS of `estimate` (X, Y, Z) degraded onto `lr` (x, y, z) by `psf` (None: the cubic
-  profile of the training degradation) minus `lr`, over `lr`'s 99th percentile: how well an
+  """RMS of `estimate` (X, Y, Z) degraded onto `lr` (x, y, z) by `psf` (None: psf's cubic
+  profile, the training degradation's but for its borders, which reflect) minus `lr`, over
+  `lr`'s 99th percentile: how well an
   HR estimate explains the measurement. Inputs are magnitudes, clipped at 0 where a
   truncation's ringing would go below it: so is the simulation."""
   lr = np.asarray(lr, np.float32)
