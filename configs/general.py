@@ -22,7 +22,8 @@ Variants (`--config configs/general.py:VARIANT`):
   round3   not shipped: round two's weights fine-tuned with k-space truncation in context
            (data.kspace_margin 4: LR voxels of context around k-space-truncated axes),
            Adam 2e-4 halved every 2,000 steps, 6,000 steps (23 minutes on 2 CPU cores);
-           no checkpoint beat round two on the validation scans (docs/results_real.md).
+           no checkpoint beat round two on the validation scans, at c48cdd3 nor with
+           the padded fields mended at 9b8fa26 (docs/results_real.md).
   smoke    tiny model, a few steps (tests, CI).
 """
 
