@@ -151,7 +151,7 @@ def test_a_groups_threshold_decides_between_kspace_and_a_spatial_psf():
   hr = textured()
   lr = psf.degrade(hr, (24, 20, 24), "block")  # in-plane 2x, block: the residual test says cubic
   choice = acquisition.estimate_psf(hr, lr, voxel_size=(2.0, 2.0, 1.0))
-  ratio = choice.ratios()["in-plane"]
+  ratio = acquisition.kspace_ratio(choice.residuals["in-plane"])
   assert choice.psf[:2] == ("cubic", "cubic") and ratio > acquisition.DEFAULT_THRESHOLDS["in-plane"]
   looser = acquisition.estimate_psf(hr, lr, (2.0, 2.0, 1.0), {"in-plane": ratio * 1.001})
   assert looser.psf[:2] == ("kspace", "kspace")

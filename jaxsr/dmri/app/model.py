@@ -112,11 +112,14 @@ class Upsampler:
     return dataclasses.replace(self, params=params, run_dir=source)
 
 
-def load_upsampler(checkpoint: str | os.PathLike | Upsampler | None) -> Upsampler:
-  """An Upsampler as given, from a run or exported folder, or (None) the shipped general model."""
+def load_upsampler(checkpoint: str | os.PathLike | Upsampler | None, step: int | None = None
+                   ) -> Upsampler:
+  """An Upsampler as given, from a run (checkpoint `step`, default the latest) or exported
+  folder, or (None) the shipped general model."""
   if isinstance(checkpoint, Upsampler):
     return checkpoint
-  return Upsampler.general() if checkpoint is None else Upsampler.from_checkpoint(checkpoint)
+  return (Upsampler.general() if checkpoint is None
+          else Upsampler.from_checkpoint(checkpoint, step))
 
 
 def check_t1(upsampler: Upsampler, t1_path: str | os.PathLike | None) -> None:

@@ -300,8 +300,7 @@ def degrade_in_context(padded: np.ndarray, margins: Sequence[int], lr_size: int,
   m + j is centred where the patch's LR voxel j would be.
   """
   lr_shape = [lr_size + 2 * m for m in margins]
-  hr_margins = [(n - lr_size * (n / l)) / 2 for n, l in zip(padded.shape, lr_shape)]
-  hr_margins = [int(round(h)) for h in hr_margins]
+  hr_margins = [int(round(m * n / l)) for m, n, l in zip(margins, padded.shape, lr_shape)]
   low = apply_degradation(padded, lr_shape, stages)
   hr = padded[tuple(slice(h, n - h) for h, n in zip(hr_margins, padded.shape))]
   return hr, low[tuple(slice(m, m + lr_size) for m in margins)]

@@ -104,10 +104,6 @@ class PSFChoice:
             "groups": {g.role: list(g.axes) for g in self.groups},
             "residuals": self.residuals, "thresholds": self.thresholds, "note": self.note}
 
-  def ratios(self) -> dict[str, float]:
-    """{decided group role: k-space residual / the best spatial one} (what a threshold cuts)."""
-    return {role: kspace_ratio(scores) for role, scores in self.residuals.items()}
-
 
 def kspace_ratio(scores: dict) -> float:
   """A group's k-space residual over its best spatial candidate's (both 0: 1, a tie)."""
@@ -129,16 +125,17 @@ def check_thresholds(thresholds: dict | None) -> dict:
 
 
 def consistency_residual(estimate: np.ndarray, lr: np.ndarray, psf: str | Sequence[str] | None,
-                         fwhm: float = 1.0) -> float:
+                         fwhm: float = 1.0, scale: float | None = None) -> float:
   """RMS of `estimate` (X, Y, Z) degraded onto `lr` (x, y, z) by `psf` (None: psf's cubic
   profile, the training degradation's but for its borders, which reflect) minus `lr`, over
   `lr`'s 99th percentile: how well an
   HR estimate explains the measurement. Inputs are magnitudes, clipped at 0 where a
-  truncation's ringing would go below it: so is the simulation."""
+  truncation's ringing would go below it: so is the simulation. `scale`: that percentile,
+  where the caller has it."""
   lr = np.asarray(lr, np.float32)
   simulated = np.clip(psf_lib.degrade(np.asarray(estimate, np.float32), lr.shape,
                                       psf if psf is not None else "cubic", fwhm), 0.0, None)
-  scale = float(np.percentile(lr, 99)) or 1.0
+  scale = scale if scale is not None else (float(np.percentile(lr, 99)) or 1.0)
   return float(np.sqrt(np.mean((simulated - lr) ** 2)) / scale)
 
 
@@ -164,6 +161,7 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
   for group in groups:
     for a in group.axes:
       chosen[a] = "cubic" if group in degraded else PHYSICS_DEFAULT[group.role]
+  scale = float(np.percentile(lr, 99)) or 1.0
   residuals = {}
   for group in degraded:  # in order: the in-plane group decides first
     scores = {}
@@ -172,7 +170,7 @@ def estimate_psf(estimate: np.ndarray, lr: np.ndarray, voxel_size: Sequence[floa
       for a in group.axes:
         trial[a] = name
       key = name if name != "gaussian" else f"gaussian_fwhm{fwhm:g}"
-      scores[key] = consistency_residual(estimate, lr, tuple(trial), fwhm)
+      scores[key] = consistency_residual(estimate, lr, tuple(trial), fwhm, scale)
     for a in group.axes:
       chosen[a] = "kspace" if kspace_ratio(scores) <= thresholds[group.role] else "cubic"
     residuals[group.role] = scores

@@ -23,7 +23,7 @@ import numpy as np
 from jaxsr import files
 from jaxsr.dmri import dti
 from jaxsr.dmri.app import upsample
-from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.model import load_upsampler
 from jaxsr.dmri.data import subjects as subjects_lib
 from jaxsr.dmri.degradation.degrade import degrade, lr_shape_for_scale, tricubic_upsample
 from jaxsr.train.run_record import write_run_record
@@ -93,8 +93,7 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
   files.check_can_create(out_dir)
   write_run_record(out_dir / "dti_bias_run.json", config)
-  upsampler = (Upsampler.from_checkpoint(config.checkpoint)
-               if config.checkpoint else Upsampler.general())
+  upsampler = load_upsampler(config.checkpoint or None)
   subjects = subjects_lib.load_subjects(config.data)["test"]
   rows = []
   for subject in subjects:

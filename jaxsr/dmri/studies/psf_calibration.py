@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from jaxsr import files
 from jaxsr.dmri.app import pretrained, upsample
-from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.model import Upsampler, load_upsampler
 from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.studies import real_scans
 from jaxsr.train.run_record import write_run_record
@@ -113,8 +113,7 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   out_dir = pathlib.Path(out) if out else pathlib.Path(workdir) / "eval"
   files.check_can_create(out_dir)
   write_run_record(out_dir / "psf_calibration_run.json", config)
-  upsampler = (Upsampler.from_checkpoint(config.checkpoint, config.get("checkpoint_step") or None)
-               if config.checkpoint else Upsampler.general())
+  upsampler = load_upsampler(config.checkpoint or None, config.get("checkpoint_step") or None)
   cases = real_scans.make_cases(tuple(config.scans), tuple(config.degradations),
                                 tuple(config.psfs))
   rows = [{"scan": c.scan, "degradation": c.degradation, "psf": c.psf,

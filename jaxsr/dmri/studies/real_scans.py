@@ -49,9 +49,10 @@ from tqdm import tqdm
 from jaxsr import files, kspace, metrics
 from jaxsr.dmri.app import adapt as adapt_lib
 from jaxsr.dmri.data import btable
+from jaxsr.dmri.degradation import acquisition
 from jaxsr.dmri.degradation import psf as psf_lib
 from jaxsr.dmri.app import upsample
-from jaxsr.dmri.app.model import Upsampler
+from jaxsr.dmri.app.model import Upsampler, load_upsampler
 from jaxsr.dmri.app.settings import DEFAULT_BACK_PROJECTION, DEFAULT_MAX_MEMORY, DEFAULT_PSF
 from jaxsr.dmri.degradation.degrade import tricubic_upsample
 from jaxsr.train.run_record import write_run_record
@@ -76,6 +77,8 @@ SYNTHETIC_SHAPE = (64, 64, 48)
 SYNTHETIC_ENTROPY = 20261208
 CALIBRATION_ENTROPY = 20261209
 CALIBRATION_SCANS = tuple(f"calibration_{i}" for i in range(8))
+RENDERED_ENTROPY = {**{s: SYNTHETIC_ENTROPY for s in SYNTHETIC_SCANS},
+                    **{s: CALIBRATION_ENTROPY for s in CALIBRATION_SCANS}}
 SPLITS = {"test": TEST_SCANS, "validation": VALIDATION_SCANS, "synthetic": SYNTHETIC_SCANS}
 # Scans whose slices are not neighbours in space (gaps between them, or one slice under
 # several weightings): no through-plane cases.
@@ -103,9 +106,8 @@ def load_scan(name: str) -> np.ndarray:
     volume = _shell_mean(base, b0=shell == "b0")
   elif name == "t1_coronal":
     volume = np.load(DIPY_FILES / "t1_coronal_slice.npy").astype(np.float32)[:, :, None]
-  elif name in SYNTHETIC_SCANS or name in CALIBRATION_SCANS:
-    entropy = SYNTHETIC_ENTROPY if name in SYNTHETIC_SCANS else CALIBRATION_ENTROPY
-    volume = rendered(entropy, int(name.rsplit("_", 1)[1]))
+  elif name in RENDERED_ENTROPY:
+    volume = rendered(RENDERED_ENTROPY[name], int(name.rsplit("_", 1)[1]))
   else:
     raise ValueError(f"unknown scan {name!r}: use one of "
                      f"{TEST_SCANS + VALIDATION_SCANS + SYNTHETIC_SCANS + CALIBRATION_SCANS}")
@@ -127,7 +129,7 @@ def rendered(entropy: int, index: int) -> np.ndarray:
 def voxel_size(name: str) -> np.ndarray:
   """(3,) the HR scan's voxel size in mm, from its NIfTI header (1 mm where it has none:
   the T1 slice, the rendered volumes, which are isotropic)."""
-  if name == "t1_coronal" or name.startswith(("synthetic_", "calibration_")):
+  if name == "t1_coronal" or name in RENDERED_ENTROPY:
     return np.ones(3)
   base = name.rsplit("_", 1)[0] if name.startswith("small_") else name
   path = DIPY_FILES / f"{base}.nii.gz"
@@ -386,12 +388,11 @@ def evaluate(config, workdir: str | os.PathLike, out: str | os.PathLike | None =
   files.check_can_create(out_dir)
   write_run_record(out_dir / f"real_scans_{config.split}_run.json", config)
   scans = SPLITS[config.split]
-  upsampler = (Upsampler.from_checkpoint(config.checkpoint,
-                                                    config.get("checkpoint_step") or None)
-               if config.checkpoint else Upsampler.general())
+  upsampler = load_upsampler(config.checkpoint or None, config.get("checkpoint_step") or None)
   if config.get("psf_calibration"):  # thresholds fitted for a run's checkpoint
     thresholds = json.loads(pathlib.Path(config.psf_calibration).read_text())["thresholds"]
-    upsampler = dataclasses.replace(upsampler, psf_thresholds=thresholds)
+    upsampler = dataclasses.replace(upsampler,
+                                    psf_thresholds=acquisition.check_thresholds(thresholds))
   methods = dict(classical_methods())
   psf_modes = tuple(config.get("psf_modes", (DEFAULT_PSF,)))
   for mode in psf_modes:
